@@ -1,0 +1,3 @@
+from msptcli.cli import main
+
+main()

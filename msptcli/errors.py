@@ -1,0 +1,13 @@
+"""Every error mspt raises on purpose. The CLI turns these into one line and a non-zero exit."""
+
+
+class MsptError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug in mspt."""
+
+
+class InvalidInputError(MsptError, ValueError):
+    """Arrays of the wrong shape, dtype or values (empty clouds, NaN coordinates, ...)."""
+
+
+class MeshReadError(MsptError):
+    """A mesh file that is missing, unreadable, or not a mesh."""

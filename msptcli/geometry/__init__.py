@@ -1,0 +1,11 @@
+"""Geometry on point clouds: the ball-tree ordering."""
+
+from msptcli.geometry.balltree import (
+    ball_tree_order,
+    rotation_matrix,
+    run_boundaries,
+    run_boundaries_batch,
+    tree_depth,
+)
+
+__all__ = ["ball_tree_order", "rotation_matrix", "run_boundaries", "run_boundaries_batch", "tree_depth"]
