@@ -13,6 +13,11 @@
 // slow reference can reproduce it exactly. Spreads are computed in the input
 // precision; a tie between axes goes to the lowest axis.
 //
+// Speed: coordinates become order-preserving integer keys, so comparing
+// (coordinate, index) is one integer comparison; a node is split by
+// Floyd-Rivest selection over a branch-free block partition, and nodes of at
+// most `kRankSelect` points are sorted by counting ranks.
+//
 // Parallelism: points are copied and checked in parallel; every cloud of a
 // batch is an OpenMP task and, inside a cloud, so is every subtree larger than
 // `kTaskCutoff` points, so one large cloud uses all threads as well.
@@ -180,7 +185,7 @@ class Builder {
   }
 
   // Quickselect with Floyd and Rivest's pivot (the k-th of a sample around k,
-  // chosen recursively) and a branch-free Lomuto partition. On return a[k]
+  // chosen recursively) and a block partition. On return a[k]
   // holds the item of rank k in a[left..right], smaller ones before it and
   // larger ones after. The (axis, index) order is strict, so the result is the
   // same as std::nth_element's; that is the fallback after too many rounds.

@@ -1,0 +1,70 @@
+"""Patches of a ball-tree order: the K contiguous runs MSPT attends within."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from msptcli.errors import InvalidInputError
+from msptcli.geometry.balltree import run_boundaries, tree_depth
+
+
+def default_level(n: int) -> int:
+    """Depth whose ``K = 2**level`` patches hold about sqrt(n) points each (K ~ sqrt(n))."""
+    if n < 1:
+        raise InvalidInputError(f"a cloud needs at least one point, got n={n}")
+    return max(0, min(tree_depth(n), round(0.5 * math.log2(n))))
+
+
+def level_for_patch_size(n: int, patch_size: int) -> int:
+    """Depth whose patches hold about ``patch_size`` points (K = 2^level closest to n / patch_size)."""
+    if patch_size < 1:
+        raise InvalidInputError(f"patch size must be at least 1, got {patch_size}")
+    return max(0, min(tree_depth(n), round(math.log2(max(n / patch_size, 1.0)))))
+
+
+def patch_ids(n: int, level: int) -> np.ndarray:
+    """``(n,)`` int64: the patch of each position of the tree order at depth ``level``."""
+    bounds = run_boundaries(n, level)
+    return np.repeat(np.arange(len(bounds) - 1, dtype=np.int64), np.diff(bounds))
+
+
+@dataclass(frozen=True)
+class PatchSummary:
+    """How compact the patches of one level are."""
+
+    num_points: int
+    level: int
+    num_patches: int
+    min_size: int
+    max_size: int
+    mean_radius: float  # mean over patches of the largest distance to the patch centroid
+    random_radius: float  # the same for patches of a random order, for comparison
+
+
+def summarize_patches(points: np.ndarray, perm: np.ndarray, level: int, *, seed: int = 0) -> PatchSummary:
+    """Sizes and radii of the patches of ``points[perm]`` at ``level``, next to a random split."""
+    n = points.shape[0]
+    bounds = run_boundaries(n, level)
+    sizes = np.diff(bounds)
+    shuffled = np.random.default_rng(seed).permutation(n)
+    return PatchSummary(
+        num_points=n,
+        level=level,
+        num_patches=len(sizes),
+        min_size=int(sizes.min()),
+        max_size=int(sizes.max()),
+        mean_radius=_mean_radius(points[perm], bounds),
+        random_radius=_mean_radius(points[shuffled], bounds),
+    )
+
+
+def _mean_radius(ordered: np.ndarray, bounds: np.ndarray) -> float:
+    starts, sizes = bounds[:-1], np.diff(bounds)
+    keep = sizes > 0
+    starts, sizes = starts[keep], sizes[keep]
+    centroids = np.add.reduceat(ordered.astype(np.float64), starts, axis=0) / sizes[:, None]
+    dist = np.linalg.norm(ordered - np.repeat(centroids, sizes, axis=0), axis=1)
+    return float(np.maximum.reduceat(dist, starts).mean())

@@ -1,0 +1,1 @@
+"""Reading meshes and writing outputs safely."""
