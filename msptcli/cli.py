@@ -79,7 +79,8 @@ def balltree(
         int | None, typer.Option("--level", min=0, help="Tree depth of the patches: K = 2^level patches.")
     ] = None,
     patch_size: Annotated[
-        int | None, typer.Option("--patch-size", min=1, help="Pick the depth whose patches hold about this many points.")
+        int | None,
+        typer.Option("--patch-size", min=1, help="Pick the depth whose patches hold about this many points."),
     ] = None,
     screenshot: Annotated[
         Path | None, typer.Option("--screenshot", help="Save a PNG of the mesh coloured by patch.")
@@ -98,21 +99,21 @@ def balltree(
         raise MsptError("give --level or --patch-size, not both")
     started = time.perf_counter()
     report = patch_report(mesh, level=level, patch_size=patch_size, num_threads=threads)
+    written = write_patch_mesh(report, output=output, screenshot=screenshot)
+    summary = report.summary
     table = Table(title=f"Ball-tree patches of {mesh.name}", show_header=False)
-    table.add_row("points", f"{report.summary.num_points:,}")
+    table.add_row("points", f"{summary.num_points:,}")
     table.add_row("tree build", f"{report.build_seconds * 1e3:.1f} ms ({report.threads} threads)")
-    table.add_row("level / patches K", f"{report.summary.level} / {report.summary.num_patches}")
-    table.add_row("points per patch", f"{report.summary.min_size} to {report.summary.max_size}")
+    table.add_row("level / patches K", f"{summary.level} / {summary.num_patches}")
+    table.add_row("points per patch", f"{summary.min_size} to {summary.max_size}")
     table.add_row(
         "mean patch radius",
-        f"{report.summary.mean_radius:.4g} (random split: {report.summary.random_radius:.4g}, "
-        f"{report.summary.random_radius / max(report.summary.mean_radius, 1e-300):.1f}x larger)",
+        f"{summary.mean_radius:.4g} (random split: {summary.random_radius:.4g}, "
+        f"{summary.random_radius / max(summary.mean_radius, 1e-300):.1f}x larger)",
     )
     console.print(table)
-    if output is not None or screenshot is not None:
-        written = write_patch_mesh(report, output=output, screenshot=screenshot)
-        for path in written:
-            console.print(f"wrote {path}")
+    for path in written:
+        console.print(f"wrote {path}")
     console.print(f"done in {time.perf_counter() - started:.1f} s")
 
 

@@ -72,6 +72,8 @@ def patch_report(
 
 def write_patch_mesh(report: PatchReport, *, output: Path | None, screenshot: Path | None) -> list[Path]:
     """Write the mesh with point arrays ``patch`` and ``tree_rank``, and/or a PNG coloured by patch."""
+    if screenshot is not None and screenshot.suffix.lower() != ".png":
+        raise InvalidInputError(f"{screenshot}: the screenshot is written as .png")
     n = report.summary.num_points
     rank = np.empty(n, dtype=np.int64)
     rank[report.perm] = np.arange(n)
@@ -89,8 +91,6 @@ def write_patch_mesh(report: PatchReport, *, output: Path | None, screenshot: Pa
 def _screenshot(mesh: Any, path: Path, num_patches: int) -> Path:
     import pyvista as pv
 
-    if path.suffix.lower() != ".png":
-        raise InvalidInputError(f"{path}: the screenshot is written as .png")
     # Neighbouring patches get distant colours: shuffle the ids before the colour map.
     shuffle = np.random.default_rng(0).permutation(num_patches)
     if isinstance(mesh, pv.PolyData):

@@ -1,0 +1,132 @@
+"""The ``mspt`` command line end to end on real mesh files."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import meshio
+import numpy as np
+import pytest
+import pyvista as pv
+from typer.testing import CliRunner
+
+from msptcli import __version__
+from msptcli.cli import app
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ahmed" / "case_0000"
+runner = CliRunner()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def surface(tmp_path) -> Path:
+    """A copy of the shipped OpenFOAM surface, so a test can also check it is not modified."""
+    dst = tmp_path / "in" / "surface.vtu"
+    dst.parent.mkdir()
+    shutil.copy(EXAMPLE / "surface.vtu", dst)
+    return dst
+
+
+def test_version_and_help():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "balltree" in result.output
+
+
+def test_console_script_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "msptcli", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"mspt {__version__}"
+
+
+def test_balltree_writes_patches_readable_by_meshio_and_pyvista(surface, tmp_path):
+    before = digest(surface)
+    out = tmp_path / "out" / "patches.vtu"
+    result = runner.invoke(app, ["balltree", str(surface), "--level", "5", "-o", str(out), "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    assert "32" in result.output and "wrote" in result.output
+    assert digest(surface) == before
+
+    source = meshio.read(surface)
+    written = meshio.read(out)
+    n = len(source.points)
+    assert np.array_equal(written.points, source.points)
+    assert np.array_equal(written.point_data["p"], source.point_data["p"])  # fields carried over
+    rank = written.point_data["tree_rank"]
+    patch = written.point_data["patch"]
+    assert np.array_equal(np.sort(rank), np.arange(n))
+    sizes = np.bincount(patch)
+    assert len(sizes) == 32 and sizes.max() - sizes.min() <= 1
+    # Patches follow the order: patch = position in the tree order // patch size.
+    assert np.array_equal(patch, np.searchsorted(np.arange(33) * n // 32, rank, side="right") - 1)
+    grid = pv.read(out)
+    assert grid.n_points == n and "patch" in grid.point_data
+    assert [p.name for p in out.parent.iterdir()] == ["patches.vtu"]  # no temporary file left
+
+
+def test_balltree_on_stl_writes_vtp_and_png(tmp_path):
+    out = tmp_path / "geometry.vtp"
+    png = tmp_path / "geometry.png"
+    result = runner.invoke(
+        app, ["balltree", str(EXAMPLE / "geometry.stl"), "--patch-size", "64", "-o", str(out), "--screenshot", str(png)]
+    )
+    assert result.exit_code == 0, result.output
+    surface = pv.read(out)
+    assert surface.n_points == pv.read(EXAMPLE / "geometry.stl").n_points
+    assert len(np.unique(surface.point_data["patch"])) == 32  # 2296 points / 64 -> 2^5 patches
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("make_input", "extra", "message"),
+    [
+        (lambda d: d / "missing.vtu", [], "no such file"),
+        (lambda d: d, [], "is a directory"),
+        (lambda d: _write(d / "notes.txt", "hello"), [], "unsupported mesh format '.txt'"),
+        (lambda d: _write(d / "garbage.vtu", "this is not xml"), [], "garbage.vtu"),
+        (lambda d: _truncated(d / "truncated.vtu"), [], "truncated.vtu"),
+        (lambda d: _write(d / "empty.stl", ""), [], "empty.stl"),
+        (lambda d: EXAMPLE / "surface.vtu", ["--level", "3", "--patch-size", "8"], "not both"),
+        (lambda d: EXAMPLE / "surface.vtu", ["--level", "30"], "deeper than the tree"),
+        (lambda d: EXAMPLE / "surface.vtu", ["-o", "{tmp}/out.stl"], "written as one of .vtu, .vtk"),
+        (lambda d: EXAMPLE / "surface.vtu", ["--screenshot", "{tmp}/shot.jpg"], "written as .png"),
+    ],
+)
+def test_bad_input_gives_one_line_and_no_output(tmp_path, make_input, extra, message):
+    target = make_input(tmp_path)
+    args = ["balltree", str(target), *[a.format(tmp=tmp_path / "out") for a in extra]]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_refuses_to_overwrite_its_input(surface):
+    before = digest(surface)
+    result = runner.invoke(app, ["balltree", str(surface), "-o", str(surface)])
+    assert result.exit_code == 1 and "refusing to overwrite an input" in result.output
+    assert digest(surface) == before
+
+
+def test_usage_error_exits_2():
+    result = runner.invoke(app, ["balltree", str(EXAMPLE / "surface.vtu"), "--level", "-1"])
+    assert result.exit_code == 2
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _truncated(path: Path) -> Path:
+    data = (EXAMPLE / "surface.vtu").read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
