@@ -68,6 +68,16 @@ def surface_like(n: int, rng: np.random.Generator) -> np.ndarray:
     return (c[:, 0] + u[:, None] * (c[:, 1] - c[:, 0]) + v[:, None] * (c[:, 2] - c[:, 0])).astype(np.float32)
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def median_seconds(fn: Callable[[], object], *, min_repeats: int, budget: float) -> float:
     """Median of at least ``min_repeats`` runs (after one warm-up), more while under ``budget`` seconds."""
     fn()
@@ -90,7 +100,7 @@ def run(sizes: list[int], batches: list[int], thread_counts: list[int], repeats:
     rng = np.random.default_rng(0)
     print(f"# Ball-tree construction, {datetime.date.today().isoformat()}")
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"machine: {cpu_name()}, {os.cpu_count()} cores; "
         f"torch {torch.__version__}; OpenMP default threads {_balltree.max_threads()}"
     )
     if erwin_build is None:
