@@ -89,6 +89,9 @@ def write_patch_mesh(report: PatchReport, *, output: Path | None, screenshot: Pa
 
 
 def _screenshot(mesh: Any, path: Path, num_patches: int) -> Path:
+    if not os.environ.get("DISPLAY"):
+        # Render through EGL without an X server (VTK would otherwise try X first and warn).
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     import pyvista as pv
 
     # Neighbouring patches get distant colours: shuffle the ids before the colour map.
