@@ -228,3 +228,44 @@ def test_the_checkers_catch_a_wrong_order(rng):
     assert not np.array_equal(swapped, reference_order(points))
     with pytest.raises(AssertionError):
         check_tree(points, rng.permutation(200))
+
+
+def _order_in_child(points, queue):
+    queue.put(ball_tree_order(points))
+
+
+def test_forked_workers_do_not_hang(rng):
+    # libgomp's thread pool does not survive fork(): DataLoader workers forked after the parent
+    # built a tree used to wait forever. A forked child now builds on one thread.
+    import multiprocessing
+
+    points = rng.random((100_000, 3), dtype=np.float32)
+    expected = ball_tree_order(points, num_threads=2)  # the parent's thread pool now exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    children = [ctx.Process(target=_order_in_child, args=(points, queue)) for _ in range(2)]
+    for child in children:
+        child.start()
+    try:
+        results = [queue.get(timeout=60) for _ in children]
+    finally:
+        for child in children:
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
+    assert all(np.array_equal(r, expected) for r in results)
+
+
+def test_dataloader_workers_build_trees(rng):
+    points = torch.rand(20_000, 3)
+    expected = ball_tree_order(points)
+
+    class Clouds(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return ball_tree_order(points)
+
+    loader = torch.utils.data.DataLoader(Clouds(), num_workers=2, timeout=60, multiprocessing_context="fork")
+    assert all(torch.equal(batch[0], expected) for batch in loader)

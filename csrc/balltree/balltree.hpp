@@ -23,7 +23,10 @@
 // `kTaskCutoff` points, so one large cloud uses all threads as well.
 #pragma once
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -47,7 +50,24 @@ inline constexpr int64_t kSmallSelect = 24;
 // Above this size the pivot is chosen from a recursive sample (Floyd-Rivest).
 inline constexpr int64_t kSampleSelect = 600;
 
+// libgomp's thread pool does not survive fork(): a child process (a DataLoader
+// worker, say) that opens a parallel region with several threads waits forever
+// for threads that were not copied. A child of a fork therefore builds on one
+// thread; `install_fork_guard` registers the handler that tells it so.
+inline std::atomic<bool>& in_forked_child() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+inline void install_fork_guard() {
+  static const bool installed = [] {
+    return pthread_atfork(nullptr, nullptr, [] { in_forked_child().store(true); }) == 0;
+  }();
+  (void)installed;
+}
+
 inline int max_threads() {
+  if (in_forked_child().load()) return 1;
 #ifdef _OPENMP
   return omp_get_max_threads();
 #else
@@ -287,7 +307,7 @@ void build_order(const T* points, const int64_t* offsets, int64_t num_clouds, co
     if (!msg.str().empty()) throw std::invalid_argument(msg.str());
   }
   const int64_t total = offsets[num_clouds];
-  if (num_threads <= 0) num_threads = max_threads();
+  if (num_threads <= 0 || in_forked_child().load()) num_threads = max_threads();
   std::vector<It> items(static_cast<size_t>(total));
   int64_t first_bad = total;  // lowest row with a non-finite coordinate
 

@@ -31,6 +31,7 @@ void build_order(Points<T> points, Offsets offsets, std::optional<Rotation> rota
 
 NB_MODULE(_balltree, m) {
   m.doc() = "Compiled ball-tree ordering (private; use msptcli.geometry.balltree).";
+  bt::install_fork_guard();
   m.def("build_order", &build_order<float>, nb::arg("points"), nb::arg("offsets"), nb::arg("rotation").none(),
         nb::arg("num_threads"), nb::arg("global_indices"), nb::arg("perm"));
   m.def("build_order", &build_order<double>, nb::arg("points"), nb::arg("offsets"), nb::arg("rotation").none(),
