@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msptcli import _balltree
-from msptcli.geometry import ball_tree_order
+from msptcli.geometry import ball_tree_order, default_num_threads
 
 # This file is named balltree.py too: keep its folder off the path so that `import balltree`
 # finds the balltree-erwin package, not this script.
@@ -101,7 +100,7 @@ def run(sizes: list[int], batches: list[int], thread_counts: list[int], repeats:
     print(f"# Ball-tree construction, {datetime.date.today().isoformat()}")
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} cores; "
-        f"torch {torch.__version__}; OpenMP default threads {_balltree.max_threads()}"
+        f"torch {torch.__version__}; OpenMP default threads {default_num_threads()}"
     )
     if erwin_build is None:
         print("balltree-erwin: not installed, its columns are skipped (pip install balltree-erwin)")
@@ -149,7 +148,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="keep repeating while under this many seconds")
     args = parser.parse_args()
     sizes = args.sizes or ([1_000, 16_384] if args.quick else [1_000, 16_384, 131_072, 1_048_576])
-    all_threads = _balltree.max_threads()
+    all_threads = default_num_threads()
     thread_counts = sorted({1, all_threads})
     run(sizes, args.batches, thread_counts, args.repeats, args.budget)
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from msptcli import _balltree
 from msptcli.errors import InvalidInputError
-from msptcli.geometry.balltree import ball_tree_order, tree_depth
+from msptcli.geometry.balltree import ball_tree_order, default_num_threads, tree_depth
 from msptcli.geometry.patches import (
     PatchSummary,
     default_level,
@@ -66,7 +65,7 @@ def patch_report(
         perm=perm,
         summary=summarize_patches(points, perm, level),
         build_seconds=seconds,
-        threads=num_threads or _balltree.max_threads(),
+        threads=num_threads or default_num_threads(),
     )
 
 

@@ -23,8 +23,6 @@
 // `kTaskCutoff` points, so one large cloud uses all threads as well.
 #pragma once
 
-#include <pthread.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -37,6 +35,9 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#ifndef _WIN32
+#include <pthread.h>
+#endif
 #endif
 
 namespace mspt::balltree {
@@ -60,10 +61,20 @@ inline std::atomic<bool>& in_forked_child() {
 }
 
 inline void install_fork_guard() {
+#if defined(_OPENMP) && !defined(_WIN32)
   static const bool installed = [] {
     return pthread_atfork(nullptr, nullptr, [] { in_forked_child().store(true); }) == 0;
   }();
   (void)installed;
+#endif
+}
+
+inline bool has_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
 }
 
 inline int max_threads() {

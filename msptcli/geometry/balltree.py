@@ -32,7 +32,14 @@ import numpy as np
 from msptcli import _balltree
 from msptcli.errors import InvalidInputError
 
-__all__ = ["ball_tree_order", "rotation_matrix", "run_boundaries", "run_boundaries_batch", "tree_depth"]
+__all__ = [
+    "ball_tree_order",
+    "default_num_threads",
+    "rotation_matrix",
+    "run_boundaries",
+    "run_boundaries_batch",
+    "tree_depth",
+]
 
 
 def ball_tree_order(
@@ -119,6 +126,17 @@ def tree_depth(n: int) -> int:
     if n < 1:
         raise InvalidInputError(f"a ball tree needs at least one point, got n={n}")
     return (int(n) - 1).bit_length()
+
+
+def default_num_threads() -> int:
+    """Threads a build uses when ``num_threads`` is None.
+
+    OpenMP's default (all cores, or ``OMP_NUM_THREADS``); 1 where the extension was
+    compiled without OpenMP, and 1 in a process forked after OpenMP started (a
+    DataLoader worker): OpenMP's thread pool does not survive ``fork``, so such
+    a process builds on one thread rather than hang.
+    """
+    return int(_balltree.max_threads())
 
 
 def rotation_matrix(angle: float, *, dim: int = 3, axis: int = 2) -> np.ndarray:
