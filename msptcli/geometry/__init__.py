@@ -1,6 +1,5 @@
 """Geometry on point clouds: the ball-tree ordering and its patches."""
 
-from msptcli.geometry import balltree
 from msptcli.geometry.balltree import (
     ball_tree_order,
     default_num_threads,
@@ -10,4 +9,11 @@ from msptcli.geometry.balltree import (
     tree_depth,
 )
 
-__all__ = balltree.__all__
+__all__ = [
+    "ball_tree_order",
+    "default_num_threads",
+    "rotation_matrix",
+    "run_boundaries",
+    "run_boundaries_batch",
+    "tree_depth",
+]
