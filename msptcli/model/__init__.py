@@ -1,0 +1,19 @@
+"""The Multi-Scale Patch Transformer (MSPT)."""
+
+from msptcli.model.config import ModelConfig
+from msptcli.model.layout import PatchChunk, PatchLayout, build_layout
+from msptcli.model.mspt import MSPT, MSPTBlock
+from msptcli.model.pmsa import PMSA, SupernodePool
+from msptcli.model.streaming import stream_forward
+
+__all__ = [
+    "MSPT",
+    "PMSA",
+    "MSPTBlock",
+    "ModelConfig",
+    "PatchChunk",
+    "PatchLayout",
+    "SupernodePool",
+    "build_layout",
+    "stream_forward",
+]

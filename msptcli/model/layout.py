@@ -1,0 +1,207 @@
+"""How a packed batch of clouds is cut into padded patches and supernodes.
+
+A batch of B clouds is *packed*: the points of all clouds stacked, ``(N, C)``,
+each cloud already in its ball-tree order, cloud ``b`` at rows
+``offsets[b]:offsets[b+1]``. Cloud b is cut into ``K_b = 2**level_b`` patches
+(the runs of that level, sizes differing by at most one) and every patch into
+``Q`` sub-runs (the runs ``log2 Q`` levels deeper), each pooled into one
+supernode. Patches of all clouds are numbered cloud after cloud, ``p = 0..P-1``,
+and patch p owns supernodes ``p*Q .. p*Q+Q-1``.
+
+For attention the patches are padded to a common length ``L`` (the largest
+patch in the batch) and the supernodes of each cloud to ``S`` (the most any
+cloud has). Padded slots never become keys (an additive -inf bias), never enter
+a pooled supernode (pooling runs on the packed points), and their outputs are
+dropped. The layout is built once per batch, on the CPU, from the cloud sizes
+alone; nothing here depends on the features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from msptcli.errors import InvalidInputError
+from msptcli.geometry.balltree import run_boundaries
+from msptcli.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class PatchChunk:
+    """Patches ``p0:p1`` of a layout with indices local to their points ``n0:n1``.
+
+    The whole layout is one chunk; streaming inference walks several.
+    """
+
+    p0: int
+    p1: int
+    n0: int
+    n1: int
+    patch_index: Tensor  # (p, L) long: local point of each slot (0 where padded)
+    point_slot: Tensor  # (n,) long: flat slot (patch * L + i) of each local point
+    patch_cloud: Tensor  # (p,) long: cloud of each patch
+    sub_id: Tensor  # (n,) long: local supernode (p * Q + j) of each point
+    sub_count: Tensor  # (p * Q,) points pooled into each supernode (0: empty sub-run)
+    key_bias: Tensor | None  # (p, 1, 1, L + S) 0 / -inf, None when nothing is padded
+
+    @property
+    def num_patches(self) -> int:
+        return self.p1 - self.p0
+
+    @property
+    def num_points(self) -> int:
+        return self.n1 - self.n0
+
+
+@dataclass(frozen=True)
+class PatchLayout:
+    """Index tensors of one packed batch (see the module docstring)."""
+
+    offsets: Tensor  # (B + 1,) long
+    levels: tuple[int, ...]  # patch depth of every cloud: K_b = 2**level
+    num_supernodes: int  # Q
+    patch_len: int  # L
+    patch_start: Tensor  # (P + 1,) long: packed rows of patch p are patch_start[p]:patch_start[p+1]
+    cloud_patches: Tensor  # (B + 1,) long: patches of cloud b are cloud_patches[b]:cloud_patches[b+1]
+    sub_index: Tensor  # (B, S) long: supernodes of each cloud (0 where padded)
+    sub_valid: Tensor  # (B, S) bool: a real, non-empty supernode
+    whole: PatchChunk  # all patches at once
+
+    @property
+    def num_clouds(self) -> int:
+        return len(self.levels)
+
+    @property
+    def num_points(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def num_patches(self) -> int:
+        return self.whole.num_patches
+
+    def to(self, device: torch.device | str) -> PatchLayout:
+        """The same layout with every tensor on ``device``."""
+        return _to(self, device)
+
+    def chunks(self, max_points: int) -> Iterator[PatchChunk]:
+        """Consecutive runs of whole patches of at most ``max_points`` points (at least one patch each)."""
+        starts = self.patch_start.cpu().numpy()
+        p0 = 0
+        while p0 < self.num_patches:
+            p1 = int(np.searchsorted(starts, starts[p0] + max_points, side="right")) - 1
+            p1 = min(max(p1, p0 + 1), self.num_patches)
+            yield self.chunk(p0, p1)
+            p0 = p1
+
+    def chunk(self, p0: int, p1: int) -> PatchChunk:
+        """Patches ``p0:p1`` with indices local to their points."""
+        if (p0, p1) == (0, self.num_patches):
+            return self.whole
+        q = self.num_supernodes
+        w = self.whole
+        n0, n1 = int(self.patch_start[p0]), int(self.patch_start[p1])
+        return PatchChunk(
+            p0=p0,
+            p1=p1,
+            n0=n0,
+            n1=n1,
+            patch_index=torch.where(w.patch_index[p0:p1] >= n0, w.patch_index[p0:p1] - n0, 0),
+            point_slot=w.point_slot[n0:n1] - p0 * self.patch_len,
+            patch_cloud=w.patch_cloud[p0:p1],
+            sub_id=w.sub_id[n0:n1] - p0 * q,
+            sub_count=w.sub_count[p0 * q : p1 * q],
+            key_bias=None if w.key_bias is None else w.key_bias[p0:p1],
+        )
+
+
+def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
+    """The layout of a batch of clouds with ``sizes`` points, patches chosen by ``config.patch_level``."""
+    sizes_arr = np.asarray([int(n) for n in sizes], dtype=np.int64)
+    if sizes_arr.ndim != 1 or len(sizes_arr) == 0:
+        raise InvalidInputError("a batch needs at least one cloud")
+    if (sizes_arr < 1).any():
+        raise InvalidInputError(f"cloud {int(np.flatnonzero(sizes_arr < 1)[0])} is empty")
+    q = config.num_supernodes
+    q_levels = q.bit_length() - 1
+    offsets = np.concatenate([[0], np.cumsum(sizes_arr)])
+    levels = tuple(config.patch_level(int(n)) for n in sizes_arr)
+
+    # Patch and sub-run bounds, as packed rows, cloud after cloud.
+    patch_bounds, sub_bounds = [], []
+    for start, n, level in zip(offsets[:-1], sizes_arr, levels, strict=True):
+        patch_bounds.append(start + run_boundaries(int(n), level)[:-1])
+        sub_bounds.append(start + run_boundaries(int(n), level + q_levels)[:-1])
+    patch_start = np.concatenate([*patch_bounds, [offsets[-1]]])
+    sub_start = np.concatenate([*sub_bounds, [offsets[-1]]])
+    patch_size = np.diff(patch_start)
+    sub_count = np.diff(sub_start)
+    num_patches = len(patch_size)
+    length = int(patch_size.max())
+    cloud_patches = np.concatenate([[0], np.cumsum([1 << lv for lv in levels])])
+
+    # Padded patches: slot (p, i) holds packed row patch_start[p] + i while i < size_p.
+    slot = np.arange(length)
+    valid = slot[None, :] < patch_size[:, None]
+    patch_index = np.where(valid, patch_start[:-1, None] + slot[None, :], 0)
+    patch_of_point = np.repeat(np.arange(num_patches), patch_size)
+    point_slot = patch_of_point * length + (np.arange(offsets[-1]) - patch_start[:-1][patch_of_point])
+    sub_id = np.repeat(np.arange(num_patches * q), sub_count)
+    patch_cloud = np.repeat(np.arange(len(sizes_arr)), np.diff(cloud_patches))
+
+    # Supernodes of each cloud, padded to the most any cloud has.
+    subs_per_cloud = np.diff(cloud_patches) * q
+    s = int(subs_per_cloud.max())
+    sub_slot = np.arange(s)
+    sub_in_cloud = sub_slot[None, :] < subs_per_cloud[:, None]
+    sub_index = np.where(sub_in_cloud, cloud_patches[:-1, None] * q + sub_slot[None, :], 0)
+    sub_valid = sub_in_cloud & (sub_count[sub_index] > 0)
+
+    key_valid = np.concatenate([valid, sub_valid[patch_cloud]], axis=1)  # (P, L + S)
+    key_bias = None
+    if not key_valid.all():
+        bias = np.where(key_valid, 0.0, -np.inf).astype(np.float32)
+        key_bias = torch.from_numpy(bias)[:, None, None, :]
+
+    def t(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+
+    whole = PatchChunk(
+        p0=0,
+        p1=num_patches,
+        n0=0,
+        n1=int(offsets[-1]),
+        patch_index=t(patch_index),
+        point_slot=t(point_slot),
+        patch_cloud=t(patch_cloud),
+        sub_id=t(sub_id),
+        sub_count=t(sub_count),
+        key_bias=key_bias,
+    )
+    return PatchLayout(
+        offsets=t(offsets),
+        levels=levels,
+        num_supernodes=q,
+        patch_len=length,
+        patch_start=t(patch_start),
+        cloud_patches=t(cloud_patches),
+        sub_index=t(sub_index),
+        sub_valid=torch.from_numpy(sub_valid),
+        whole=whole,
+    )
+
+
+def _to(obj, device):  # type: ignore[no-untyped-def]
+    """A copy of a (nested) frozen dataclass with its tensors on ``device``."""
+    values = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, Tensor):
+            v = v.to(device)
+        elif isinstance(v, PatchChunk):
+            v = _to(v, device)
+        values[f.name] = v
+    return type(obj)(**values)

@@ -1,0 +1,121 @@
+"""Parallelized Multi-Scale Attention (PMSA), Curvo, van de Meent and Zhdanov, arXiv 2512.01738.
+
+Notation: N packed points with C channels, P patches padded to L slots, Q
+supernodes per patch, S supernodes per cloud (K_b * Q, padded), H heads of
+d = C / H channels.
+
+    s_j   = Pool({h_i : i in sub-run j})                          (Eq. 4, supernodes)
+    K_p   = [h_i : i in patch p ; s_j : j in the cloud of p]       (Eq. 5, augmented keys)
+    o_i   = softmax(q_i K_p^T / sqrt(d) + bias) V_p,  i in patch p  (Eq. 6, one softmax)
+
+Every point attends, in one softmax, to the L points of its own patch and to
+the S supernodes of its cloud. All patches go through one
+``scaled_dot_product_attention`` call: no Python loop over patches.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from msptcli.model.layout import PatchChunk, PatchLayout
+
+
+class SupernodePool(nn.Module):
+    """Eq. 4: pool every sub-run of points into one supernode.
+
+    ``mean`` (default) and ``max`` have no parameters; ``linear`` scores each point
+    with a learned linear projection and takes the softmax-weighted mean of its
+    sub-run. Only real points are pooled; an empty sub-run gives a zero vector
+    (it is masked out as a key).
+    """
+
+    def __init__(self, dim: int, kind: str = "mean") -> None:
+        super().__init__()
+        self.kind = kind
+        self.score = nn.Linear(dim, 1) if kind == "linear" else None
+
+    def forward(self, h: Tensor, sub_id: Tensor, sub_count: Tensor) -> Tensor:
+        # h: (n, C) points of whole patches; sub_id: (n,) in [0, s); sub_count: (s,)
+        n, c = h.shape
+        s = sub_count.shape[0]
+        if self.kind == "max":
+            out = h.new_zeros(s, c)
+            return out.scatter_reduce(0, sub_id[:, None].expand(n, c), h, reduce="amax", include_self=False)
+        if self.kind == "linear":
+            score = self.score(h).squeeze(-1)  # (n,), softmax in at least float32 under autocast
+            score = score.to(torch.promote_types(score.dtype, torch.float32))
+            top = score.new_full((s,), -torch.inf).scatter_reduce(0, sub_id, score, reduce="amax")
+            weight = torch.exp(score - top[sub_id])  # (n,) softmax numerators within each sub-run
+            total = weight.new_zeros(s).index_add(0, sub_id, weight)
+            weight = (weight / total[sub_id]).to(h.dtype)
+            return h.new_zeros(s, c).index_add(0, sub_id, h * weight[:, None])
+        sums = h.new_zeros(s, c).index_add(0, sub_id, h)
+        return sums / sub_count.clamp(min=1).to(h.dtype)[:, None]
+
+
+class PMSA(nn.Module):
+    """Eq. 5-6: multi-head attention of every point over its patch and all supernodes of its cloud.
+
+    ``stream=True`` is the authors'-code variant: each patch's own Q supernodes
+    are also queries (appended after its L points) and their outputs are
+    returned, to be carried to the next block.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, stream: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.stream = stream
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def supernode_kv(self, s: Tensor, layout: PatchLayout) -> tuple[Tensor, Tensor]:
+        """Keys and values of every cloud's supernodes: 2 x (B, S, C), computed once per block."""
+        c = s.shape[-1]
+        w, b = self.qkv.weight[c:], self.qkv.bias[c:]
+        kv = F.linear(s, w, b)[layout.sub_index]  # (B, S, 2C)
+        k, v = kv.split(c, dim=-1)
+        return k, v
+
+    def forward(
+        self,
+        h: Tensor,
+        chunk: PatchChunk,
+        sn_kv: tuple[Tensor, Tensor],
+        hz: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention output of the chunk's points (and, streaming supernodes, of their own supernodes).
+
+        Args:
+            h: (n, C) normalised features of the chunk's points.
+            chunk: the chunk's patches (``layout.whole`` for a whole batch).
+            sn_kv: the supernode keys and values of every cloud, from ``supernode_kv``.
+            hz: with ``stream``, (p * Q, C) normalised supernodes owned by the chunk's patches.
+
+        Returns:
+            (n, C) outputs of the points; with ``stream`` also (p * Q, C) outputs of the supernodes.
+        """
+        c = h.shape[1]
+        p, length = chunk.patch_index.shape
+        heads, d = self.num_heads, c // self.num_heads
+        qkv = self.qkv(h)[chunk.patch_index]  # (p, L, 3C)
+        q, k, v = qkv.split(c, dim=-1)  # 3 x (p, L, C)
+        k_sn, v_sn = (t[chunk.patch_cloud] for t in sn_kv)  # 2 x (p, S, C)
+        k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
+        v = torch.cat([v, v_sn.to(v.dtype)], dim=1)
+        num_q = length
+        if self.stream:
+            qz = F.linear(hz, self.qkv.weight[:c], self.qkv.bias[:c]).view(p, -1, c)  # (p, Q, C)
+            q = torch.cat([q, qz.to(q.dtype)], dim=1)  # (p, L + Q, C)
+            num_q = q.shape[1]
+
+        def heads_first(t: Tensor) -> Tensor:  # (p, T, C) -> (p, H, T, d)
+            return t.view(p, t.shape[1], heads, d).transpose(1, 2)
+
+        bias = None if chunk.key_bias is None else chunk.key_bias.to(q.dtype)
+        o = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), attn_mask=bias)
+        o = self.proj(o.transpose(1, 2).reshape(p, num_q, c))  # (p, L [+ Q], C)
+        out_points = o[:, :length].reshape(p * length, c)[chunk.point_slot]  # (n, C), padded slots dropped
+        out_sn = o[:, length:].reshape(-1, c) if self.stream else None  # (p * Q, C)
+        return out_points, out_sn

@@ -1,0 +1,109 @@
+"""A dense reference of PMSA: full attention with an explicit block mask, one cloud at a time.
+
+Slow (O(N^2) memory) and written for clarity, with plain matrix products
+instead of ``scaled_dot_product_attention``, an explicit Python loop over
+sub-runs for pooling and no padding at all. The tests check that the packed,
+padded, batched MSPT computes exactly this.
+
+For a cloud of n points cut into K patches and K * Q sub-runs, the tokens are
+[points ; supernodes] and the mask M of Eq. 6 is
+
+    M[i, j]     = patch(i) == patch(j)     point i, point j
+    M[i, n + s] = sub-run s is not empty   point i, supernode s
+
+and, for the streaming-supernode variant, supernode t (of patch t // Q) attends
+like a point of that patch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from msptcli.geometry.balltree import run_boundaries
+from msptcli.model.mspt import MSPT, MSPTBlock
+from msptcli.model.pmsa import SupernodePool
+
+
+def dense_forward(model: MSPT, features: Tensor, sizes: list[int], conditions: Tensor | None = None) -> Tensor:
+    """``model`` applied to each cloud separately with dense masked attention; (N, out) packed."""
+    outputs, start = [], 0
+    for b, n in enumerate(sizes):
+        f = features[start : start + n]
+        if conditions is not None:
+            f = torch.cat([f, conditions[b].expand(n, -1).to(f.dtype)], dim=-1)
+        outputs.append(_dense_cloud(model, f))
+        start += n
+    return torch.cat(outputs)
+
+
+def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
+    config = model.config
+    n = f.shape[0]
+    level = config.patch_level(n)
+    q = config.num_supernodes
+    patch = _run_of_point(n, level)  # (n,)
+    sub_bounds = run_boundaries(n, level + int(math.log2(q)))
+    x = model.embed(f)
+    z = _pool(model.stream_pool, x, sub_bounds) if model.stream_pool is not None else None
+    for block in model.blocks:
+        x, z = _dense_block(block, x, z, patch, sub_bounds, q)
+    return model.head(model.norm(x))
+
+
+def _dense_block(block: MSPTBlock, x: Tensor, z: Tensor | None, patch: Tensor, sub_bounds, q: int):  # type: ignore[no-untyped-def]
+    n, c = x.shape
+    h = block.norm1(x)
+    s = block.norm1(z) if block.stream else _pool(block.pool, h, sub_bounds)  # (S, C)
+    nonempty = torch.from_numpy(sub_bounds[1:] > sub_bounds[:-1])  # (S,)
+    tokens = torch.cat([h, s])  # keys/values: [points ; supernodes]
+    queries = torch.cat([h, s]) if block.stream else h
+    query_patch = torch.cat([patch, torch.arange(len(s)) // q]) if block.stream else patch
+    mask = torch.cat(
+        [query_patch[:, None] == patch[None, :], nonempty[None, :].expand(len(queries), -1)], dim=1
+    )  # (n [+ S], n + S)
+    w_q, w_k, w_v = block.attn.qkv.weight.split(c)
+    b_q, b_k, b_v = block.attn.qkv.bias.split(c)
+    heads = block.attn.num_heads
+    d = c // heads
+    out = []
+    for head in range(heads):
+        cols = slice(head * d, (head + 1) * d)
+        qh = F.linear(queries, w_q[cols], b_q[cols])
+        kh = F.linear(tokens, w_k[cols], b_k[cols])
+        vh = F.linear(tokens, w_v[cols], b_v[cols])
+        scores = (qh @ kh.T) / math.sqrt(d)
+        scores = scores.masked_fill(~mask, -torch.inf)
+        out.append(torch.softmax(scores, dim=-1) @ vh)
+    a = block.attn.proj(torch.cat(out, dim=-1))
+    x = x + a[:n]
+    x = x + block.mlp(block.norm2(x))
+    if block.stream:
+        z = z + a[n:]
+        z = z + block.mlp(block.norm2(z))
+    return x, z
+
+
+def _pool(pool: SupernodePool, h: Tensor, sub_bounds) -> Tensor:  # type: ignore[no-untyped-def]
+    rows = []
+    for start, end in itertools.pairwise(sub_bounds):
+        part = h[start:end]
+        if len(part) == 0:
+            rows.append(torch.zeros_like(h[0]))
+        elif pool.kind == "mean":
+            rows.append(part.mean(dim=0))
+        elif pool.kind == "max":
+            rows.append(part.max(dim=0).values)
+        else:
+            weight = torch.softmax(pool.score(part).squeeze(-1), dim=0)
+            rows.append((weight[:, None] * part).sum(dim=0))
+    return torch.stack(rows)
+
+
+def _run_of_point(n: int, level: int) -> Tensor:
+    bounds = torch.from_numpy(run_boundaries(n, level))
+    return torch.repeat_interleave(torch.arange(len(bounds) - 1), bounds[1:] - bounds[:-1])
