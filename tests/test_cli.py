@@ -12,12 +12,13 @@ import meshio
 import numpy as np
 import pytest
 import pyvista as pv
+from tests_paths import EXAMPLE_CASE
 from typer.testing import CliRunner
 
 from msptcli import __version__
 from msptcli.cli import app
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ahmed" / "case_0000"
+EXAMPLE = EXAMPLE_CASE
 runner = CliRunner()
 
 

@@ -1,5 +1,6 @@
 """The Multi-Scale Patch Transformer (MSPT)."""
 
+from msptcli.model.batch import PackedBatch, pack_clouds
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchChunk, PatchLayout, build_layout
 from msptcli.model.mspt import MSPT, MSPTBlock
@@ -11,9 +12,11 @@ __all__ = [
     "PMSA",
     "MSPTBlock",
     "ModelConfig",
+    "PackedBatch",
     "PatchChunk",
     "PatchLayout",
     "SupernodePool",
     "build_layout",
+    "pack_clouds",
     "stream_forward",
 ]

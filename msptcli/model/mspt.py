@@ -75,7 +75,8 @@ class MSPTBlock(nn.Module):
         if self.full:
             self.attn = FullAttention(dim, config.num_heads)
         else:
-            self.pool = SupernodePool(dim, config.pooling)
+            # With streaming supernodes the stream is pooled once, before the first block.
+            self.pool = None if self.stream else SupernodePool(dim, config.pooling)
             self.attn = PMSA(dim, config.num_heads, stream=self.stream)
 
     def supernodes(self, x: Tensor, chunk: PatchChunk) -> Tensor:

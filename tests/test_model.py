@@ -1,0 +1,267 @@
+"""MSPT: exactness against the dense reference, padding, equivariance, streaming, gradients."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from tests_paths import EXAMPLE_SURFACE
+
+from msptcli.geometry import ball_tree_order
+from msptcli.model import MSPT, ModelConfig, build_layout, pack_clouds, stream_forward
+from msptcli.model.reference import dense_forward
+
+SIZES = [300, 37, 5, 1, 130]  # none divisible by its K; a single point; several clouds
+
+
+def make(dtype=torch.float64, seed=0, **overrides) -> MSPT:
+    torch.manual_seed(seed)
+    cfg = dict(in_features=3, out_features=2, width=24, num_heads=3, depth=2)
+    cfg.update(overrides)
+    return MSPT(ModelConfig(**cfg)).to(dtype)
+
+
+def randn(*shape, dtype=torch.float64, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    ("patches", "q", "heads"),
+    [
+        ({}, 1, 1),
+        ({}, 2, 3),
+        ({}, 4, 2),
+        ({"num_patches": 1}, 2, 3),
+        ({"num_patches": 4}, 1, 3),
+        ({"num_patches": 16}, 4, 6),
+        ({"patch_size": 7}, 2, 2),
+        ({"patch_size": 64}, 1, 6),
+    ],
+)
+@pytest.mark.parametrize("pooling", ["mean", "max", "linear"])
+@pytest.mark.parametrize("supernodes", ["keys", "stream"])
+def test_pmsa_equals_dense_masked_reference(patches, q, heads, pooling, supernodes):
+    model = make(num_heads=heads, num_supernodes=q, pooling=pooling, supernodes=supernodes, **patches)
+    layout = build_layout(SIZES, model.config)
+    features = randn(sum(SIZES), 3)
+    with torch.no_grad():
+        ours = model(features, layout)
+        reference = dense_forward(model, features, SIZES)
+    assert torch.allclose(ours, reference, rtol=0, atol=1e-10), (ours - reference).abs().max()
+
+
+def test_reference_check_can_fail():
+    # The comparison above is not vacuous: a different patch rule gives a different output.
+    model = make(num_patches=4)
+    features = randn(sum(SIZES), 3)
+    other = build_layout(SIZES, model.config.model_copy(update={"num_patches": 8}))
+    with torch.no_grad():
+        assert (model(features, other) - dense_forward(model, features, SIZES)).abs().max() > 1e-3
+
+
+def test_conditions_reach_every_point_of_their_cloud():
+    model = make(condition_features=2)
+    layout = build_layout(SIZES, model.config)
+    features, conditions = randn(sum(SIZES), 3), randn(len(SIZES), 2, seed=5)
+    with torch.no_grad():
+        ours = model(features, layout, conditions)
+        assert torch.allclose(ours, dense_forward(model, features, SIZES, conditions), rtol=0, atol=1e-10)
+        changed = conditions.clone()
+        changed[1] += 1
+        diff = (model(features, layout, changed) - ours).abs().sum(-1)
+    assert (diff[300:337] > 0).all() and (diff[:300] == 0).all() and (diff[337:] == 0).all()
+    with pytest.raises(ValueError, match="conditions must have shape"):
+        model(features, layout)
+
+
+@pytest.mark.parametrize("supernodes", ["keys", "stream"])
+def test_padding_does_not_leak(supernodes):
+    """A cloud's outputs are the same alone (no padding) and in batches that pad its patches a little or a lot."""
+    model = make(num_patches=4, num_supernodes=2, supernodes=supernodes)
+    cloud = randn(256, 3, seed=2)  # 4 patches of 64: nothing padded when alone
+    with torch.no_grad():
+        alone = model(cloud, build_layout([256], model.config))
+        assert build_layout([256], model.config).whole.key_bias is None
+        for other_size in (260, 1000):  # L = 65 (a few padded slots) and L = 250 (many)
+            other = randn(other_size, 3, seed=3)
+            for first in (True, False):  # padded slots gather row 0: put our cloud there and elsewhere
+                clouds = [cloud, other] if first else [other, cloud]
+                sizes = [len(c) for c in clouds]
+                out = model(torch.cat(clouds), build_layout(sizes, model.config))
+                ours = out[:256] if first else out[other_size:]
+                assert torch.allclose(ours, alone, rtol=0, atol=1e-12)
+                # Changing the other cloud changes nothing here.
+                clouds2 = [cloud, other * 3 + 1] if first else [other * 3 + 1, cloud]
+                out2 = model(torch.cat(clouds2), build_layout(sizes, model.config))
+                ours2 = out2[:256] if first else out2[other_size:]
+                assert torch.allclose(ours2, alone, rtol=0, atol=1e-12)
+
+
+def test_permuting_points_permutes_outputs():
+    rng = np.random.default_rng(0)
+    points = rng.random((500, 3))
+    features = torch.from_numpy(np.concatenate([points, np.sin(points)], axis=1))
+    model = make(in_features=6, num_supernodes=2)
+    sigma = rng.permutation(500)
+    with torch.no_grad():
+        batch = pack_clouds([points], [features], model.config)
+        out = batch.unpack(model(batch.features, batch.layout))
+        shuffled = pack_clouds([points[sigma]], [features[sigma]], model.config)
+        out_shuffled = shuffled.unpack(model(shuffled.features, shuffled.layout))
+    assert torch.allclose(out_shuffled, out[sigma], rtol=0, atol=1e-12)
+    assert np.array_equal(points[sigma][ball_tree_order(points[sigma])], points[ball_tree_order(points)])
+
+
+@pytest.mark.parametrize(
+    ("supernodes", "pooling", "q"), [("keys", "mean", 1), ("keys", "linear", 4), ("stream", "max", 2)]
+)
+@pytest.mark.parametrize("chunk_points", [1, 50, 333, 10_000])
+def test_streaming_equals_full_forward(supernodes, pooling, q, chunk_points):
+    model = make(torch.float32, supernodes=supernodes, pooling=pooling, num_supernodes=q, condition_features=1, depth=3)
+    layout = build_layout(SIZES, model.config)
+    features, conditions = randn(sum(SIZES), 3, dtype=torch.float32), randn(len(SIZES), 1, dtype=torch.float32)
+    with torch.no_grad():
+        full = model(features, layout, conditions)
+    streamed = stream_forward(model, features, layout, conditions, chunk_points=chunk_points)
+    rel = (streamed - full).norm() / full.norm()
+    assert rel <= 1e-5, rel
+
+
+def test_streaming_refuses_full_attention():
+    model = make(attention="full")
+    with pytest.raises(ValueError, match="needs PMSA"):
+        stream_forward(model, randn(10, 3), build_layout([10], model.config))
+
+
+VARIANTS = [
+    dict(),
+    dict(num_supernodes=4, pooling="max"),
+    dict(pooling="linear", supernodes="stream", num_supernodes=2),
+    dict(attention="full"),
+    dict(checkpointing=True),
+    dict(condition_features=3, patch_size=16),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default")
+def test_every_variant_runs_and_every_parameter_gets_a_gradient(variant):
+    model = make(torch.float32, **variant)
+    layout = build_layout(SIZES, model.config)
+    conditions = randn(len(SIZES), 3, dtype=torch.float32) if variant.get("condition_features") else None
+    out = model(randn(sum(SIZES), 3, dtype=torch.float32), layout, conditions)
+    assert out.shape == (sum(SIZES), 2) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_full_attention_is_dense_attention_per_cloud():
+    model = make(attention="full", depth=1)
+    features = randn(sum(SIZES[:2]), 3)
+    with torch.no_grad():
+        batch = model(features, build_layout(SIZES[:2], model.config))
+        alone = [model(f, build_layout([len(f)], model.config)) for f in features.split(SIZES[:2])]
+    assert torch.allclose(batch, torch.cat(alone), rtol=0, atol=1e-12)
+    # and it differs from PMSA, which restricts attention
+    pmsa = make(depth=1)
+    pmsa.load_state_dict({k: v for k, v in model.state_dict().items()}, strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(pmsa(features, build_layout(SIZES[:2], pmsa.config)), batch)
+
+
+def test_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = make(checkpointing=checkpointing, supernodes="stream")
+        layout = build_layout(SIZES, model.config)
+        model(randn(sum(SIZES), 3), layout).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(*grads, rtol=0, atol=1e-12)
+
+
+def test_bf16_autocast_runs_and_stays_close():
+    model = make(torch.float32)
+    layout = build_layout(SIZES, model.config)
+    features = randn(sum(SIZES), 3, dtype=torch.float32)
+    with torch.no_grad():
+        full = model(features, layout)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(features, layout)
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+    assert (low.float() - full).norm() / full.norm() < 0.05
+
+
+def test_patch_rule():
+    cfg = ModelConfig(in_features=1, out_features=1)
+    assert cfg.patch_level(1) == 0 and cfg.patch_level(3) == 1 and cfg.patch_level(16) == 2
+    for n in (10, 1000, 12_345, 1_000_000):
+        k = 2 ** cfg.patch_level(n)
+        assert k <= n and 0.5 <= k / np.sqrt(n) <= 2  # K * Q ~ sqrt(N)
+    q4 = cfg.model_copy(update={"num_supernodes": 4})
+    assert 2 ** q4.patch_level(1_000_000) * 4 == 2 ** cfg.patch_level(1_000_000)
+    assert cfg.model_copy(update={"patch_size": 100}).patch_level(12_800) == 7
+    assert cfg.model_copy(update={"num_patches": 64}).patch_level(1_000) == 6
+    assert cfg.model_copy(update={"num_patches": 64}).patch_level(10) == 3  # at most one patch per point
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(width=30, num_heads=4), "not divisible"),
+        (dict(num_supernodes=3), "power of two"),
+        (dict(num_patches=12), "power of two"),
+        (dict(num_patches=8, patch_size=10), "not both"),
+        (dict(pooling="median"), "pooling"),
+        (dict(widht=64), "widht"),
+    ],
+)
+def test_config_errors(overrides, message):
+    with pytest.raises(ValidationError, match=message):
+        ModelConfig(in_features=3, out_features=1, **overrides)
+
+
+def test_layout_masks_only_what_is_padded():
+    cfg = ModelConfig(in_features=1, out_features=1, num_patches=4, num_supernodes=2)
+    layout = build_layout([10, 7], cfg)
+    bias = layout.whole.key_bias[:, 0, 0]  # (P, L + S)
+    assert layout.patch_len == 3 and bias.shape == (8, 3 + 8)
+    sizes = (layout.patch_start[1:] - layout.patch_start[:-1]).tolist()
+    assert sizes == [2, 3, 2, 3, 1, 2, 2, 2]
+    for p, size in enumerate(sizes):
+        assert (bias[p, :size] == 0).all() and (bias[p, size:3] == -torch.inf).all()
+    # cloud 1 (7 points, 8 sub-runs): one sub-run is empty and masked
+    assert int((bias[4:, 3:] == -torch.inf).sum(1)[0]) == 1
+    assert set(itertools.chain(*[layout.chunk(p, p + 1).patch_index.flatten().tolist() for p in range(8)])) <= {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_learns_a_real_pressure_field():
+    """A few hundred steps on the shipped OpenFOAM surface cut the error of kinematic pressure by a large factor."""
+    import pyvista as pv
+
+    torch.manual_seed(0)
+    mesh = pv.read(EXAMPLE_SURFACE)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(mesh.n_points, 2048, replace=False)
+    points = np.asarray(mesh.points, dtype=np.float64)[pick]
+    pressure = np.asarray(mesh.point_data["p"], dtype=np.float64)[pick]
+    coords = (points - points.mean(0)) / points.std(0)
+    target = torch.from_numpy((pressure - pressure.mean()) / pressure.std()).float()[:, None]
+    fourier = np.concatenate([coords, np.sin(np.pi * coords), np.cos(np.pi * coords)], axis=1)
+    model = MSPT(ModelConfig(in_features=9, out_features=1, width=64, num_heads=4, depth=2, patch_size=64))
+    batch = pack_clouds([points], [torch.from_numpy(fourier).float()], model.config)
+    y = target[batch.order]
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    with torch.no_grad():
+        start = torch.mean((model(batch.features, batch.layout) - y) ** 2).item()
+    for _ in range(300):
+        loss = torch.mean((model(batch.features, batch.layout) - y) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        end = torch.mean((model(batch.features, batch.layout) - y) ** 2).item()
+    assert end < start / 20, (start, end)
