@@ -265,3 +265,39 @@ def test_learns_a_real_pressure_field():
     with torch.no_grad():
         end = torch.mean((model(batch.features, batch.layout) - y) ** 2).item()
     assert end < start / 20, (start, end)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("supernodes", ["keys", "stream"])
+def test_torch_compile_full_graph(supernodes):
+    """torch.compile captures forward and backward in one graph (no breaks, no host syncs) and agrees."""
+    model = make(torch.float32, supernodes=supernodes, num_supernodes=2)
+    layout = build_layout(SIZES, model.config)
+    features = randn(sum(SIZES), 3, dtype=torch.float32)
+    expected = model(features, layout)
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(features, layout)
+    assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sizes", [[4096], [3000, 1000]], ids=["unpadded", "padded"])
+def test_gpu_bf16_uses_fused_attention_kernels(sizes):
+    """On a GPU, bf16 PMSA runs on the flash (no padding) or memory-efficient (padding mask) kernels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = make(torch.float32, width=64, num_heads=4).cuda()
+    layout = build_layout(sizes, model.config).to("cuda")
+    features = randn(sum(sizes), 3, dtype=torch.float32).cuda()
+    expected = model(features, layout)
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    with sdpa_kernel(backends), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(features, layout)
+        out.float().square().mean().backward()
+    assert torch.isfinite(out).all()
+    assert (out.float() - expected).norm() / expected.norm() < 0.05
+    streamed = stream_forward(model, features, layout, chunk_points=1000)
+    assert (streamed - expected).norm() / expected.norm() < 1e-5

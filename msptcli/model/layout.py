@@ -62,10 +62,11 @@ class PatchLayout:
     """Index tensors of one packed batch (see the module docstring)."""
 
     offsets: Tensor  # (B + 1,) long
+    sizes: tuple[int, ...]  # points of every cloud (Python ints: no device sync to read them)
     levels: tuple[int, ...]  # patch depth of every cloud: K_b = 2**level
     num_supernodes: int  # Q
     patch_len: int  # L
-    patch_start: Tensor  # (P + 1,) long: packed rows of patch p are patch_start[p]:patch_start[p+1]
+    patch_start: np.ndarray  # (P + 1,) on the host: packed rows of patch p are patch_start[p]:patch_start[p+1]
     cloud_patches: Tensor  # (B + 1,) long: patches of cloud b are cloud_patches[b]:cloud_patches[b+1]
     sub_index: Tensor  # (B, S) long: supernodes of each cloud (0 where padded)
     sub_valid: Tensor  # (B, S) bool: a real, non-empty supernode
@@ -77,7 +78,7 @@ class PatchLayout:
 
     @property
     def num_points(self) -> int:
-        return int(self.offsets[-1])
+        return self.whole.n1
 
     @property
     def num_patches(self) -> int:
@@ -89,7 +90,7 @@ class PatchLayout:
 
     def chunks(self, max_points: int) -> Iterator[PatchChunk]:
         """Consecutive runs of whole patches of at most ``max_points`` points (at least one patch each)."""
-        starts = self.patch_start.cpu().numpy()
+        starts = self.patch_start
         p0 = 0
         while p0 < self.num_patches:
             p1 = int(np.searchsorted(starts, starts[p0] + max_points, side="right")) - 1
@@ -103,7 +104,7 @@ class PatchLayout:
             return self.whole
         q = self.num_supernodes
         w = self.whole
-        n0, n1 = int(self.patch_start[p0]), int(self.patch_start[p1])
+        n0, n1 = int(self.patch_start[p0]), int(self.patch_start[p1])  # host array: no device sync
         return PatchChunk(
             p0=p0,
             p1=p1,
@@ -183,10 +184,11 @@ def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
     )
     return PatchLayout(
         offsets=t(offsets),
+        sizes=tuple(int(n) for n in sizes_arr),
         levels=levels,
         num_supernodes=q,
         patch_len=length,
-        patch_start=t(patch_start),
+        patch_start=patch_start,
         cloud_patches=t(cloud_patches),
         sub_index=t(sub_index),
         sub_valid=torch.from_numpy(sub_valid),

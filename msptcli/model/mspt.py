@@ -47,13 +47,13 @@ class FullAttention(nn.Module):
         c = h.shape[1]
         offsets = layout.offsets
         sizes = offsets[1:] - offsets[:-1]
-        b, longest = sizes.shape[0], int(sizes.max())
+        b, longest = layout.num_clouds, max(layout.sizes)
         slot = torch.arange(longest, device=h.device)
         valid = slot[None, :] < sizes[:, None]  # (B, Nmax)
         index = torch.where(valid, offsets[:-1, None] + slot[None, :], 0)
         q, k, v = (t.view(b, longest, self.num_heads, -1).transpose(1, 2) for t in self.qkv(h)[index].split(c, -1))
         bias = None
-        if not bool(valid.all()):
+        if min(layout.sizes) < longest:
             bias = torch.zeros(valid.shape, dtype=q.dtype, device=h.device).masked_fill(~valid, -torch.inf)
             bias = bias[:, None, None, :]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, Nmax, d)
