@@ -22,6 +22,15 @@ from torch import Tensor, nn
 from msptcli.model.layout import PatchChunk, PatchLayout
 
 
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` for a (long) index tensor of any shape, through ``index_select``.
+
+    Same values as advanced indexing; its backward is an ``index_add`` rather than
+    the much slower ``index_put`` with accumulation.
+    """
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
+
+
 class SupernodePool(nn.Module):
     """Eq. 4: pool every sub-run of points into one supernode.
 
@@ -74,7 +83,7 @@ class PMSA(nn.Module):
         """Keys and values of every cloud's supernodes: 2 x (B, S, C), computed once per block."""
         c = s.shape[-1]
         w, b = self.qkv.weight[c:], self.qkv.bias[c:]
-        kv = F.linear(s, w, b)[layout.sub_index]  # (B, S, 2C)
+        kv = gather_rows(F.linear(s, w, b), layout.sub_index)  # (B, S, 2C)
         k, v = kv.split(c, dim=-1)
         return k, v
 
@@ -99,9 +108,9 @@ class PMSA(nn.Module):
         c = h.shape[1]
         p, length = chunk.patch_index.shape
         heads, d = self.num_heads, c // self.num_heads
-        qkv = self.qkv(h)[chunk.patch_index]  # (p, L, 3C)
+        qkv = gather_rows(self.qkv(h), chunk.patch_index)  # (p, L, 3C)
         q, k, v = qkv.split(c, dim=-1)  # 3 x (p, L, C)
-        k_sn, v_sn = (t[chunk.patch_cloud] for t in sn_kv)  # 2 x (p, S, C)
+        k_sn, v_sn = (gather_rows(t, chunk.patch_cloud) for t in sn_kv)  # 2 x (p, S, C)
         k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
         v = torch.cat([v, v_sn.to(v.dtype)], dim=1)
         num_q = length
@@ -116,6 +125,6 @@ class PMSA(nn.Module):
         bias = None if chunk.key_bias is None else chunk.key_bias.to(q.dtype)
         o = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), attn_mask=bias)
         o = self.proj(o.transpose(1, 2).reshape(p, num_q, c))  # (p, L [+ Q], C)
-        out_points = o[:, :length].reshape(p * length, c)[chunk.point_slot]  # (n, C), padded slots dropped
+        out_points = gather_rows(o[:, :length].reshape(p * length, c), chunk.point_slot)  # (n, C), padding dropped
         out_sn = o[:, length:].reshape(-1, c) if self.stream else None  # (p * Q, C)
         return out_points, out_sn
