@@ -21,6 +21,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/balltree.py
+	$(BIN)/python benchmarks/model.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
