@@ -1,19 +1,4 @@
-"""Geometry on point clouds: the ball-tree ordering and its patches."""
+"""Geometry on point clouds: the ball-tree ordering and its patches (see ``balltree.py``)."""
 
-from msptcli.geometry.balltree import (
-    ball_tree_order,
-    default_num_threads,
-    rotation_matrix,
-    run_boundaries,
-    run_boundaries_batch,
-    tree_depth,
-)
-
-__all__ = [
-    "ball_tree_order",
-    "default_num_threads",
-    "rotation_matrix",
-    "run_boundaries",
-    "run_boundaries_batch",
-    "tree_depth",
-]
+from msptcli.geometry.balltree import *  # noqa: F403  (the public API is balltree's __all__)
+from msptcli.geometry.balltree import __all__ as __all__
