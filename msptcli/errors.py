@@ -11,3 +11,15 @@ class InvalidInputError(MsptError, ValueError):
 
 class MeshReadError(MsptError):
     """A mesh file that is missing, unreadable, or not a mesh."""
+
+
+class ConfigError(MsptError):
+    """A configuration file or override that is not valid."""
+
+
+class DatasetError(MsptError):
+    """A prepared dataset or run directory that is missing, incomplete or inconsistent."""
+
+
+class CheckpointError(MsptError):
+    """A checkpoint that is missing, unreadable or not an mspt checkpoint."""

@@ -96,7 +96,7 @@ def test_balltree_on_stl_writes_vtp_and_png(tmp_path):
         (lambda d: _write(d / "empty.stl", ""), [], "empty.stl"),
         (lambda d: EXAMPLE / "surface.vtu", ["--level", "3", "--patch-size", "8"], "not both"),
         (lambda d: EXAMPLE / "surface.vtu", ["--level", "30"], "deeper than the tree"),
-        (lambda d: EXAMPLE / "surface.vtu", ["-o", "{tmp}/out.stl"], "written as one of .vtu, .vtk"),
+        (lambda d: EXAMPLE / "surface.vtu", ["-o", "{tmp}/out.stl"], "written as one of .vtp, .vtu, .vtk"),
         (lambda d: EXAMPLE / "surface.vtu", ["--screenshot", "{tmp}/shot.jpg"], "written as .png"),
     ],
 )

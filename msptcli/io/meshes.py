@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from msptcli.errors import InvalidInputError, MeshReadError
 from msptcli.io.atomic import atomic_output
@@ -12,15 +16,16 @@ from msptcli.io.atomic import atomic_output
 if TYPE_CHECKING:
     import pyvista as pv
 
-#: Extensions pyvista reads as meshes (volume and surface).
-MESH_SUFFIXES = (".vtu", ".vtp", ".vtk", ".stl", ".obj", ".ply", ".vtm")
+#: Extensions read as meshes: by meshio, except .vtp (which meshio cannot read) by pyvista.
+MESH_SUFFIXES = (".vtu", ".vtp", ".vtk", ".stl", ".obj", ".ply")
 #: Extensions ``write_mesh`` can produce, by dataset kind.
 VOLUME_SUFFIXES = (".vtu", ".vtk")
-SURFACE_SUFFIXES = (".vtp", ".vtk", ".stl", ".ply")
+SURFACE_SUFFIXES = (".vtp", ".vtu", ".vtk")
 
 
 def read_mesh(path: str | os.PathLike[str]) -> pv.DataSet:
-    """Read a mesh file; raise :class:`MeshReadError` naming the file and the problem."""
+    """Read a mesh file into a pyvista dataset; raise :class:`MeshReadError` naming the file and the problem."""
+    import meshio
     import pyvista as pv
 
     p = Path(path)
@@ -31,11 +36,10 @@ def read_mesh(path: str | os.PathLike[str]) -> pv.DataSet:
     if p.suffix.lower() not in MESH_SUFFIXES:
         raise MeshReadError(f"{p}: unsupported mesh format {p.suffix!r} (expected one of {', '.join(MESH_SUFFIXES)})")
     try:
-        mesh = _quiet_vtk(pv.read, p)
-    except Exception as exc:  # VTK readers raise many kinds of errors for corrupt files
-        raise MeshReadError(f"{p}: cannot be read as a mesh ({type(exc).__name__}: {exc})") from None
-    if isinstance(mesh, pv.MultiBlock):
-        mesh = mesh.combine()
+        mesh = _quiet(pv.read, p) if p.suffix.lower() == ".vtp" else pv.from_meshio(_quiet(meshio.read, p))
+    except (Exception, SystemExit) as exc:  # readers raise many kinds of errors; meshio even exits
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() and not isinstance(exc, SystemExit) else ""
+        raise MeshReadError(f"{p}: cannot be read as a mesh" + (f" ({reason})" if reason else "")) from None
     if mesh is None or mesh.n_points == 0:
         raise MeshReadError(f"{p}: the mesh has no points (empty or unreadable file)")
     return mesh
@@ -48,13 +52,30 @@ def write_mesh(mesh: pv.DataSet, path: str | os.PathLike[str], *, inputs: tuple[
     p = Path(path)
     if any(_same_file(p, q) for q in inputs):
         raise InvalidInputError(f"{p}: refusing to overwrite an input file; choose another output path")
-    allowed = SURFACE_SUFFIXES if isinstance(mesh, pv.PolyData) else VOLUME_SUFFIXES
+    surface = is_surface(mesh)
+    allowed = SURFACE_SUFFIXES if surface else VOLUME_SUFFIXES
     if p.suffix.lower() not in allowed:
-        kind = "surface" if isinstance(mesh, pv.PolyData) else "volume"
+        kind = "surface" if surface else "volume"
         raise InvalidInputError(f"{p}: a {kind} mesh is written as one of {', '.join(allowed)}, not {p.suffix!r}")
+    if surface and not isinstance(mesh, pv.PolyData) and p.suffix.lower() != ".vtu":
+        mesh = as_polydata(mesh)
     with atomic_output(p) as tmp:
         mesh.save(tmp)
     return p
+
+
+def as_polydata(mesh: pv.DataSet) -> pv.PolyData:
+    """A polygonal surface as PolyData with the same points, cells (same order) and arrays."""
+    import pyvista as pv
+
+    if isinstance(mesh, pv.PolyData):
+        return mesh
+    poly = pv.PolyData(np.asarray(mesh.points), faces=np.asarray(mesh.cells))
+    for name in mesh.point_data:
+        poly.point_data[name] = mesh.point_data[name]
+    for name in mesh.cell_data:
+        poly.cell_data[name] = mesh.cell_data[name]
+    return poly
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -64,14 +85,31 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _quiet_vtk(fn: Any, *args: Any) -> Any:
-    """Call ``fn`` with VTK's own error printing silenced; VTK errors become exceptions."""
+def _quiet(fn: Any, *args: Any) -> Any:
+    """Call ``fn`` with VTK's error window and the readers' own prints silenced (we report the error)."""
     import vtk
 
     output = vtk.vtkOutputWindow.GetInstance()
     previous = output.GetGlobalWarningDisplay()
     output.SetGlobalWarningDisplay(0)
+    sink = io.StringIO()
     try:
-        return fn(*args)
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            return fn(*args)
     finally:
         output.SetGlobalWarningDisplay(previous)
+
+
+def is_surface(mesh: pv.DataSet) -> bool:
+    """Whether every cell of ``mesh`` is a polygon, line or vertex: a surface, not a volume."""
+    import pyvista as pv
+    import vtk
+
+    if isinstance(mesh, pv.PolyData):
+        return True
+    cell = vtk.vtkGenericCell()
+    for cell_type in np.unique(np.asarray(mesh.celltypes)):
+        cell.SetCellType(int(cell_type))
+        if cell.GetCellDimension() > 2:
+            return False
+    return True

@@ -1,0 +1,175 @@
+"""The one validated configuration of mspt: data, model and training, with defaults.
+
+A YAML file (``-c CONFIG``) holds any subset of it; ``section.key=value``
+overrides on the command line come last. The full validated config is saved in
+every prepared dataset, run directory and checkpoint, so a checkpoint alone is
+enough to rebuild the model and its normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from msptcli.errors import ConfigError
+
+Strict = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(BaseModel):
+    """A deterministic train/val/test split: fractions with a seed, or explicit case names."""
+
+    model_config = Strict
+
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    train: list[str] | None = None
+    val: list[str] | None = None
+    test: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+            raise ValueError(f"split fractions must be non-negative and add up to 1, got {self.fractions}")
+        return self
+
+
+class DataConfig(BaseModel):
+    """What ``mspt prepare`` reads from each case and which fields become targets.
+
+    A case is a folder (or a single surface file). Inside a folder, the surface,
+    volume and parameter files are found by glob patterns, so public datasets'
+    layouts need configuration only (see docs/datasets.md).
+    """
+
+    model_config = Strict
+
+    surface_file: str = Field("surface.vtu", description="glob, inside a case folder, of the surface mesh")
+    volume_file: str | None = Field("volume.vtu", description="glob of the volume mesh; null: surface only")
+    params_file: str | None = Field("params.json", description="glob of a JSON file of case parameters")
+    surface_fields: list[str] = ["p", "wallShearStress"]
+    volume_fields: list[str] = ["U", "p"]
+    max_volume_points: int | None = Field(
+        None, ge=1, description="keep a seeded random subset of at most this many volume points per case"
+    )
+    pressure_field: str | None = Field("p", description="surface field integrated into drag and lift")
+    wall_shear_field: str | None = Field("wallShearStress", description="surface wall-shear field for drag")
+    reference_area_key: str | None = Field("frontal_area", description="key of the reference area in params")
+    reference_area: float | None = Field(None, gt=0, description="reference area when params do not give it")
+    reference_velocity: float = Field(40.0, gt=0)
+    density: float = Field(1.0, gt=0, description="1 for kinematic fields (p / rho)")
+    split: SplitConfig = SplitConfig()
+
+
+class ModelSettings(BaseModel):
+    """The network's sizes; its inputs and outputs follow from the prepared data."""
+
+    model_config = Strict
+
+    width: int = Field(128, ge=1)
+    num_heads: int = Field(8, ge=1)
+    depth: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    patch_size: int | None = Field(None, ge=1)
+    num_patches: int | None = Field(None, ge=1)
+    num_supernodes: int = Field(1, ge=1)
+    pooling: Literal["mean", "max", "linear"] = "mean"
+    supernodes: Literal["keys", "stream"] = "keys"
+    checkpointing: bool = False
+
+
+class TrainConfig(BaseModel):
+    """``mspt train``: optimisation, sampling and logging."""
+
+    model_config = Strict
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(1, ge=1, description="samples per step")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(5, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine decay ends at lr * this")
+    grad_clip: float | None = Field(1.0, gt=0)
+    surface_points: int | None = Field(8192, ge=1, description="surface points drawn per sample and step")
+    volume_points: int | None = Field(8192, ge=1, description="volume points drawn per sample and step")
+    surface_weight: float = Field(1.0, ge=0)
+    volume_weight: float = Field(1.0, ge=0)
+    field_weights: dict[str, float] = Field(default_factory=dict, description="per-field loss weight, default 1")
+    val_every: int = Field(1, ge=1, description="validate every this many epochs")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    bf16: bool = Field(True, description="bf16 autocast on a GPU (ignored on the CPU)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
+
+
+class MsptConfig(BaseModel):
+    """Everything mspt needs, saved with every output."""
+
+    model_config = Strict
+
+    data: DataConfig = DataConfig()
+    model: ModelSettings = ModelSettings()
+    train: TrainConfig = TrainConfig()
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> MsptConfig:
+    """The defaults, updated by the YAML file ``path`` and then by ``section.key=value`` overrides.
+
+    Raises :class:`ConfigError` with one line naming the bad key or value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections (data, model, train)")
+        data = loaded
+    for item in overrides or []:
+        _apply_override(data, item)
+    return validate_config(data, source=str(path) if path else "config")
+
+
+def validate_config(data: dict[str, Any], *, source: str = "config") -> MsptConfig:
+    """Validate a plain dict (from a file, a checkpoint or a manifest) into an :class:`MsptConfig`."""
+    try:
+        return MsptConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown key '{where}'") from None
+        raise ConfigError(f"{source}: {where}: {err['msg']}") from None
+
+
+def config_json(config: MsptConfig) -> str:
+    """The config as compact JSON, for checkpoints and manifests."""
+    return json.dumps(config.model_dump(mode="json"), sort_keys=True)
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value

@@ -1,0 +1,60 @@
+"""Reading one mesh and the fields asked of it, with one-line errors that name the file.
+
+Meshes are read by :func:`msptcli.io.meshes.read_mesh`. Fields are taken
+from point data when every asked field is there, else from cell data, with the
+cell centres as the points.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msptcli.errors import InvalidInputError
+from msptcli.io.meshes import read_mesh
+
+
+@dataclass
+class FieldMesh:
+    """A mesh and the asked fields at its points (``location='points'``) or cell centres (``'cells'``)."""
+
+    mesh: Any  # pyvista.DataSet
+    points: np.ndarray  # (n, 3) float64: mesh points or cell centres
+    location: str
+    fields: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n, k) float32
+
+
+def read_fields(path: str | os.PathLike[str], names: Sequence[str], *, mesh: Any = None) -> FieldMesh:
+    """The fields ``names`` of the mesh at ``path`` (at points, or cell centres when all are cell data)."""
+    p = Path(path)
+    mesh = read_mesh(p) if mesh is None else mesh
+    point_names, cell_names = set(mesh.point_data.keys()), set(mesh.cell_data.keys())
+    if all(n in point_names for n in names):
+        location, data, points = "points", mesh.point_data, np.asarray(mesh.points, dtype=np.float64)
+    elif names and all(n in cell_names for n in names):
+        location, data = "cells", mesh.cell_data
+        points = np.asarray(mesh.cell_centers().points, dtype=np.float64)
+    else:
+        missing = [n for n in names if n not in point_names and n not in cell_names]
+        if missing:
+            have = ", ".join(sorted(point_names | cell_names)) or "none"
+            raise InvalidInputError(f"{p}: no field {missing[0]!r} (fields in the file: {have})")
+        raise InvalidInputError(f"{p}: fields {list(names)} are split between point and cell data")
+    if not np.isfinite(points).all():
+        raise InvalidInputError(f"{p}: the mesh has non-finite point coordinates")
+    fields: dict[str, np.ndarray] = {}
+    for name in names:
+        values = np.asarray(data[name], dtype=np.float32)
+        values = values[:, None] if values.ndim == 1 else values
+        if values.ndim != 2 or values.shape[0] != len(points):
+            raise InvalidInputError(f"{p}: field {name!r} has shape {values.shape}, expected ({len(points)}, k)")
+        bad = int((~np.isfinite(values)).any(axis=1).sum())
+        if bad:
+            raise InvalidInputError(f"{p}: field {name!r} has {bad} {location[:-1]}s with NaN or Inf values")
+        fields[name] = values
+    return FieldMesh(mesh=mesh, points=points, location=location, fields=fields)
