@@ -7,6 +7,7 @@ on stderr and exit code 1; Typer's own usage errors exit with 2.
 
 from __future__ import annotations
 
+import enum
 import functools
 import time
 from collections.abc import Callable
@@ -31,6 +32,16 @@ console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ExportFormat(str, enum.Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+class OnError(str, enum.Enum):
+    fail = "fail"
+    skip = "skip"
 
 
 def user_errors(fn: F) -> F:
@@ -115,6 +126,245 @@ def balltree(
     for path in written:
         console.print(f"wrote {path}")
     console.print(f"done in {time.perf_counter() - started:.1f} s")
+
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (data/model/train sections).")]
+
+
+@app.command()
+@user_errors
+def prepare(
+    inputs: Annotated[list[str], typer.Argument(help="Case folders, mesh files or globs.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Dataset directory to write.")],
+    config: ConfigOption = None,
+    surface_fields: Annotated[
+        str | None, typer.Option("--surface-fields", help="Comma-separated surface fields, e.g. p,wallShearStress.")
+    ] = None,
+    volume_fields: Annotated[
+        str | None, typer.Option("--volume-fields", help="Comma-separated volume fields, e.g. U,p ('' for none).")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Cases prepared in parallel.")] = 1,
+    on_error: Annotated[
+        OnError, typer.Option("--on-error", help="fail: stop at the first bad case; skip: leave it out, report it.")
+    ] = OnError.fail,
+) -> None:
+    """Read CFD results into a prepared dataset: fields, geometry features, split, statistics, tree order."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from msptcli.config import load_config
+    from msptcli.prepare import prepare_dataset
+
+    overrides = []
+    if surface_fields is not None:
+        overrides.append(f"data.surface_fields={_yaml_list(surface_fields)}")
+    if volume_fields is not None:
+        overrides.append(f"data.volume_fields={_yaml_list(volume_fields)}")
+    cfg = load_config(config, overrides)
+    columns = (
+        TextColumn("prepare"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def advance(name: str, status: str) -> None:
+            bar.update(task, advance=1, description=f"{name}: {status}")
+
+        report = prepare_dataset(inputs, output, config=cfg, workers=workers, on_error=on_error.value, progress=advance)
+    m = report.manifest
+    table = Table(title=f"Prepared {output}", show_header=False)
+    table.add_row("cases", f"{len(report.written)} written, {len(report.reused)} reused, {len(report.failed)} failed")
+    table.add_row("split", ", ".join(f"{s} {len(m.split(s))}" for s in ("train", "val", "test")))
+    for part, fields in m.fields.items():
+        table.add_row(f"{part} fields", ", ".join(f"{n} ({k})" for n, k in fields.items()) or "none")
+    table.add_row("surface fields at", m.surface_location)
+    console.print(table)
+    for name, error in report.failed:
+        err_console.print(f"[yellow]skipped[/] {name}: {error}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="A dataset written by `mspt prepare`.")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Config overrides, section.key=value (e.g. train.lr=3e-4).")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (checkpoints, metrics, plots).")] = Path(
+        "runs/mspt"
+    ),
+    config: ConfigOption = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Number of epochs (train.epochs).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps (train.device).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output where it stopped.")] = False,
+) -> None:
+    """Train MSPT on a prepared dataset (GPU with bf16 when present), with checkpoints and validation."""
+    import signal
+
+    from msptcli.config import load_config
+    from msptcli.train.loop import train_model
+
+    extra = list(overrides or [])
+    if epochs is not None:
+        extra.append(f"train.epochs={epochs}")
+    if device is not None:
+        extra.append(f"train.device={device}")
+    if config is None and resume and (output / "config.yaml").is_file():
+        config = output / "config.yaml"
+    cfg = load_config(config, extra)
+    stop = {"asked": False}
+
+    def ask_stop(signum: int, frame: object) -> None:
+        stop["asked"] = True
+
+    previous = signal.signal(signal.SIGINT, ask_stop)
+    try:
+        with _TrainProgress() as reporter:
+            summary = train_model(
+                data_dir, output, config=cfg, resume=resume, reporter=reporter, should_stop=lambda: stop["asked"]
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if summary.interrupted:
+        err_console.print(
+            f"interrupted: checkpoint saved in {output}; continue with: mspt train {data_dir} -o {output} --resume"
+        )
+        raise typer.Exit(130)
+    console.print(f"trained {summary.epochs_done} epochs: checkpoints in {output / 'checkpoints'}")
+    console.print(f"metrics in {output / 'metrics.csv'}, curves in {output / 'curves.png'}")
+
+
+@app.command()
+@user_errors
+def predict(
+    run: Annotated[Path, typer.Argument(help="A run directory (its best checkpoint) or a checkpoint file.")],
+    geometry: Annotated[list[Path], typer.Argument(help="New designs: STL/OBJ/PLY or a VTK surface.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the predicted files.")] = Path(
+        "predictions"
+    ),
+    volume: Annotated[
+        Path | None, typer.Option("--volume", help="Predict the volume fields on this volume mesh.")
+    ] = None,
+    volume_points: Annotated[
+        int | None, typer.Option("--volume-points", min=0, help="Else on N points sampled around the body (0: none).")
+    ] = None,
+    reference_area: Annotated[float | None, typer.Option("--reference-area", min=0, help="A_ref for Cd/Cl.")] = None,
+    reference_velocity: Annotated[
+        float | None, typer.Option("--reference-velocity", min=0, help="U_ref for Cd/Cl.")
+    ] = None,
+    density: Annotated[float | None, typer.Option("--density", min=0, help="rho (1 for kinematic fields).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Predict the trained fields on new geometries; write VTK, a PNG preview and drag/lift coefficients."""
+    from msptcli.predict import predict_geometry
+    from msptcli.train.checkpoint import load_checkpoint
+    from msptcli.train.loop import pick_device
+
+    if volume is not None and volume_points is not None:
+        raise MsptError("give --volume or --volume-points, not both")
+    if volume is not None and len(geometry) > 1:
+        raise MsptError("--volume belongs to one geometry; predict one geometry at a time with it")
+    ckpt = load_checkpoint(run)
+    stems = [g.stem for g in geometry]  # a case folder's generic file name gets the folder's name too
+    table = Table(title=f"Predictions of {run} (epoch {ckpt.epoch})")
+    for col in ("geometry", "Cd", "Cl", "solver Cd", "solver Cl", "relative L2"):
+        table.add_column(col)
+    for g in geometry:
+        in_case = (g.parent / "params.json").is_file()
+        name = g.stem if stems.count(g.stem) == 1 and not in_case else f"{g.parent.name}_{g.stem}"
+        with err_console.status(f"predicting {g}"):
+            result = predict_geometry(
+                ckpt,
+                g,
+                output,
+                name=name,
+                volume_mesh=volume,
+                volume_points=volume_points,
+                reference_area=reference_area,
+                reference_velocity=reference_velocity,
+                density=density,
+                device=pick_device(device),
+            )
+        c, s = result.coefficients, result.solver
+        table.add_row(
+            name,
+            f"{c['cd']:.4f}" if "cd" in c else "-",
+            f"{c['cl']:.4f}" if "cl" in c else "-",
+            f"{s['Cd_fields']:.4f}" if "Cd_fields" in s else "-",
+            f"{s['Cl_fields']:.4f}" if "Cl_fields" in s else "-",
+            ", ".join(f"{k} {v:.3f}" for k, v in result.errors.items()) or "-",
+        )
+        for f in result.files:
+            console.print(f"wrote {f}")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory (its best checkpoint) or a checkpoint file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.onnx or .pt).")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx (default) or torchscript.")] = None,  # type: ignore[assignment]
+) -> None:
+    """Export the model for deployment without mspt, and verify it in its own runtime."""
+    from msptcli.export_run import export_run
+
+    chosen = fmt.value if fmt is not None else ("torchscript" if output.suffix in (".pt", ".ts") else "onnx")
+    path, diff = export_run(run, output, fmt=chosen)
+    console.print(f"wrote {path} ({chosen}); verified in its runtime: max |difference| {diff:.2e}")
+
+
+class _TrainProgress:
+    """A rich progress bar over all steps, with the loss, the learning rate and one line per epoch."""
+
+    def __enter__(self) -> _TrainProgress:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=err_console,
+        )
+        self.bar.__enter__()
+        self.task = self.bar.add_task("", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def start(self, total_steps: int, done_steps: int) -> None:
+        self.bar.update(self.task, total=total_steps, completed=done_steps)
+
+    def step(self, loss: float, lr: float) -> None:
+        self.bar.update(self.task, advance=1, description=f"loss {loss:.4g} lr {lr:.2e}")
+
+    def epoch(self, epoch: int, row: dict) -> None:
+        parts = [f"epoch {epoch}", f"train {row['train_loss']:.4g}"]
+        if "val_loss" in row:
+            parts.append(f"val {row['val_loss']:.4g}")
+        parts += [f"{k.removeprefix('val_rel_l2/')} {v:.3f}" for k, v in row.items() if k.startswith("val_rel_l2/")]
+        if "val_cd_abs_error" in row:
+            parts.append(f"|dCd| {row['val_cd_abs_error']:.4f}")
+        self.bar.console.print("  ".join(parts), highlight=False)
+
+
+def _yaml_list(csv_names: str) -> str:
+    names = [n.strip() for n in csv_names.split(",") if n.strip()]
+    return "[" + ", ".join(names) + "]"
 
 
 def main() -> None:

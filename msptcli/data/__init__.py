@@ -1,0 +1,1 @@
+"""Datasets: finding cases, reading fields, the prepared-sample format, the manifest, model inputs."""

@@ -1,0 +1,164 @@
+"""The manifest of a prepared dataset: fields, split, normalisation statistics, version.
+
+``DATA_DIR/manifest.json`` is written last and atomically: a dataset without
+it is incomplete (``prepare`` was interrupted) and is refused by ``train``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from msptcli import __version__
+from msptcli.config import MsptConfig, SplitConfig, validate_config
+from msptcli.data.sample import load_sample
+from msptcli.errors import DatasetError
+from msptcli.io.atomic import atomic_output
+
+MANIFEST = "manifest.json"
+
+
+class FieldStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mean: list[float]
+    std: list[float]
+
+
+class Stats(BaseModel):
+    """Normalisation statistics, from the training split only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    coord_mean: list[float]  # (3,)
+    coord_scale: float  # one scale for all axes: geometry is not distorted
+    surface: dict[str, FieldStats]
+    volume: dict[str, FieldStats]
+
+
+class SampleEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    file: str
+    split: str
+    num_surface: int
+    num_volume: int
+    reference_area: float | None = None
+    params: dict[str, Any] = {}
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mspt_version: str
+    config: dict[str, Any]
+    fields: dict[str, dict[str, int]]  # part -> field -> components
+    surface_location: str
+    samples: list[SampleEntry]
+    stats: Stats
+    skipped: list[dict[str, str]] = []
+
+    def split(self, name: str) -> list[SampleEntry]:
+        return [s for s in self.samples if s.split == name]
+
+    @property
+    def mspt_config(self) -> MsptConfig:
+        return validate_config(self.config, source="manifest")
+
+
+def assign_split(names: list[str], split: SplitConfig) -> dict[str, str]:
+    """Deterministic split: explicit lists first, the rest by seeded fractions (sorted names, then shuffled)."""
+    out: dict[str, str] = {}
+    for part in ("train", "val", "test"):
+        for name in getattr(split, part) or []:
+            if name not in names:
+                raise DatasetError(f"split.{part} names {name!r}, which is not among the prepared cases")
+            out[name] = part
+    rest = sorted(n for n in names if n not in out)
+    order = np.random.default_rng(split.seed).permutation(len(rest))
+    n = len(rest)
+    n_val = round(split.fractions[1] * n)
+    n_test = round(split.fractions[2] * n)
+    if split.fractions[0] > 0 and n_val + n_test >= n and n > 0:  # keep at least one training case
+        n_test = max(0, n - 1 - n_val)
+        n_val = min(n_val, n - 1)
+    for rank, i in enumerate(order):
+        out[rest[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    return out
+
+
+def compute_stats(data_dir: Path, entries: list[SampleEntry], fields: dict[str, dict[str, int]]) -> Stats:
+    """Means and standard deviations over every point of the training samples (float64 sums)."""
+    if not entries:
+        raise DatasetError("no training samples: the split leaves the training set empty")
+    coord = _Moments()
+    parts = {part: {name: _Moments() for name in names} for part, names in fields.items()}
+    for entry in entries:
+        sample = load_sample(data_dir / entry.file)
+        coord.add(sample.arrays["surface/points"])
+        if "volume/points" in sample.arrays:
+            coord.add(sample.arrays["volume/points"])
+        for part, names in parts.items():
+            for name, m in names.items():
+                m.add(sample.arrays[f"{part}/{name}"])
+    mean, std = coord.result()
+    return Stats(
+        coord_mean=mean.tolist(),
+        coord_scale=float(np.sqrt(np.mean(std**2))),
+        surface={n: FieldStats(**_ms(m)) for n, m in parts.get("surface", {}).items()},
+        volume={n: FieldStats(**_ms(m)) for n, m in parts.get("volume", {}).items()},
+    )
+
+
+def write_manifest(manifest: Manifest, data_dir: Path) -> Path:
+    path = data_dir / MANIFEST
+    with atomic_output(path) as tmp:
+        tmp.write_text(manifest.model_dump_json(indent=1))
+    return path
+
+
+def read_manifest(data_dir: str | os.PathLike[str]) -> Manifest:
+    """The manifest of a prepared dataset; :class:`DatasetError` if missing, incomplete or foreign."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DatasetError(f"{d}: no such dataset directory (run `mspt prepare` first)")
+    path = d / MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"{d}: no {MANIFEST}; the dataset is incomplete (re-run `mspt prepare`)")
+    try:
+        return Manifest.model_validate(json.loads(path.read_text()))
+    except Exception as exc:
+        raise DatasetError(f"{path}: not an mspt manifest ({str(exc).splitlines()[0]})") from None
+
+
+def new_manifest(config: MsptConfig, **kwargs: Any) -> Manifest:
+    return Manifest(mspt_version=__version__, config=config.model_dump(mode="json"), **kwargs)
+
+
+class _Moments:
+    def __init__(self) -> None:
+        self.n = 0
+        self.s1: np.ndarray | float = 0.0
+        self.s2: np.ndarray | float = 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        self.n += len(x)
+        self.s1 = self.s1 + x.sum(0)
+        self.s2 = self.s2 + (x * x).sum(0)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.asarray(self.s1) / max(self.n, 1)
+        var = np.maximum(np.asarray(self.s2) / max(self.n, 1) - mean**2, 0.0)
+        return mean, np.sqrt(var)
+
+
+def _ms(m: _Moments) -> dict[str, list[float]]:
+    mean, std = m.result()
+    return {"mean": mean.tolist(), "std": np.maximum(std, 1e-12).tolist()}

@@ -1,0 +1,139 @@
+"""One case from its mesh files to a prepared :class:`Sample` (geometry features, fields, tree order)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from typing import Any
+
+import numpy as np
+
+from msptcli.config import DataConfig
+from msptcli.data.cases import CaseFiles
+from msptcli.data.read import FieldMesh, read_fields
+from msptcli.data.sample import Sample
+from msptcli.errors import InvalidInputError
+from msptcli.geometry.balltree import ball_tree_order
+from msptcli.io.meshes import as_polydata
+
+
+def case_fingerprint(case: CaseFiles, data: DataConfig) -> str:
+    """Changes when a source file or the data config changes: decides whether a prepared sample is reused."""
+    h = hashlib.sha256(data.model_dump_json(exclude={"split"}).encode())
+    for path in (case.surface, case.volume, case.params):
+        if path is not None:
+            stat = path.stat()
+            h.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
+    """Read one case and compute everything the model and the metrics need of it."""
+    surface = read_fields(case.surface, data.surface_fields)
+    arrays = surface_arrays(surface)
+    for name, values in surface.fields.items():
+        arrays[f"surface/{name}"] = values
+    n_volume = 0
+    if case.volume is not None and data.volume_fields:
+        volume = read_fields(case.volume, data.volume_fields)
+        keep = _subsample(len(volume.points), data.max_volume_points, case.name)
+        points = volume.points[keep]
+        arrays.update(volume_arrays(points, surface.mesh))
+        for name, values in volume.fields.items():
+            arrays[f"volume/{name}"] = values[keep]
+        n_volume = len(points)
+    cloud = np.concatenate([arrays["surface/points"], arrays.get("volume/points", np.zeros((0, 3), np.float32))])
+    arrays["order"] = ball_tree_order(cloud)
+    params = _read_params(case)
+    meta: dict[str, Any] = {
+        "case": case.name,
+        "sources": {k: str(v) for k, v in (("surface", case.surface), ("volume", case.volume)) if v is not None},
+        "surface_location": surface.location,
+        "fields": {
+            "surface": {n: int(v.shape[1]) for n, v in surface.fields.items()},
+            "volume": {n: int(arrays[f"volume/{n}"].shape[1]) for n in data.volume_fields if f"volume/{n}" in arrays},
+        },
+        "num_surface": len(surface.points),
+        "num_volume": n_volume,
+        "params": params,
+        "reference_area": _reference_area(params, data, case),
+        "fingerprint": case_fingerprint(case, data),
+    }
+    return Sample(name=case.name, arrays=arrays, meta=meta)
+
+
+def surface_arrays(surface: FieldMesh) -> dict[str, np.ndarray]:
+    """Points, outward normals and area shares of a surface, at its points or at its cell centres."""
+    from msptcli.geometry.surface import cell_normals, outward_area_vectors, point_normals
+
+    poly = as_polydata(surface.mesh)
+    if poly.n_cells == 0:
+        raise InvalidInputError("the surface has no cells: normals and forces need faces")
+    cells = -outward_area_vectors(poly)  # (C, 3): area vectors pointing into the body
+    if surface.location == "points":
+        normals = point_normals(poly)
+        share = _cell_to_point_matrix(poly)
+        area, area_norm = share @ cells, share @ np.linalg.norm(cells, axis=1)
+    else:
+        normals = cell_normals(poly)
+        area, area_norm = cells, np.linalg.norm(cells, axis=1)
+    return {
+        "surface/points": surface.points.astype(np.float32),
+        "surface/normals": np.asarray(normals, dtype=np.float32),
+        "surface/area": np.asarray(area, dtype=np.float32),
+        "surface/area_norm": np.asarray(area_norm, dtype=np.float32),
+    }
+
+
+def volume_arrays(points: np.ndarray, surface_mesh: Any) -> dict[str, np.ndarray]:
+    """Volume points with their distance to the body surface and the unit direction towards it."""
+    from msptcli.geometry.surface import distance_to_surface
+
+    distance, direction = distance_to_surface(points, as_polydata(surface_mesh))
+    return {
+        "volume/points": points.astype(np.float32),
+        "volume/distance": np.asarray(distance, dtype=np.float32),
+        "volume/direction": np.asarray(direction, dtype=np.float32),
+    }
+
+
+def _cell_to_point_matrix(poly: Any) -> Any:
+    """Sparse (points x cells) matrix: each cell's value shared equally among its points."""
+    from scipy.sparse import csr_matrix
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    polys = poly.GetPolys()
+    offsets = vtk_to_numpy(polys.GetOffsetsArray()).astype(np.int64)
+    conn = vtk_to_numpy(polys.GetConnectivityArray()).astype(np.int64)
+    sizes = np.diff(offsets)
+    cell_of = np.repeat(np.arange(len(sizes)), sizes)
+    return csr_matrix((1.0 / sizes[cell_of], (conn, cell_of)), shape=(poly.n_points, len(sizes)))
+
+
+def _subsample(n: int, limit: int | None, name: str) -> np.ndarray:
+    if limit is None or n <= limit:
+        return np.arange(n)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same subset on every run
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def _read_params(case: CaseFiles) -> dict[str, Any]:
+    if case.params is None:
+        return {}
+    try:
+        params = json.loads(case.params.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{case.params}: not valid JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise InvalidInputError(f"{case.params}: expected a JSON object")
+    return params
+
+
+def _reference_area(params: dict[str, Any], data: DataConfig, case: CaseFiles) -> float | None:
+    if data.reference_area_key and data.reference_area_key in params:
+        value = params[data.reference_area_key]
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise InvalidInputError(f"{case.params}: {data.reference_area_key} must be a positive number")
+        return float(value)
+    return data.reference_area

@@ -1,0 +1,4 @@
+"""Physics on surfaces: forces and force coefficients from surface fields (see ``forces.py``)."""
+
+from msptcli.physics.forces import *  # noqa: F403  (the public API is forces' __all__)
+from msptcli.physics.forces import __all__ as __all__

@@ -1,0 +1,140 @@
+"""Drag, lift and side force of a body from its surface pressure and wall shear stress.
+
+The definition is that of the OpenFOAM data (``data/README.md``)::
+
+    F = sum over surface cells c of (p_c a_c - tau_c |a_c|)
+    Cd = F_x / q,   Cs = F_y / q,   Cl = F_z / q,   q = 1/2 rho U^2 A_ref
+
+where ``a_c`` is the cell's area vector pointing out of the fluid, into the body (the
+orientation of the body faces in OpenFOAM's ``surface.vtu``), polygons split into
+triangle fans. ``p a`` is the push of the pressure on the wall; ``-tau |a|`` is the
+friction, with OpenFOAM's ``wallShearStress`` (the shear the wall exerts on the fluid,
+so the force on the body is its opposite).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from msptcli.errors import InvalidInputError
+from msptcli.geometry.surface import outward_area_vectors, point_to_cell_average, polygon_area_vectors
+
+if TYPE_CHECKING:
+    import pyvista as pv
+
+__all__ = ["ForceCoefficients", "area_vectors", "force_coefficients", "inward_area_vectors"]
+
+
+@dataclass(frozen=True)
+class ForceCoefficients:
+    """Force coefficients of a body and what they were computed from.
+
+    ``force`` ``(3,)`` is ``F`` in the units of the fields times m² (m⁴/s² for kinematic
+    fields; multiply by the density for newtons); ``cd``, ``cs``, ``cl`` are its x, y, z
+    components over ``1/2 density velocity² ref_area``.
+    """
+
+    cd: float
+    cl: float
+    cs: float
+    force: np.ndarray = field(compare=False, repr=False)
+    ref_area: float
+    velocity: float
+    density: float
+
+
+def area_vectors(surface: pv.DataSet) -> np.ndarray:
+    """Cell area vectors ``(n_cells, 3)`` as the file's vertex order orients them (right-hand rule).
+
+    For OpenFOAM's ``surface.vtu`` they point out of the fluid, into the body: the ``a`` of
+    the force definition.
+    """
+    return polygon_area_vectors(surface)
+
+
+def inward_area_vectors(surface: pv.DataSet) -> np.ndarray:
+    """Cell area vectors ``(n_cells, 3)`` pointing into the body whatever the file's vertex order.
+
+    The opposite of :func:`msptcli.geometry.surface.outward_area_vectors`; use it for surfaces
+    ordered either way (an STL from a designer).
+    """
+    return -outward_area_vectors(surface)
+
+
+def force_coefficients(
+    surface: pv.DataSet,
+    pressure: np.ndarray,
+    wall_shear: np.ndarray,
+    *,
+    ref_area: float,
+    velocity: float,
+    density: float = 1.0,
+    at: Literal["cells", "points"] = "cells",
+    orient: Literal["file", "outward"] = "file",
+) -> ForceCoefficients:
+    """Integrate pressure and wall shear over ``surface`` into drag, lift and side coefficients.
+
+    Args:
+        surface: the body surface (triangles, quads, polygons).
+        pressure: ``(n,)`` pressure, one value per cell (``at="cells"``) or point (``at="points"``).
+        wall_shear: ``(n, 3)`` wall shear stress, OpenFOAM's ``wallShearStress`` convention.
+        ref_area: reference area ``A_ref`` (m²), e.g. the frontal area.
+        velocity: free-stream speed ``U`` (m/s).
+        density: ``rho`` in ``q = 1/2 rho U² A_ref``. Keep 1 for kinematic fields (``p / rho``,
+            ``tau / rho``, as OpenFOAM writes them for incompressible flow); pass the density
+            when the fields are in pascals.
+        at: ``"cells"``: the fields are cell data, the exact definition. ``"points"``: point
+            data, first averaged to each cell (the mean over its vertices), which is what a
+            point-wise surrogate can give; the result is then an approximation (docs/physics.md).
+        orient: ``"file"``: area vectors from the file's vertex order, which must point into
+            the body (OpenFOAM's). ``"outward"``: oriented into the body from the geometry
+            (module ``msptcli.geometry.surface``), whatever the vertex order.
+
+    Returns:
+        The coefficients, the force ``F`` and the reference values.
+
+    Raises:
+        InvalidInputError: fields of the wrong shape or not finite, non-positive reference
+            values, an unknown ``at`` or ``orient``.
+    """
+    for name, value in (("ref_area", ref_area), ("velocity", velocity), ("density", density)):
+        if not np.isfinite(value) or value <= 0:
+            raise InvalidInputError(f"{name} must be a positive number, got {value}")
+    if at not in ("cells", "points"):
+        raise InvalidInputError(f"at must be 'cells' or 'points', got {at!r}")
+    if orient not in ("file", "outward"):
+        raise InvalidInputError(f"orient must be 'file' or 'outward', got {orient!r}")
+    n = surface.n_cells if at == "cells" else surface.n_points
+    p = _field(pressure, (n,), "pressure", at)
+    tau = _field(wall_shear, (n, 3), "wall_shear", at)
+    if at == "points":
+        p, tau = point_to_cell_average(surface, p), point_to_cell_average(surface, tau)
+    a = area_vectors(surface) if orient == "file" else inward_area_vectors(surface)  # (C, 3)
+    force = p @ a - np.linalg.norm(a, axis=1) @ tau  # (3,)
+    force.setflags(write=False)
+    q = 0.5 * density * velocity**2 * ref_area
+    return ForceCoefficients(
+        cd=float(force[0] / q),
+        cl=float(force[2] / q),
+        cs=float(force[1] / q),
+        force=force,
+        ref_area=float(ref_area),
+        velocity=float(velocity),
+        density=float(density),
+    )
+
+
+def _field(values: np.ndarray, shape: tuple[int, ...], name: str, at: str) -> np.ndarray:
+    """``values`` as float64 of ``shape`` (a pressure of shape (n, 1) is accepted), checked finite."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(shape) == 1 and v.shape == (shape[0], 1):
+        v = v[:, 0]
+    if v.shape != shape:
+        raise InvalidInputError(f"{name} needs shape {shape} (one value per {at[:-1]}), got {v.shape}")
+    bad = ~np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+    if bad.any():
+        raise InvalidInputError(f"{name} is not finite at {at[:-1]} {int(np.flatnonzero(bad)[0])}")
+    return v

@@ -1,0 +1,162 @@
+"""``mspt prepare``: mesh files in, a prepared dataset out (one sample file per case + manifest).
+
+Cases are processed in parallel worker processes. Every file is written under
+a temporary name and renamed, and the manifest comes last, so an interrupted
+run leaves either finished samples (reused on the next run) or nothing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from msptcli.config import DataConfig, MsptConfig
+from msptcli.data.cases import CaseFiles, find_cases
+from msptcli.data.manifest import Manifest, SampleEntry, assign_split, compute_stats, new_manifest, write_manifest
+from msptcli.data.prepare_case import case_fingerprint, prepare_case
+from msptcli.data.sample import read_sample_meta, save_sample
+from msptcli.errors import DatasetError, InvalidInputError, MsptError
+from msptcli.io.atomic import atomic_output
+
+SAMPLES = "samples"
+
+
+@dataclass
+class PrepareReport:
+    """What a prepare run did."""
+
+    manifest: Manifest
+    written: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+#: Called after each case with (case name, "written" | "reused" | "failed").
+Progress = Callable[[str, str], None]
+
+
+def prepare_dataset(
+    inputs: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    config: MsptConfig,
+    workers: int = 1,
+    on_error: Literal["fail", "skip"] = "fail",
+    progress: Progress | None = None,
+) -> PrepareReport:
+    """Prepare every case of ``inputs`` into ``out_dir``; see the module docstring.
+
+    Raises the case's :class:`MsptError` (one line naming the file) on the first
+    bad case with ``on_error="fail"``; with ``"skip"`` the case is left out and
+    reported in ``PrepareReport.failed`` and the manifest.
+    """
+    cases = find_cases(inputs, config.data)
+    out = Path(out_dir)
+    _check_output_dir(out, cases)
+    (out / SAMPLES).mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+    report_metas: dict[str, dict] = {}
+    report = PrepareReport(manifest=None)  # type: ignore[arg-type]
+    for name, status, payload in _run_all(cases, config.data, out, workers):
+        if status == "failed":
+            if on_error == "fail":
+                raise InvalidInputError(payload) if not isinstance(payload, MsptError) else payload
+            report.failed.append((name, str(payload)))
+        else:
+            report_metas[name] = payload  # type: ignore[assignment]
+            (report.written if status == "written" else report.reused).append(name)
+        if progress is not None:
+            progress(name, status)
+
+    if not report_metas:
+        raise DatasetError("no case could be prepared" + (f": {report.failed[0][1]}" if report.failed else ""))
+    report.manifest = _build_manifest(out, config, report_metas, report.failed)
+    write_manifest(report.manifest, out)
+    return report
+
+
+def _run_all(cases: list[CaseFiles], data: DataConfig, out: Path, workers: int):  # type: ignore[no-untyped-def]
+    """Yield (name, status, meta-or-error) per case as they finish, in worker processes if workers > 1."""
+    if workers <= 1:
+        for case in cases:
+            yield case.name, *_prepare_one(case, data, out)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_prepare_one, case, data, out): case.name for case in cases}
+        try:
+            for future in cf.as_completed(futures):
+                yield futures[future], *future.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+
+def _prepare_one(case: CaseFiles, data: DataConfig, out: Path) -> tuple[str, object]:
+    """(status, meta) for a case: reuse a finished sample with the same fingerprint, else prepare it."""
+    path = out / SAMPLES / f"{case.name}.safetensors"
+    try:
+        existing = read_sample_meta(path) if path.exists() else None
+        if existing and existing.get("fingerprint") == case_fingerprint(case, data):
+            return "reused", existing
+        sample = prepare_case(case, data)
+        save_sample(sample, path)
+        return "written", sample.meta
+    except MsptError as exc:
+        return "failed", exc
+    except Exception as exc:  # a reader or geometry failure we did not anticipate: still one line
+        return "failed", InvalidInputError(f"{case.surface.parent if case.volume else case.surface}: {exc}")
+
+
+def _build_manifest(out: Path, config: MsptConfig, metas: dict[str, dict], failed: list[tuple[str, str]]) -> Manifest:
+    names = sorted(metas)
+    fields = metas[names[0]]["fields"]
+    location = metas[names[0]]["surface_location"]
+    for name in names[1:]:
+        if metas[name]["fields"] != fields:
+            raise DatasetError(
+                f"case {name}: fields {metas[name]['fields']} differ from {names[0]}'s {fields} (components)"
+            )
+        if metas[name]["surface_location"] != location:
+            raise DatasetError(f"case {name}: surface fields at {metas[name]['surface_location']}, not {location}")
+    split = assign_split(names, config.data.split)
+    entries = [
+        SampleEntry(
+            name=n,
+            file=f"{SAMPLES}/{n}.safetensors",
+            split=split[n],
+            num_surface=metas[n]["num_surface"],
+            num_volume=metas[n]["num_volume"],
+            reference_area=metas[n].get("reference_area"),
+            params=metas[n].get("params", {}),
+        )
+        for n in names
+    ]
+    stats = compute_stats(out, [e for e in entries if e.split == "train"], fields)
+    return new_manifest(
+        config,
+        fields=fields,
+        surface_location=location,
+        samples=entries,
+        stats=stats,
+        skipped=[{"case": n, "error": e} for n, e in failed],
+    )
+
+
+def _check_output_dir(out: Path, cases: list[CaseFiles]) -> None:
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"{out}: exists and is not a directory")
+    resolved = out.resolve()
+    for case in cases:
+        for src in (case.surface, case.volume, case.params):
+            if src is not None and src.resolve().parent == resolved:
+                raise InvalidInputError(f"{out}: holds input files; choose an empty output directory")

@@ -1,0 +1,1 @@
+"""Training MSPT on a prepared dataset: data loading, the loop, checkpoints, metrics."""

@@ -1,0 +1,136 @@
+"""Training samples: a random subset of points per sample and step, its ball tree built in the loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from msptcli.data.features import Channels, model_inputs, model_targets
+from msptcli.data.manifest import Manifest, SampleEntry
+from msptcli.data.sample import Sample, load_sample
+from msptcli.geometry.balltree import ball_tree_order
+from msptcli.model import ModelConfig, build_layout
+from msptcli.model.layout import PatchLayout
+
+
+@dataclass
+class Cloud:
+    """One sample's cloud in tree order: inputs, standardised targets and their mask."""
+
+    features: torch.Tensor  # (n + m, 11)
+    targets: torch.Tensor  # (n + m, C)
+    mask: torch.Tensor  # (n + m, C) bool
+    num_surface: int  # surface rows come first in the *unordered* cloud
+    order: np.ndarray  # tree order: row r of the tensors is row order[r] of [surface ; volume]
+
+
+@dataclass
+class Batch:
+    features: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    layout: PatchLayout
+
+    def to(self, device: torch.device) -> Batch:
+        nb = device.type == "cuda"
+        return Batch(
+            self.features.to(device, non_blocking=nb),
+            self.targets.to(device, non_blocking=nb),
+            self.mask.to(device, non_blocking=nb),
+            self.layout.to(device),
+        )
+
+
+def cloud_of(
+    sample: Sample, manifest: Manifest, channels: Channels, surface_rows: np.ndarray, volume_rows: np.ndarray
+) -> Cloud:
+    """The cloud of the chosen surface and volume rows of a sample, in its ball-tree order."""
+    a = sample.arrays
+    has_volume = len(volume_rows) > 0
+    inputs = model_inputs(
+        manifest.stats,
+        a["surface/points"][surface_rows],
+        a["surface/normals"][surface_rows],
+        a["volume/points"][volume_rows] if has_volume else None,
+        a["volume/distance"][volume_rows] if has_volume else None,
+        a["volume/direction"][volume_rows] if has_volume else None,
+    )
+    surface = {name: a[f"surface/{name}"][surface_rows] for name, _ in channels.surface}
+    volume = {name: a[f"volume/{name}"][volume_rows] for name, _ in channels.volume} if has_volume else {}
+    targets, mask = model_targets(manifest.stats, channels, surface, volume, len(surface_rows), len(volume_rows))
+    full = len(surface_rows) == sample.num_surface and len(volume_rows) == sample.num_volume
+    if full and "order" in a:  # the tree stored by prepare
+        order = np.asarray(a["order"])
+    else:
+        points = np.concatenate(
+            [a["surface/points"][surface_rows]] + ([a["volume/points"][volume_rows]] if has_volume else [])
+        )
+        order = ball_tree_order(points)
+    return Cloud(
+        features=torch.from_numpy(inputs[order]),
+        targets=torch.from_numpy(targets[order]),
+        mask=torch.from_numpy(mask[order]),
+        num_surface=len(surface_rows),
+        order=order,
+    )
+
+
+class TrainClouds(Dataset):
+    """Each item draws ``surface_points`` + ``volume_points`` random points of a training sample.
+
+    The draw depends only on (seed, epoch, index), so runs are reproducible
+    whatever the number of loader workers; call :meth:`set_epoch` each epoch.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        manifest: Manifest,
+        entries: list[SampleEntry],
+        *,
+        surface_points: int | None,
+        volume_points: int | None,
+        seed: int,
+    ) -> None:
+        self.data_dir = data_dir
+        self.manifest = manifest
+        self.entries = entries
+        self.channels = Channels.from_fields(manifest.fields)
+        self.surface_points = surface_points
+        self.volume_points = volume_points
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Cloud:
+        entry = self.entries[index]
+        sample = load_sample(self.data_dir / entry.file)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        surface_rows = _draw(rng, sample.num_surface, self.surface_points)
+        volume_rows = _draw(rng, sample.num_volume, self.volume_points) if self.channels.volume else np.zeros(0, int)
+        return cloud_of(sample, self.manifest, self.channels, surface_rows, volume_rows)
+
+
+def collate(clouds: list[Cloud], model_config: ModelConfig) -> Batch:
+    """Stack clouds (each in its own tree order) into one packed batch with its patch layout."""
+    return Batch(
+        features=torch.cat([c.features for c in clouds]),
+        targets=torch.cat([c.targets for c in clouds]),
+        mask=torch.cat([c.mask for c in clouds]),
+        layout=build_layout([len(c.features) for c in clouds], model_config),
+    )
+
+
+def _draw(rng: np.random.Generator, n: int, k: int | None) -> np.ndarray:
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=k, replace=False))
