@@ -44,7 +44,7 @@ class PatchChunk:
     patch_index: Tensor  # (p, L) long: local point of each slot (0 where padded)
     point_slot: Tensor  # (n,) long: flat slot (patch * L + i) of each local point
     patch_cloud: Tensor  # (p,) long: cloud of each patch
-    sub_id: Tensor  # (n,) long: local supernode (p * Q + j) of each point
+    sub_slots: Tensor  # (p * Q, Ls) long: local points of each sub-run, padded to the longest (0 where padded)
     sub_count: Tensor  # (p * Q,) points pooled into each supernode (0: empty sub-run)
     key_bias: Tensor | None  # (p, 1, 1, L + S) 0 / -inf, None when nothing is padded
 
@@ -113,7 +113,7 @@ class PatchLayout:
             patch_index=torch.where(w.patch_index[p0:p1] >= n0, w.patch_index[p0:p1] - n0, 0),
             point_slot=w.point_slot[n0:n1] - p0 * self.patch_len,
             patch_cloud=w.patch_cloud[p0:p1],
-            sub_id=w.sub_id[n0:n1] - p0 * q,
+            sub_slots=torch.where(w.sub_slots[p0 * q : p1 * q] >= n0, w.sub_slots[p0 * q : p1 * q] - n0, 0),
             sub_count=w.sub_count[p0 * q : p1 * q],
             key_bias=None if w.key_bias is None else w.key_bias[p0:p1],
         )
@@ -150,7 +150,8 @@ def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
     patch_index = np.where(valid, patch_start[:-1, None] + slot[None, :], 0)
     patch_of_point = np.repeat(np.arange(num_patches), patch_size)
     point_slot = patch_of_point * length + (np.arange(offsets[-1]) - patch_start[:-1][patch_of_point])
-    sub_id = np.repeat(np.arange(num_patches * q), sub_count)
+    sub_len = np.arange(max(int(sub_count.max()), 1))
+    sub_slots = np.where(sub_len[None, :] < sub_count[:, None], sub_start[:-1, None] + sub_len[None, :], 0)
     patch_cloud = np.repeat(np.arange(len(sizes_arr)), np.diff(cloud_patches))
 
     # Supernodes of each cloud, padded to the most any cloud has.
@@ -178,7 +179,7 @@ def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
         patch_index=t(patch_index),
         point_slot=t(point_slot),
         patch_cloud=t(patch_cloud),
-        sub_id=t(sub_id),
+        sub_slots=t(sub_slots),
         sub_count=t(sub_count),
         key_bias=key_bias,
     )

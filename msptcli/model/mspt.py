@@ -81,7 +81,7 @@ class MSPTBlock(nn.Module):
 
     def supernodes(self, x: Tensor, chunk: PatchChunk) -> Tensor:
         """Eq. 4 on normalised features: (p * Q, C) supernodes of the chunk's patches."""
-        return self.pool(self.norm1(x), chunk.sub_id, chunk.sub_count)
+        return self.pool(self.norm1(x), chunk.sub_slots, chunk.sub_count)
 
     def supernode_kv(self, x: Tensor | None, z: Tensor | None, layout: PatchLayout) -> tuple[Tensor, Tensor]:
         """Keys/values of all supernodes: pooled from the points, or the normalised carried stream ``z``."""
@@ -142,7 +142,7 @@ class MSPT(nn.Module):
         x = self.embed(self.inputs(features, layout, conditions, slice(0, n)))  # (N, C)
         z = None
         if self.stream_pool is not None:
-            z = self.stream_pool(x, layout.whole.sub_id, layout.whole.sub_count)  # (P * Q, C)
+            z = self.stream_pool(x, layout.whole.sub_slots, layout.whole.sub_count)  # (P * Q, C)
         for block in self.blocks:
             if self.config.checkpointing and torch.is_grad_enabled():
                 x, z = checkpoint(block, x, layout, z, use_reentrant=False)

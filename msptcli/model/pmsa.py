@@ -36,8 +36,11 @@ class SupernodePool(nn.Module):
 
     ``mean`` (default) and ``max`` have no parameters; ``linear`` scores each point
     with a learned linear projection and takes the softmax-weighted mean of its
-    sub-run. Only real points are pooled; an empty sub-run gives a zero vector
-    (it is masked out as a key).
+    sub-run. Sub-runs are gathered into a padded (s, Ls, C) tensor and reduced
+    with a mask: only real points are pooled, an empty sub-run gives a zero
+    vector (it is masked out as a key), and the forward pass has no scatter
+    (whose parallel versions in some runtimes, e.g. onnxruntime, race on
+    repeated indices).
     """
 
     def __init__(self, dim: int, kind: str = "mean") -> None:
@@ -45,22 +48,19 @@ class SupernodePool(nn.Module):
         self.kind = kind
         self.score = nn.Linear(dim, 1) if kind == "linear" else None
 
-    def forward(self, h: Tensor, sub_id: Tensor, sub_count: Tensor) -> Tensor:
-        # h: (n, C) points of whole patches; sub_id: (n,) in [0, s); sub_count: (s,)
-        n, c = h.shape
-        s = sub_count.shape[0]
+    def forward(self, h: Tensor, sub_slots: Tensor, sub_count: Tensor) -> Tensor:
+        # h: (n, C) points of whole patches; sub_slots: (s, Ls) rows of each sub-run; sub_count: (s,)
+        g = gather_rows(h, sub_slots)  # (s, Ls, C), padded slots hold row 0
+        valid = torch.arange(sub_slots.shape[1], device=h.device)[None, :] < sub_count[:, None]  # (s, Ls)
         if self.kind == "max":
-            out = h.new_zeros(s, c)
-            return out.scatter_reduce(0, sub_id[:, None].expand(n, c), h, reduce="amax", include_self=False)
+            top = g.masked_fill(~valid[..., None], -torch.inf).amax(dim=1)  # (s, C)
+            return torch.where(sub_count[:, None] > 0, top, torch.zeros_like(top))
         if self.kind == "linear":
-            score = self.score(h).squeeze(-1)  # (n,), softmax in at least float32 under autocast
-            score = score.to(torch.promote_types(score.dtype, torch.float32))
-            top = score.new_full((s,), -torch.inf).scatter_reduce(0, sub_id, score, reduce="amax")
-            weight = torch.exp(score - top[sub_id])  # (n,) softmax numerators within each sub-run
-            total = weight.new_zeros(s).index_add(0, sub_id, weight)
-            weight = (weight / total[sub_id]).to(h.dtype)
-            return h.new_zeros(s, c).index_add(0, sub_id, h * weight[:, None])
-        sums = h.new_zeros(s, c).index_add(0, sub_id, h)
+            score = self.score(g).squeeze(-1)  # (s, Ls), softmax in at least float32 under autocast
+            score = score.to(torch.promote_types(score.dtype, torch.float32)).masked_fill(~valid, -torch.inf)
+            weight = torch.softmax(score, dim=1).nan_to_num(0.0).to(h.dtype)  # empty sub-runs: all zero
+            return (g * weight[..., None]).sum(dim=1)
+        sums = (g * valid[..., None].to(h.dtype)).sum(dim=1)  # (s, C)
         return sums / sub_count.clamp(min=1).to(h.dtype)[:, None]
 
 

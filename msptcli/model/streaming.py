@@ -47,7 +47,7 @@ def stream_forward(
     if model.stream_pool is not None:
         z = torch.empty(layout.num_patches * q, config.width, dtype=dtype, device=features.device)
         for c in chunks:
-            z[c.p0 * q : c.p1 * q] = model.stream_pool(x[c.n0 : c.n1], c.sub_id, c.sub_count)
+            z[c.p0 * q : c.p1 * q] = model.stream_pool(x[c.n0 : c.n1], c.sub_slots, c.sub_count)
 
     for block in model.blocks:
         if block.stream:
