@@ -1,5 +1,5 @@
 # Set-up and the README's two commands. Everything is installed into ./.venv.
-#   make demo   install, then run the main job on the example data shipped in examples/
+#   make demo   install, then prepare -> train -> predict on the example data shipped in examples/
 #   make test   install, then lint and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,9 +11,15 @@ SOURCES := pyproject.toml CMakeLists.txt $(wildcard csrc/*/*.hpp csrc/*/*.cpp)
 
 .PHONY: demo test bench clean
 
+# prepare -> train (about 3 minutes on 2 cores) -> predict the held-out case_0005 from its STL alone,
+# and once more on its CFD surface and volume, where the predictions meet the solver's fields.
 demo: $(VENV)/.installed
-	$(BIN)/mspt balltree examples/ahmed/case_0000/surface.vtu \
-	    --output out/demo/surface_patches.vtu --screenshot out/demo/surface_patches.png
+	$(BIN)/mspt prepare "examples/ahmed/case_*" -o out/demo/data -c examples/ahmed/config.yaml --workers 2
+	rm -rf out/demo/run
+	$(BIN)/mspt train out/demo/data -o out/demo/run -c examples/ahmed/config.yaml
+	$(BIN)/mspt predict out/demo/run examples/ahmed/case_0005/geometry.stl -o out/demo/predictions
+	$(BIN)/mspt predict out/demo/run examples/ahmed/case_0005/surface.vtu \
+	    --volume examples/ahmed/case_0005/volume.vtu -o out/demo/predictions
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -22,6 +28,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/balltree.py
 	$(BIN)/python benchmarks/model.py
+	$(BIN)/python benchmarks/pipeline.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

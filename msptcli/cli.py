@@ -269,9 +269,6 @@ def predict(
         raise MsptError("--volume belongs to one geometry; predict one geometry at a time with it")
     ckpt = load_checkpoint(run)
     stems = [g.stem for g in geometry]  # a case folder's generic file name gets the folder's name too
-    table = Table(title=f"Predictions of {run} (epoch {ckpt.epoch})")
-    for col in ("geometry", "Cd", "Cl", "solver Cd", "solver Cl", "relative L2"):
-        table.add_column(col)
     for g in geometry:
         in_case = (g.parent / "params.json").is_file()
         name = g.stem if stems.count(g.stem) == 1 and not in_case else f"{g.parent.name}_{g.stem}"
@@ -288,18 +285,30 @@ def predict(
                 density=density,
                 device=pick_device(device),
             )
-        c, s = result.coefficients, result.solver
-        table.add_row(
-            name,
-            f"{c['cd']:.4f}" if "cd" in c else "-",
-            f"{c['cl']:.4f}" if "cl" in c else "-",
-            f"{s['Cd_fields']:.4f}" if "Cd_fields" in s else "-",
-            f"{s['Cl_fields']:.4f}" if "Cl_fields" in s else "-",
-            ", ".join(f"{k} {v:.3f}" for k, v in result.errors.items()) or "-",
-        )
         for f in result.files:
             console.print(f"wrote {f}")
-    console.print(table)
+        console.print(_prediction_table(result, epoch=ckpt.epoch))
+
+
+def _prediction_table(result: Any, *, epoch: int) -> Table:
+    c, s = result.coefficients, result.solver
+    table = Table(title=f"{result.name} (checkpoint of epoch {epoch})")
+    for col in ("", "predicted", "solver (saved fields)", "input's own fields"):
+        table.add_column(col, justify="right")
+    for key, solver_key in (("cd", "Cd_fields"), ("cl", "Cl_fields")):
+        if key in c:
+            true = c.get(f"{key}_true_fields")
+            table.add_row(
+                key.capitalize(),
+                f"{c[key]:.4f}",
+                f"{s[solver_key]:.4f}" if solver_key in s else "-",
+                f"{true:.4f}" if true is not None else "-",
+            )
+    if "reference_area" in c:
+        table.add_row("A_ref", f"{c['reference_area']:.4g}", "", c["reference_area_source"])
+    for field_name, err in result.errors.items():
+        table.add_row(f"rel. L2 {field_name}", f"{err:.3f}", "", "")
+    return table
 
 
 @app.command()
