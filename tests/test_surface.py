@@ -7,10 +7,10 @@ import vtk
 from tests_paths import EXAMPLE_CASE, EXAMPLE_SURFACE
 
 from msptcli.errors import InvalidInputError
+from msptcli.geometry.distance import distance_to_surface
 from msptcli.geometry.surface import (
     cell_centers,
     cell_normals,
-    distance_to_surface,
     fan_triangles,
     outward_area_vectors,
     point_normals,

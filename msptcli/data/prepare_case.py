@@ -88,7 +88,7 @@ def surface_arrays(surface: FieldMesh) -> dict[str, np.ndarray]:
 
 def volume_arrays(points: np.ndarray, surface_mesh: Any) -> dict[str, np.ndarray]:
     """Volume points with their distance to the body surface and the unit direction towards it."""
-    from msptcli.geometry.surface import distance_to_surface
+    from msptcli.geometry.distance import distance_to_surface
 
     distance, direction = distance_to_surface(points, as_polydata(surface_mesh))
     return {
