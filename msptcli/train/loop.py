@@ -9,6 +9,7 @@ where the state was saved, with the same optimiser, scheduler and RNG state.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
 from msptcli.config import MsptConfig
 from msptcli.data.features import IN_FEATURES, Channels
@@ -173,13 +175,20 @@ def train_model(
         model.train()
         dataset.set_epoch(epoch)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch))
+        batches = [order[i : i + tc.batch_size].tolist() for i in range(0, len(dataset), tc.batch_size)]
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches[step_in_epoch:],  # resume mid-epoch at the exact step
+            num_workers=tc.num_workers,
+            collate_fn=functools.partial(collate, model_config=model_config),
+            pin_memory=device.type == "cuda",
+        )
         losses = []
-        for step in range(step_in_epoch, steps_per_epoch):
+        for step, cpu_batch in enumerate(loader, start=step_in_epoch):
             if should_stop():
                 save_state(epoch, step)
                 return TrainSummary(run_dir, epoch, best, row, interrupted=True)
-            items = order[step * tc.batch_size : (step + 1) * tc.batch_size].tolist()
-            batch = collate([dataset[i] for i in items], model_config).to(device)
+            batch = cpu_batch.to(device)
             loss = _loss(model, batch, weights, device, tc.bf16)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
