@@ -147,6 +147,9 @@ def prepare(
     on_error: Annotated[
         OnError, typer.Option("--on-error", help="fail: stop at the first bad case; skip: leave it out, report it.")
     ] = OnError.fail,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override section.key=value (repeatable).")
+    ] = None,
 ) -> None:
     """Read CFD results into a prepared dataset: fields, geometry features, split, statistics, tree order."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -154,7 +157,7 @@ def prepare(
     from msptcli.config import load_config
     from msptcli.prepare import prepare_dataset
 
-    overrides = []
+    overrides = list(overrides or [])
     if surface_fields is not None:
         overrides.append(f"data.surface_fields={_yaml_list(surface_fields)}")
     if volume_fields is not None:
@@ -213,7 +216,9 @@ def train(
     if device is not None:
         extra.append(f"train.device={device}")
     if config is None and resume and (output / "config.yaml").is_file():
-        config = output / "config.yaml"
+        config = output / "config.yaml"  # the run's own config
+    elif config is None and (data_dir / "config.yaml").is_file():
+        config = data_dir / "config.yaml"  # the config the dataset was prepared with
     cfg = load_config(config, extra)
     stop = {"asked": False}
 
