@@ -170,7 +170,7 @@ def prepare(
         TimeRemainingColumn(),
         TextColumn("{task.description}"),
     )
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task("", total=None)
 
         def advance(name: str, status: str) -> None:
@@ -332,9 +332,22 @@ def export(
 
 
 class _TrainProgress:
-    """A rich progress bar over all steps, with the loss, the learning rate and one line per epoch."""
+    """A rich progress bar over all steps, with the loss, the learning rate and one line per epoch.
+
+    The bar appears at ``start``, once the inputs are checked, so an error is the only output.
+    """
+
+    def __init__(self) -> None:
+        self.bar: Any = None
 
     def __enter__(self) -> _TrainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start(self, total_steps: int, done_steps: int) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -344,27 +357,16 @@ class _TrainProgress:
             TimeRemainingColumn,
         )
 
-        self.bar = Progress(
-            TextColumn("train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.description}"),
-            console=err_console,
-        )
+        columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        self.bar = Progress(*columns, TextColumn("{task.description}"), console=err_console)
         self.bar.__enter__()
-        self.task = self.bar.add_task("", total=None)
-        return self
+        self.task = self.bar.add_task("", total=total_steps, completed=done_steps)
 
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
-
-    def start(self, total_steps: int, done_steps: int) -> None:
-        self.bar.update(self.task, total=total_steps, completed=done_steps)
-
-    def step(self, loss: float, lr: float) -> None:
-        self.bar.update(self.task, advance=1, description=f"loss {loss:.4g} lr {lr:.2e}")
+    def step(self, loss: float | None, lr: float) -> None:
+        if loss is None:
+            self.bar.update(self.task, advance=1)
+        else:
+            self.bar.update(self.task, advance=1, description=f"loss {loss:.4g} lr {lr:.2e}")
 
     def epoch(self, epoch: int, row: dict) -> None:
         parts = [f"epoch {epoch}", f"train {row['train_loss']:.4g}"]

@@ -136,7 +136,7 @@ def predict_geometry(
     }
     json_path = out / f"{name}.json"
     with atomic_output(json_path) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.write_text(json.dumps(_finite(summary), indent=1, allow_nan=False))
     result.files.append(json_path)
     pressure = ckpt.reference.get("pressure_field")
     if preview and pressure and pressure in phys["surface"]:
@@ -151,7 +151,7 @@ def _attach(data: Any, predicted: dict[str, np.ndarray], part: str) -> dict[str,
     for fname, values in predicted.items():
         values = values[:, 0] if values.shape[1] == 1 else values
         true = np.asarray(data[fname], dtype=np.float32) if fname in data.keys() else None  # noqa: SIM118
-        if true is not None and true.shape == values.shape:
+        if true is not None and true.shape == values.shape and np.isfinite(true).all():
             data[f"{fname}_true"] = true
             data[f"{fname}_error"] = values - true
             errors[f"{part}/{fname}"] = relative_l2(values, true)
@@ -202,6 +202,17 @@ def _coefficients(ckpt: Checkpoint, s_arrays, surface_pred, data, params, area, 
         )
         out.update({"cd_true_fields": cd_t, "cl_true_fields": cl_t})
     return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: such numbers become null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _params_beside(geometry: Path) -> dict[str, Any]:

@@ -61,6 +61,8 @@ def prepare_dataset(
     out = Path(out_dir)
     _check_output_dir(out, cases)
     (out / SAMPLES).mkdir(parents=True, exist_ok=True)
+    for leftover in [*out.glob(".*.tmp*"), *(out / SAMPLES).glob(".*.tmp*")]:  # from a killed run
+        leftover.unlink(missing_ok=True)
     with atomic_output(out / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 

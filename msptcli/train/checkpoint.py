@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,10 +142,13 @@ def load_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"{p}: no training state to resume from (train without --resume first)")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{p}: refusing to load training state ({reason[:200]})") from None
+        with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        raise CheckpointError(
+            f"{p}: refusing to load training state: not a plain tensor file (it may hold arbitrary Python objects)"
+        ) from None
 
 
 def _unwrap(model: torch.nn.Module) -> MSPT:

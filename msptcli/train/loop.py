@@ -33,12 +33,15 @@ from msptcli.train.checkpoint import load_train_state, save_checkpoint, save_tra
 from msptcli.train.dataset import Batch, TrainClouds, collate
 from msptcli.train.evaluate import evaluate_sample
 
+#: Steps between two readings of the loss for the progress bar.
+LOG_EVERY = 10
+
 
 class Reporter(Protocol):
     """What the loop tells its caller (the CLI draws a progress bar from it)."""
 
     def start(self, total_steps: int, done_steps: int) -> None: ...
-    def step(self, loss: float, lr: float) -> None: ...
+    def step(self, loss: float | None, lr: float) -> None: ...
     def epoch(self, epoch: int, row: dict[str, Any]) -> None: ...
 
 
@@ -141,6 +144,7 @@ def train_model(
 
     # --- resume --------------------------------------------------------------------------------------
     epoch, step_in_epoch, best = 0, 0, None
+    loss_sum, loss_count = 0.0, 0  # the running training loss of the current epoch
     if resume:
         state = load_train_state(run_dir / "train_state.pt")
         model.load_state_dict(state["model"])
@@ -149,6 +153,7 @@ def train_model(
         torch.set_rng_state(state["torch_rng"])
         epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         best = None if float(state["best"]) != float(state["best"]) else float(state["best"])  # NaN: none yet
+        loss_sum, loss_count = float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0))
         _truncate_metrics(run_dir / "metrics.csv", epoch)
     if reporter:
         reporter.start(total_steps, epoch * steps_per_epoch + step_in_epoch)
@@ -165,6 +170,8 @@ def train_model(
                 "epoch": next_epoch,
                 "step_in_epoch": next_step,
                 "best": float("nan") if best is None else best,
+                "loss_sum": loss_sum,
+                "loss_count": loss_count,
             },
         )
 
@@ -183,9 +190,11 @@ def train_model(
             collate_fn=functools.partial(collate, model_config=model_config),
             pin_memory=device.type == "cuda",
         )
-        losses = []
+        losses = []  # this epoch's step losses since the loop (re)started, on the device: no sync per step
         for step, cpu_batch in enumerate(loader, start=step_in_epoch):
             if should_stop():
+                loss_sum += float(torch.stack(losses).double().sum()) if losses else 0.0
+                loss_count += len(losses)
                 save_state(epoch, step)
                 return TrainSummary(run_dir, epoch, best, row, interrupted=True)
             batch = cpu_batch.to(device)
@@ -197,17 +206,21 @@ def train_model(
             optimizer.step()
             scheduler.step()
             losses.append(loss.detach())
-            if reporter:
-                reporter.step(float(losses[-1]), scheduler.get_last_lr()[0])
+            if reporter:  # the loss is read back (a device sync) only every LOG_EVERY steps
+                shown = float(losses[-1]) if step % LOG_EVERY == 0 or step == steps_per_epoch - 1 else None
+                reporter.step(shown, scheduler.get_last_lr()[0])
         step_in_epoch = 0
         epoch += 1
 
         # --- validation, checkpoints, metrics -------------------------------------------------------
+        loss_sum += float(torch.stack(losses).double().sum()) if losses else 0.0
+        loss_count += len(losses)
         row = {
             "epoch": epoch,
             "lr": scheduler.get_last_lr()[0],
-            "train_loss": float(torch.stack(losses).mean()) if losses else float("nan"),
+            "train_loss": loss_sum / loss_count if loss_count else float("nan"),
         }
+        loss_sum, loss_count = 0.0, 0
         if val_entries and (epoch % tc.val_every == 0 or epoch == tc.epochs):
             row.update(_validate(model, data_dir, manifest, val_entries, device, reference))
         row["seconds"] = time.perf_counter() - started
@@ -215,8 +228,8 @@ def train_model(
         if score is not None and (best is None or score < best):
             best = score
             save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
+        _append_metrics(run_dir / "metrics.csv", row)  # before the state: a kill between them is re-done
         save_state(epoch, 0)
-        _append_metrics(run_dir / "metrics.csv", row)
         if reporter:
             reporter.epoch(epoch, row)
     if not val_entries:  # no validation split: the last model is the best we know
