@@ -254,7 +254,13 @@ def predict(
         Path | None, typer.Option("--volume", help="Predict the volume fields on this volume mesh.")
     ] = None,
     volume_points: Annotated[
-        int | None, typer.Option("--volume-points", min=0, help="Else on N points sampled around the body (0: none).")
+        int | None,
+        typer.Option(
+            "--volume-points",
+            min=0,
+            help="Else on N points uniform in a box around the body (0: none). Default: points placed "
+            "around the body as in the training volume meshes.",
+        ),
     ] = None,
     reference_area: Annotated[float | None, typer.Option("--reference-area", min=0, help="A_ref for Cd/Cl.")] = None,
     reference_velocity: Annotated[

@@ -79,11 +79,9 @@ def predict_geometry(
             volume = read_mesh(volume_mesh)
             v_points = np.asarray(volume.points, dtype=np.float64)
         else:
+            v_points = _volume_points(ckpt, surface, volume_points)
             import pyvista as pv
 
-            from msptcli.geometry.surface import sample_points_around
-
-            v_points = sample_points_around(surface, volume_points or DEFAULT_VOLUME_POINTS, seed=0)
             volume = pv.PolyData(v_points).cast_to_unstructured_grid()
         v_arrays = volume_arrays(v_points, surface)
 
@@ -142,6 +140,24 @@ def predict_geometry(
     if preview and pressure and pressure in phys["surface"]:
         result.files.append(_preview(surface, pressure, out / f"{name}.png", at_cells))
     return result
+
+
+def _volume_points(ckpt: Checkpoint, surface: Any, count: int | None) -> np.ndarray:
+    """Volume points for a geometry without a volume mesh.
+
+    By default the checkpoint's template — the training volume points relative to their body's
+    bounding box — mapped onto this body's box, keeping the points outside the body: the model then
+    sees volume points spread as in training, on which its whole-cloud supernodes depend. With
+    ``count``, that many points uniform in a box around the body instead.
+    """
+    from msptcli.geometry.surface import outside_body, sample_points_around
+
+    if count is not None or ckpt.volume_template is None:
+        return sample_points_around(surface, count or DEFAULT_VOLUME_POINTS, seed=0)
+    body = np.asarray(surface.points, dtype=np.float64)
+    lo, size = body.min(axis=0), np.ptp(body, axis=0)
+    points = lo + ckpt.volume_template.astype(np.float64) * size
+    return points[outside_body(points, surface)]
 
 
 def _attach(data: Any, predicted: dict[str, np.ndarray], part: str) -> dict[str, float]:

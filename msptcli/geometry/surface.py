@@ -43,6 +43,7 @@ __all__ = [
     "cell_centers",
     "cell_normals",
     "fan_triangles",
+    "outside_body",
     "outward_area_vectors",
     "point_normals",
     "point_to_cell_average",
@@ -148,6 +149,14 @@ def point_to_cell_average(surface: pv.DataSet, values: np.ndarray) -> np.ndarray
     sums = np.add.reduceat(v[faces.conn], faces.offsets[:-1], axis=0)
     sizes = np.diff(faces.offsets)
     return sums / (sizes if v.ndim == 1 else sizes[:, None])
+
+
+def outside_body(points: np.ndarray, surface: pv.DataSet) -> np.ndarray:
+    """``(m,)`` bool: which points lie outside the closed body (in the fluid); ray parity as below."""
+    x = _check_points(points)
+    faces = _faces(surface)
+    tri, _ = _fan(faces)
+    return ~_enclosure_test(faces.points, tri)(x) if len(x) else np.zeros(0, dtype=bool)
 
 
 def sample_points_around(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from msptcli import __version__
@@ -29,6 +30,8 @@ from msptcli.io.atomic import atomic_output
 from msptcli.model import MSPT, ModelConfig
 
 FORMAT = "mspt-checkpoint-1"
+#: Not a weight: where the training volume points lie relative to the body (see predict.py).
+TEMPLATE_KEY = "extra/volume_template"
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Checkpoint:
     epoch: int
     metrics: dict[str, Any]
     version: str
+    volume_template: np.ndarray | None = None  # (M, 3) training volume points relative to the body's box
 
 
 def save_checkpoint(
@@ -57,10 +61,13 @@ def save_checkpoint(
     reference: dict[str, Any],
     epoch: int,
     metrics: dict[str, Any] | None = None,
+    volume_template: np.ndarray | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    if volume_template is not None:
+        state[TEMPLATE_KEY] = torch.from_numpy(np.ascontiguousarray(volume_template, dtype=np.float32))
     meta = {
         "format": FORMAT,
         "mspt_version": __version__,
@@ -93,6 +100,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{p}: not an mspt checkpoint (format {meta.get('format')!r})")
     try:
         model = MSPT(ModelConfig.model_validate_json(meta["model_config"]))
+        template = state.pop(TEMPLATE_KEY, None)
         model.load_state_dict(state)
         channels_json = json.loads(meta["channels"])
         ckpt = Checkpoint(
@@ -108,6 +116,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             epoch=int(meta["epoch"]),
             metrics=json.loads(meta.get("metrics", "{}")),
             version=meta.get("mspt_version", "?"),
+            volume_template=None if template is None else template.numpy(),
         )
     except CheckpointError:
         raise

@@ -134,12 +134,14 @@ def train_model(
     weights = _channel_weights(channels, config).to(device)
     reference = reference_of(config)
     reference["training_reference_areas"] = [e.reference_area for e in train_entries if e.reference_area]
+    template = volume_template(data_dir, manifest, train_entries) if channels.volume else None
     save_kw = dict(
         config=config,
         channels=channels,
         stats=manifest.stats,
         surface_location=manifest.surface_location,
         reference=reference,
+        volume_template=template,
     )
 
     # --- resume --------------------------------------------------------------------------------------
@@ -236,6 +238,25 @@ def train_model(
         save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
     return TrainSummary(run_dir, epoch, best, row)
+
+
+#: Volume points kept in the checkpoint's template.
+TEMPLATE_POINTS = 40_000
+
+
+def volume_template(data_dir: Path, manifest: Manifest, entries: list) -> np.ndarray | None:  # type: ignore[type-arg]
+    """Where the first training case's volume points lie relative to its body's bounding box, (M, 3).
+
+    ``predict`` maps these onto a new body's box when no volume mesh is given, so that the model sees
+    volume points distributed as in training (domain extent, refinement near the body)."""
+    sample = load_sample(data_dir / entries[0].file, keys=["surface/points", "volume/points"])
+    if "volume/points" not in sample.arrays:
+        return None
+    body = sample.arrays["surface/points"].astype(np.float64)
+    lo, size = body.min(axis=0), np.ptp(body, axis=0)
+    volume = sample.arrays["volume/points"].astype(np.float64)
+    keep = np.random.default_rng(0).permutation(len(volume))[:TEMPLATE_POINTS]
+    return ((volume[np.sort(keep)] - lo) / size).astype(np.float32)
 
 
 def _loss(model: MSPT, batch: Batch, weights: torch.Tensor, device: torch.device, bf16: bool) -> torch.Tensor:
