@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -233,6 +234,8 @@ def train(
             )
     finally:
         signal.signal(signal.SIGINT, previous)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
+        raise typer.Exit(130 if summary.interrupted else 0)
     if summary.interrupted:
         err_console.print(
             f"interrupted: checkpoint saved in {output}; continue with: mspt train {data_dir} -o {output} --resume"

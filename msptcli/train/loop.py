@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from msptcli.config import MsptConfig
@@ -31,6 +32,7 @@ from msptcli.io.atomic import atomic_output
 from msptcli.model import MSPT, ModelConfig
 from msptcli.train.checkpoint import load_train_state, save_checkpoint, save_train_state
 from msptcli.train.dataset import Batch, TrainClouds, collate
+from msptcli.train.distributed import World, join, leave, rank_batches
 from msptcli.train.evaluate import evaluate_sample
 
 #: Steps between two readings of the loss for the progress bar.
@@ -97,16 +99,47 @@ def train_model(
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     manifest = read_manifest(data_dir)
     tc = config.train
-    train_entries, val_entries = manifest.split("train"), manifest.split("val")
-    if not train_entries:
+    if not manifest.split("train"):
         raise DatasetError(f"{data_dir}: the split has no training samples")
     ckpt_dir = run_dir / "checkpoints"
     if not resume and (ckpt_dir / "last.safetensors").exists():
         raise InvalidInputError(f"{run_dir}: already holds a run; use --resume to continue it or another -o")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(run_dir / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    device = pick_device(tc.device)
+    world, device = join(tc.device)
+    try:
+        return _train(
+            data_dir,
+            run_dir,
+            manifest,
+            config,
+            world,
+            device or pick_device(tc.device),
+            resume=resume,
+            reporter=reporter if world.main else None,
+            should_stop=should_stop,
+        )
+    finally:
+        leave(world)
+
+
+def _train(
+    data_dir: Path,
+    run_dir: Path,
+    manifest: Manifest,
+    config: MsptConfig,
+    world: World,
+    device: torch.device,
+    *,
+    resume: bool,
+    reporter: Reporter | None,
+    should_stop: Callable[[], bool],
+) -> TrainSummary:
+    tc = config.train
+    train_entries, val_entries = manifest.split("train"), manifest.split("val")
+    ckpt_dir = run_dir / "checkpoints"
+    if world.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(run_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
@@ -114,6 +147,11 @@ def train_model(
     channels = Channels.from_fields(manifest.fields)
     model_config = model_config_for(config, manifest)
     model = MSPT(model_config).to(device)
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if (world.distributed)
+        else model
+    )  # what the steps call; ``model`` is what is saved and validated
     dataset = TrainClouds(
         data_dir,
         manifest,
@@ -122,7 +160,7 @@ def train_model(
         volume_points=tc.volume_points,
         seed=tc.seed,
     )
-    steps_per_epoch = math.ceil(len(dataset) / tc.batch_size)
+    steps_per_epoch = math.ceil(len(dataset) / (tc.batch_size * world.size))
     total_steps = tc.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
@@ -161,6 +199,8 @@ def train_model(
         reporter.start(total_steps, epoch * steps_per_epoch + step_in_epoch)
 
     def save_state(next_epoch: int, next_step: int) -> None:
+        if not world.main:
+            return
         save_checkpoint(ckpt_dir / "last.safetensors", model, epoch=next_epoch, **save_kw)
         save_train_state(
             run_dir / "train_state.pt",
@@ -184,7 +224,7 @@ def train_model(
         model.train()
         dataset.set_epoch(epoch)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch))
-        batches = [order[i : i + tc.batch_size].tolist() for i in range(0, len(dataset), tc.batch_size)]
+        batches = rank_batches(order.tolist(), tc.batch_size, world)
         loader = DataLoader(
             dataset,
             batch_sampler=batches[step_in_epoch:],  # resume mid-epoch at the exact step
@@ -194,13 +234,13 @@ def train_model(
         )
         losses = []  # this epoch's step losses since the loop (re)started, on the device: no sync per step
         for step, cpu_batch in enumerate(loader, start=step_in_epoch):
-            if should_stop():
+            if world.any(should_stop(), device):
                 loss_sum += float(torch.stack(losses).double().sum()) if losses else 0.0
                 loss_count += len(losses)
                 save_state(epoch, step)
                 return TrainSummary(run_dir, epoch, best, row, interrupted=True)
             batch = cpu_batch.to(device)
-            loss = _loss(model, batch, weights, device, tc.bf16)
+            loss = _loss(net, batch, weights, device, tc.bf16)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip:
@@ -217,26 +257,31 @@ def train_model(
         # --- validation, checkpoints, metrics -------------------------------------------------------
         loss_sum += float(torch.stack(losses).double().sum()) if losses else 0.0
         loss_count += len(losses)
+        epoch_sum, epoch_count = world.sum(loss_sum, device), world.sum(float(loss_count), device)
         row = {
             "epoch": epoch,
             "lr": scheduler.get_last_lr()[0],
-            "train_loss": loss_sum / loss_count if loss_count else float("nan"),
+            "train_loss": epoch_sum / epoch_count if epoch_count else float("nan"),
         }
         loss_sum, loss_count = 0.0, 0
-        if val_entries and (epoch % tc.val_every == 0 or epoch == tc.epochs):
+        if val_entries and (epoch % tc.val_every == 0 or epoch == tc.epochs) and world.main:
             row.update(_validate(model, data_dir, manifest, val_entries, device, reference))
         row["seconds"] = time.perf_counter() - started
         score = row.get("val_loss")
         if score is not None and (best is None or score < best):
             best = score
-            save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
-        _append_metrics(run_dir / "metrics.csv", row)  # before the state: a kill between them is re-done
+            if world.main:
+                save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
+        if world.main:
+            _append_metrics(run_dir / "metrics.csv", row)  # before the state: a kill between them is re-done
         save_state(epoch, 0)
+        world.barrier()
         if reporter:
             reporter.epoch(epoch, row)
-    if not val_entries:  # no validation split: the last model is the best we know
-        save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
-    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+    if world.main:
+        if not val_entries:  # no validation split: the last model is the best we know
+            save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
+        plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
     return TrainSummary(run_dir, epoch, best, row)
 
 
@@ -259,7 +304,9 @@ def volume_template(data_dir: Path, manifest: Manifest, entries: list) -> np.nda
     return ((volume[np.sort(keep)] - lo) / size).astype(np.float32)
 
 
-def _loss(model: MSPT, batch: Batch, weights: torch.Tensor, device: torch.device, bf16: bool) -> torch.Tensor:
+def _loss(
+    model: torch.nn.Module, batch: Batch, weights: torch.Tensor, device: torch.device, bf16: bool
+) -> torch.Tensor:
     """Weighted MSE per channel over the rows where the channel counts (surface or volume points)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
         pred = model(batch.features, batch.layout)

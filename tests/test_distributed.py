@@ -1,0 +1,90 @@
+"""Real multi-process training: torchrun with gloo on the CPU, against one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from tests_paths import ROOT
+from typer.testing import CliRunner
+
+from msptcli.cli import app
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+CONFIG = """
+data:
+  max_volume_points: 1500
+  split: {val: [case_0002], test: []}
+model: {width: 16, num_heads: 2, depth: 1}
+train: {epochs: 2, surface_points: 512, volume_points: 512, warmup_epochs: 1, threads: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("ddp")
+    config = work / "config.yaml"
+    config.write_text(CONFIG)
+    cases = [str(ROOT / "examples" / "ahmed" / f"case_000{i}") for i in range(5)]
+    result = runner.invoke(app, ["prepare", *cases, "-o", str(work / "data"), "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    return work / "data", config
+
+
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
+    cmd += ["-m", "msptcli", "train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def weights(run: Path) -> dict[str, np.ndarray]:
+    return {k: v for k, v in load_file(run / "checkpoints" / "last.safetensors").items() if not k.startswith("extra")}
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst <= atol, worst
+
+
+def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
+    data_dir, config = data
+    ddp = torchrun(str(data_dir), "-o", str(tmp_path / "ddp"), "-c", str(config), "train.batch_size=1")
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert ddp.stdout.count("trained 2 epochs") == 1  # rank 0 alone reports
+    single = runner.invoke(
+        app, ["train", str(data_dir), "-o", str(tmp_path / "one"), "-c", str(config), "train.batch_size=2"]
+    )
+    assert single.exit_code == 0, single.output
+    assert_same(weights(tmp_path / "ddp"), weights(tmp_path / "one"))
+    rows_ddp = (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()
+    rows_one = (tmp_path / "one" / "metrics.csv").read_text().splitlines()
+    assert len(rows_ddp) == len(rows_one) == 3
+    for a, b in zip(rows_ddp[1:], rows_one[1:], strict=True):  # loss and validation metrics, reduced over ranks
+        head = rows_ddp[0].split(",")
+        for name, x, y in zip(head, a.split(","), b.split(","), strict=True):
+            if name != "seconds":
+                assert np.isclose(float(x), float(y), rtol=1e-5, atol=1e-7), name
+
+
+def test_resume_under_torchrun(data, tmp_path):
+    """Stop after epoch 1 (all of it warm-up, so the learning rates do not depend on the epoch count),
+    resume to 2 epochs under torchrun: the same weights as 2 epochs in one go."""
+    data_dir, config = data
+    first = torchrun(
+        str(data_dir), "-o", str(tmp_path / "run"), "-c", str(config), "train.batch_size=1", "--epochs", "1"
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = torchrun(str(data_dir), "-o", str(tmp_path / "run"), "--resume", "train.batch_size=1", "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = torchrun(str(data_dir), "-o", str(tmp_path / "whole"), "-c", str(config), "train.batch_size=1")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert_same(weights(tmp_path / "run"), weights(tmp_path / "whole"))
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
