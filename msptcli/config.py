@@ -104,6 +104,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast on a GPU (ignored on the CPU)")
+    compile: bool = Field(False, description="torch.compile the training forward pass (dynamic shapes)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
 

@@ -152,6 +152,8 @@ def _train(
         if (world.distributed)
         else model
     )  # what the steps call; ``model`` is what is saved and validated
+    if tc.compile:
+        net = torch.compile(net, dynamic=True)  # every batch has its own layout: shapes vary
     dataset = TrainClouds(
         data_dir,
         manifest,
