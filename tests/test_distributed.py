@@ -10,27 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from tests_paths import ROOT
+from tests_paths import ROOT, TINY_CONFIG
 from typer.testing import CliRunner
 
 from msptcli.cli import app
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
-CONFIG = """
-data:
-  max_volume_points: 1500
-  split: {val: [case_0002], test: []}
-model: {width: 16, num_heads: 2, depth: 1}
-train: {epochs: 2, surface_points: 512, volume_points: 512, warmup_epochs: 1, threads: 1}
-"""
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("ddp")
     config = work / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(TINY_CONFIG)
     cases = [str(ROOT / "examples" / "ahmed" / f"case_000{i}") for i in range(5)]
     result = runner.invoke(app, ["prepare", *cases, "-o", str(work / "data"), "-c", str(config)])
     assert result.exit_code == 0, result.output

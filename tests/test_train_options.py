@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from tests_paths import ROOT
+from tests_paths import ROOT, TINY_CONFIG
 from typer.testing import CliRunner
 
 from msptcli.cli import app
@@ -18,20 +18,13 @@ from msptcli.train.evaluate import evaluate_sample
 from msptcli.train.loop import reference_of
 
 runner = CliRunner()
-CONFIG = """
-data:
-  max_volume_points: 1500
-  split: {val: [case_0002], test: []}
-model: {width: 16, num_heads: 2, depth: 1}
-train: {epochs: 1, surface_points: 512, volume_points: 512, warmup_epochs: 1}
-"""
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     work = tmp_path_factory.mktemp("options")
     config = work / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(TINY_CONFIG)
     cases = [str(ROOT / "examples" / "ahmed" / f"case_000{i}") for i in range(3)]
     assert runner.invoke(app, ["prepare", *cases, "-o", str(work / "data"), "-c", str(config)]).exit_code == 0
     return work / "data", config
@@ -39,7 +32,8 @@ def data(tmp_path_factory):
 
 def train(data, out, *overrides):
     data_dir, config = data
-    result = runner.invoke(app, ["train", str(data_dir), "-o", str(out), "-c", str(config), *overrides])
+    args = ["train", str(data_dir), "-o", str(out), "-c", str(config), "--epochs", "1", *overrides]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return {k: v for k, v in load_file(out / "checkpoints" / "last.safetensors").items() if not k.startswith("extra")}
 
