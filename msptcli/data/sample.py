@@ -71,6 +71,39 @@ def load_sample(path: str | os.PathLike[str], *, keys: list[str] | None = None) 
     return Sample(name=header.get("name", p.stem), arrays=arrays, meta=json.loads(header.get("meta", "{}")))
 
 
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def map_sample(path: str | os.PathLike[str]) -> Sample:
+    """A sample whose arrays are memory-mapped from the file: nothing is read until it is indexed.
+
+    Training draws a few thousand rows of each array per step; with a map only those pages are
+    read, so a dataset of million-point samples need not fit in memory. The safetensors layout is
+    an 8-byte header length, a JSON header of dtypes, shapes and byte offsets, then the data.
+    """
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+        meta = header.pop("__metadata__", {}) or {}
+        start = 8 + header_len
+        arrays = {}
+        for key, info in header.items():
+            begin, end = info["data_offsets"]
+            dtype = _DTYPES[info["dtype"]]
+            count = (end - begin) // np.dtype(dtype).itemsize
+            flat = (
+                np.memmap(p, dtype=dtype, mode="r", offset=start + begin, shape=(count,))
+                if count
+                else np.zeros(0, dtype)
+            )
+            arrays[key] = flat.reshape(info["shape"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DatasetError(f"{p}: not a readable prepared sample ({exc})") from None
+    return Sample(name=meta.get("name", p.stem), arrays=arrays, meta=json.loads(meta.get("meta", "{}")))
+
+
 def read_sample_meta(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The metadata of a sample file, or None if the file is missing or unreadable (e.g. cut short)."""
     from safetensors import safe_open

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from msptcli.data.features import Channels, model_inputs, model_targets
 from msptcli.data.manifest import Manifest, SampleEntry
-from msptcli.data.sample import Sample, load_sample
+from msptcli.data.sample import Sample, map_sample
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.model import ModelConfig, build_layout
 from msptcli.model.layout import PatchLayout
@@ -113,7 +113,7 @@ class TrainClouds(Dataset):
 
     def __getitem__(self, index: int) -> Cloud:
         entry = self.entries[index]
-        sample = load_sample(self.data_dir / entry.file)
+        sample = map_sample(self.data_dir / entry.file)  # only the drawn rows are read from disk
         rng = np.random.default_rng([self.seed, self.epoch, index])
         surface_rows = _draw(rng, sample.num_surface, self.surface_points)
         volume_rows = _draw(rng, sample.num_volume, self.volume_points) if self.channels.volume else np.zeros(0, int)

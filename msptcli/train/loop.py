@@ -236,7 +236,13 @@ def _train(
         )
         losses = []  # this epoch's step losses since the loop (re)started, on the device: no sync per step
         for step, cpu_batch in enumerate(loader, start=step_in_epoch):
-            if world.any(should_stop(), device):
+            # A stop request (Ctrl-C) is shared between ranks by an all-reduce every LOG_EVERY steps, on the
+            # same steps everywhere; a single process checks every step.
+            if world.distributed:
+                stop_now = step % LOG_EVERY == 0 and world.any(should_stop(), device)
+            else:
+                stop_now = should_stop()
+            if stop_now:
                 loss_sum += float(torch.stack(losses).double().sum()) if losses else 0.0
                 loss_count += len(losses)
                 save_state(epoch, step)
@@ -250,9 +256,9 @@ def _train(
             optimizer.step()
             scheduler.step()
             losses.append(loss.detach())
-            if reporter:  # the loss is read back (a device sync) only every LOG_EVERY steps
-                shown = float(losses[-1]) if step % LOG_EVERY == 0 or step == steps_per_epoch - 1 else None
-                reporter.step(shown, scheduler.get_last_lr()[0])
+            if reporter:  # reading the loss is a device sync: never on a GPU inside the loop, every few steps on CPU
+                read = device.type == "cpu" and (step % LOG_EVERY == 0 or step == steps_per_epoch - 1)
+                reporter.step(float(losses[-1]) if read else None, scheduler.get_last_lr()[0])
         step_in_epoch = 0
         epoch += 1
 
