@@ -81,3 +81,30 @@ def test_resume_under_torchrun(data, tmp_path):
     assert whole.returncode == 0, whole.stderr[-2000:]
     assert_same(weights(tmp_path / "run"), weights(tmp_path / "whole"))
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
+
+
+RANK_SCRIPT = """
+import sys, torch
+from safetensors.torch import save_file
+from msptcli.config import load_config
+from msptcli.train.loop import train_model
+
+data, run, config, out = sys.argv[1:5]
+summary = train_model(data, run, config=load_config(config, ["train.batch_size=1"]))
+rank = int(__import__("os").environ["RANK"])
+save_file({k: v.contiguous() for k, v in summary.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+"""
+
+
+def test_both_ranks_end_with_identical_weights(data, tmp_path):
+    data_dir, config = data
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
+    cmd += [str(data_dir), str(tmp_path / "run"), str(config), str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    assert all(np.array_equal(rank0[k], rank1[k]) for k in rank0)  # DDP keeps the replicas bit-identical
+    assert_same(rank0, weights(tmp_path / "run"), atol=0.0)  # and rank 0 wrote them

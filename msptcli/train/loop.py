@@ -54,6 +54,7 @@ class TrainSummary:
     best_val: float | None
     last_row: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    model: MSPT | None = None  # the trained network of this process (under torchrun: of this rank)
 
 
 def pick_device(name: str) -> torch.device:
@@ -246,7 +247,7 @@ def _train(
                 loss_sum += float(torch.stack(losses).double().sum()) if losses else 0.0
                 loss_count += len(losses)
                 save_state(epoch, step)
-                return TrainSummary(run_dir, epoch, best, row, interrupted=True)
+                return TrainSummary(run_dir, epoch, best, row, interrupted=True, model=model)
             batch = cpu_batch.to(device)
             loss = _loss(net, batch, weights, device, tc.bf16)
             optimizer.zero_grad(set_to_none=True)
@@ -290,7 +291,7 @@ def _train(
         if not val_entries:  # no validation split: the last model is the best we know
             save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
         plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
-    return TrainSummary(run_dir, epoch, best, row)
+    return TrainSummary(run_dir, epoch, best, row, model=model)
 
 
 #: Volume points kept in the checkpoint's template.
