@@ -8,7 +8,6 @@ enough to rebuild the model and its normalisation.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -151,11 +150,6 @@ def validate_config(data: dict[str, Any], *, source: str = "config") -> MsptConf
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{source}: unknown key '{where}'") from None
         raise ConfigError(f"{source}: {where}: {err['msg']}") from None
-
-
-def config_json(config: MsptConfig) -> str:
-    """The config as compact JSON, for checkpoints and manifests."""
-    return json.dumps(config.model_dump(mode="json"), sort_keys=True)
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:
