@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
 
 
 class ExportFormat(str, enum.Enum):
@@ -77,6 +83,14 @@ def main_options(
 Threads = Annotated[
     int | None, typer.Option("--threads", min=1, help="CPU threads for the ball tree (default: all cores).")
 ]
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (data/model/train sections).")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Config override section.key=value, e.g. train.lr=3e-4 (repeatable)."),
+]
+DeviceOption = Annotated[
+    Device | None, typer.Option("--device", help="auto (a GPU when present), cpu, cuda or mps.", show_default=False)
+]
 
 
 @app.command()
@@ -105,10 +119,8 @@ def balltree(
     to a random split; with --output, writes the mesh with the patch of every
     point (open it in ParaView and colour by `patch`).
     """
-    from msptcli.treeview import patch_report, write_patch_mesh
+    from msptcli.balltree import patch_report, write_patch_mesh
 
-    if level is not None and patch_size is not None:
-        raise MsptError("give --level or --patch-size, not both")
     started = time.perf_counter()
     report = patch_report(mesh, level=level, patch_size=patch_size, num_threads=threads)
     written = write_patch_mesh(report, output=output, screenshot=screenshot)
@@ -129,9 +141,6 @@ def balltree(
     console.print(f"done in {time.perf_counter() - started:.1f} s")
 
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (data/model/train sections).")]
-
-
 @app.command()
 @user_errors
 def prepare(
@@ -148,9 +157,7 @@ def prepare(
     on_error: Annotated[
         OnError, typer.Option("--on-error", help="fail: stop at the first bad case; skip: leave it out, report it.")
     ] = OnError.fail,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Config override section.key=value (repeatable).")
-    ] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Read CFD results into a prepared dataset: fields, geometry features, split, statistics, tree order."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -158,12 +165,12 @@ def prepare(
     from msptcli.config import load_config
     from msptcli.prepare import prepare_dataset
 
-    overrides = list(overrides or [])
+    values = {}
     if surface_fields is not None:
-        overrides.append(f"data.surface_fields={_yaml_list(surface_fields)}")
+        values["data.surface_fields"] = _names(surface_fields)
     if volume_fields is not None:
-        overrides.append(f"data.volume_fields={_yaml_list(volume_fields)}")
-    cfg = load_config(config, overrides)
+        values["data.volume_fields"] = _names(volume_fields)
+    cfg = load_config(config, overrides, values=values)
     columns = (
         TextColumn("prepare"),
         BarColumn(),
@@ -194,33 +201,36 @@ def prepare(
 @user_errors
 def train(
     data_dir: Annotated[Path, typer.Argument(help="A dataset written by `mspt prepare`.")],
-    overrides: Annotated[
-        list[str] | None, typer.Argument(help="Config overrides, section.key=value (e.g. train.lr=3e-4).")
+    positional_overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Config overrides section.key=value, the same as --set.", metavar="[KEY=VALUE]..."),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (checkpoints, metrics, plots).")] = Path(
         "runs/mspt"
     ),
     config: ConfigOption = None,
+    overrides: SetOption = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Number of epochs (train.epochs).")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps (train.device).")] = None,
+    device: DeviceOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output where it stopped.")] = False,
 ) -> None:
-    """Train MSPT on a prepared dataset (GPU with bf16 when present), with checkpoints and validation."""
+    """Train MSPT on a prepared dataset (GPU with bf16 when present), with checkpoints and validation.
+
+    Without --config, the run's own config.yaml (with --resume) or the dataset's is used.
+    """
     import signal
 
-    from msptcli.config import load_config
+    from msptcli.config import load_config, train_config_file
     from msptcli.train.loop import train_model
 
-    extra = list(overrides or [])
+    values: dict[str, object] = {}
     if epochs is not None:
-        extra.append(f"train.epochs={epochs}")
+        values["train.epochs"] = epochs
     if device is not None:
-        extra.append(f"train.device={device}")
-    if config is None and resume and (output / "config.yaml").is_file():
-        config = output / "config.yaml"  # the run's own config
-    elif config is None and (data_dir / "config.yaml").is_file():
-        config = data_dir / "config.yaml"  # the config the dataset was prepared with
-    cfg = load_config(config, extra)
+        values["train.device"] = device.value
+    if config is None:
+        config = train_config_file(data_dir, output, resume=resume)
+    cfg = load_config(config, [*(positional_overrides or []), *(overrides or [])], values=values)
     stop = {"asked": False}
 
     def ask_stop(signum: int, frame: object) -> None:
@@ -234,7 +244,7 @@ def train(
             )
     finally:
         signal.signal(signal.SIGINT, previous)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
+    if not summary.main:  # under torchrun, rank 0 speaks for the run
         raise typer.Exit(130 if summary.interrupted else 0)
     if summary.interrupted:
         err_console.print(
@@ -270,22 +280,20 @@ def predict(
         float | None, typer.Option("--reference-velocity", min=0, help="U_ref for Cd/Cl.")
     ] = None,
     density: Annotated[float | None, typer.Option("--density", min=0, help="rho (1 for kinematic fields).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = None,
 ) -> None:
     """Predict the trained fields on new geometries; write VTK, a PNG preview and drag/lift coefficients."""
-    from msptcli.predict import predict_geometry
-    from msptcli.train.checkpoint import load_checkpoint
-    from msptcli.train.loop import pick_device
+    from msptcli.checkpoint import load_checkpoint
+    from msptcli.device import pick_device
+    from msptcli.predict import output_names, predict_geometry
 
     if volume is not None and volume_points is not None:
         raise MsptError("give --volume or --volume-points, not both")
     if volume is not None and len(geometry) > 1:
         raise MsptError("--volume belongs to one geometry; predict one geometry at a time with it")
+    torch_device = pick_device(device.value if device is not None else "auto")
     ckpt = load_checkpoint(run)
-    stems = [g.stem for g in geometry]  # a case folder's generic file name gets the folder's name too
-    for g in geometry:
-        in_case = (g.parent / "params.json").is_file()
-        name = g.stem if stems.count(g.stem) == 1 and not in_case else f"{g.parent.name}_{g.stem}"
+    for g, name in zip(geometry, output_names(geometry), strict=True):
         with err_console.status(f"predicting {g}"):
             result = predict_geometry(
                 ckpt,
@@ -297,7 +305,7 @@ def predict(
                 reference_area=reference_area,
                 reference_velocity=reference_velocity,
                 density=density,
-                device=pick_device(device),
+                device=torch_device,
             )
         for f in result.files:
             console.print(f"wrote {f}")
@@ -333,10 +341,9 @@ def export(
     fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx (default) or torchscript.")] = None,  # type: ignore[assignment]
 ) -> None:
     """Export the model for deployment without mspt, and verify it in its own runtime."""
-    from msptcli.export_run import export_run
+    from msptcli.export import export_run
 
-    chosen = fmt.value if fmt is not None else ("torchscript" if output.suffix in (".pt", ".ts") else "onnx")
-    path, diff = export_run(run, output, fmt=chosen)
+    path, chosen, diff = export_run(run, output, fmt=fmt.value if fmt is not None else None)
     console.print(f"wrote {path} ({chosen}); verified in its runtime: max |difference| {diff:.2e}")
 
 
@@ -387,9 +394,9 @@ class _TrainProgress:
         self.bar.console.print("  ".join(parts), highlight=False)
 
 
-def _yaml_list(csv_names: str) -> str:
-    names = [n.strip() for n in csv_names.split(",") if n.strip()]
-    return "[" + ", ".join(names) + "]"
+def _names(csv_names: str) -> list[str]:
+    """``"p, wallShearStress"`` -> ``["p", "wallShearStress"]``; ``""`` -> ``[]``."""
+    return [n.strip() for n in csv_names.split(",") if n.strip()]
 
 
 def main() -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from msptcli.errors import ConfigError
+from msptcli.model.config import ModelConfig
 
-Strict = ConfigDict(extra="forbid", validate_assignment=True)
+#: Unknown keys are errors and numbers must be finite.
+Strict = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SplitConfig(BaseModel):
@@ -65,23 +67,6 @@ class DataConfig(BaseModel):
     split: SplitConfig = SplitConfig()
 
 
-class ModelSettings(BaseModel):
-    """The network's sizes; its inputs and outputs follow from the prepared data."""
-
-    model_config = Strict
-
-    width: int = Field(128, ge=1)
-    num_heads: int = Field(8, ge=1)
-    depth: int = Field(4, ge=1)
-    mlp_ratio: float = Field(4.0, gt=0)
-    patch_size: int | None = Field(None, ge=1)
-    num_patches: int | None = Field(None, ge=1)
-    num_supernodes: int = Field(1, ge=1)
-    pooling: Literal["mean", "max", "linear"] = "mean"
-    supernodes: Literal["keys", "stream"] = "keys"
-    checkpointing: bool = False
-
-
 class TrainConfig(BaseModel):
     """``mspt train``: optimisation, sampling and logging."""
 
@@ -98,7 +83,9 @@ class TrainConfig(BaseModel):
     volume_points: int | None = Field(8192, ge=1, description="volume points drawn per sample and step")
     surface_weight: float = Field(1.0, ge=0)
     volume_weight: float = Field(1.0, ge=0)
-    field_weights: dict[str, float] = Field(default_factory=dict, description="per-field loss weight, default 1")
+    field_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="per-field loss weight, default 1"
+    )
     val_every: int = Field(1, ge=1, description="validate every this many epochs")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -114,12 +101,18 @@ class MsptConfig(BaseModel):
     model_config = Strict
 
     data: DataConfig = DataConfig()
-    model: ModelSettings = ModelSettings()
+    model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> MsptConfig:
-    """The defaults, updated by the YAML file ``path`` and then by ``section.key=value`` overrides.
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+) -> MsptConfig:
+    """The defaults, updated by the YAML file ``path``, then by ``section.key=value`` overrides (text, parsed
+    as YAML), then by ``values`` (dotted key -> value, already typed, e.g. from command-line options).
 
     Raises :class:`ConfigError` with one line naming the bad key or value.
     """
@@ -129,14 +122,21 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         if not p.is_file():
             raise ConfigError(f"{p}: no such config file")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not a text file (a config is YAML in UTF-8)") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping of sections (data, model, train)")
         data = loaded
     for item in overrides or []:
-        _apply_override(data, item)
+        key, value = _parse_override(item)
+        _set(data, key, value, item)
+    for key, value in (values or {}).items():
+        _set(data, key, value, f"{key}={value}")
     return validate_config(data, source=str(path) if path else "config")
 
 
@@ -149,19 +149,33 @@ def validate_config(data: dict[str, Any], *, source: str = "config") -> MsptConf
         where = ".".join(str(x) for x in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{source}: unknown key '{where}'") from None
-        raise ConfigError(f"{source}: {where}: {err['msg']}") from None
+        raise ConfigError(f"{source}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
-def _apply_override(data: dict[str, Any], item: str) -> None:
+def train_config_file(
+    data_dir: str | os.PathLike[str], run_dir: str | os.PathLike[str], *, resume: bool
+) -> Path | None:
+    """The config ``mspt train`` starts from when none is given: the run's own when resuming, else the
+    one the dataset was prepared with, else none (the defaults)."""
+    run_config, data_config = Path(run_dir) / "config.yaml", Path(data_dir) / "config.yaml"
+    if resume and run_config.is_file():
+        return run_config
+    return data_config if data_config.is_file() else None
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r} is not of the form section.key=value")
     try:
-        value = yaml.safe_load(raw)
+        return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError:
-        value = raw
+        return key.strip(), raw
+
+
+def _set(data: dict[str, Any], key: str, value: Any, item: str) -> None:
     node = data
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):

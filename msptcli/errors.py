@@ -23,3 +23,7 @@ class DatasetError(MsptError):
 
 class CheckpointError(MsptError):
     """A checkpoint that is missing, unreadable or not an mspt checkpoint."""
+
+
+class OutputError(MsptError):
+    """An output that cannot be written: a read-only or full file system, a path that is a directory."""

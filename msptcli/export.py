@@ -1,335 +1,82 @@
-"""Export a trained MSPT to ONNX or TorchScript: one graph for any number of points and clouds.
+"""``mspt export``: a run's checkpoint to a portable file, verified in its own runtime, with a sidecar.
 
-The exported graph is ``MSPT.forward`` on plain tensors. Everything that depends
-on the cloud sizes (patches, padding, supernodes) stays outside it: the caller
-builds the layout with ``build_layout`` and feeds its index tensors, named as in
-``PatchLayout``. Inside, every size is read from a tensor shape, so the graph
-has no Python ints of one batch baked in:
-
-    features    (N, F)           float32  packed, tree-ordered inputs
-    patch_index (P, L)           int64    packed row of every patch slot (0 where padded)
-    point_slot  (N,)             int64    flat slot (p * L + i) of every point
-    patch_cloud (P,)             int64    cloud of every patch
-    sub_slots   (P * Q, Ls)      int64    packed rows of every sub-run, padded (0 where padded)
-    sub_count   (P * Q,)         int64    points pooled into every supernode
-    sub_index   (B, S)           int64    supernodes of every cloud (0 where padded)
-    key_bias    (P, 1, 1, L + S) float32  0 / -inf; all zeros when nothing is padded
-    conditions  (B, F_c)         float32  only when ``condition_features > 0``
-    -> prediction (N, out_features) float32, in the same (tree) order
-
-ONNX goes through ``torch.onnx.export(dynamo=True)`` (``torch.export`` + onnxscript):
-it keeps every axis symbolic and translates every variant; TorchScript through
-``torch.jit.trace``, whose tracer records the same shape reads as graph ops.
+The sidecar ``<file>.json`` holds what deployment code needs around the graph:
+the input features and their normalisation, the output channels and their
+de-normalisation, and the patch rule (see docs/export.md).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import importlib
-import logging
-import warnings
-import zipfile
-from collections.abc import Callable, Iterator, Mapping
+import json
+import os
 from pathlib import Path
-from types import ModuleType
-from typing import Literal
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from msptcli.errors import InvalidInputError, MsptError
+from msptcli.checkpoint import Checkpoint, load_checkpoint
+from msptcli.data.features import IN_FEATURES
+from msptcli.errors import InvalidInputError
 from msptcli.io.atomic import atomic_output
-from msptcli.model import MSPT, PackedBatch, PatchChunk, PatchLayout, build_layout
+from msptcli.io.meshes import same_file
+from msptcli.model import pack_clouds
+from msptcli.model.portable import FORMATS, Format, export_model, verify_export
 
-Format = Literal["onnx", "torchscript"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
-
-#: Graph inputs after ``features``, in order; ``conditions`` comes last when the model has any.
-LAYOUT_INPUTS = ("patch_index", "point_slot", "patch_cloud", "sub_slots", "sub_count", "sub_index", "key_bias")
-OUTPUT_NAME = "prediction"
-
-#: The symbolic axes of every graph input, named as in docs/model.md.
-AXES: dict[str, dict[int, str]] = {
-    "features": {0: "num_points"},
-    "patch_index": {0: "num_patches", 1: "patch_len"},
-    "point_slot": {0: "num_points"},
-    "patch_cloud": {0: "num_patches"},
-    "sub_slots": {0: "num_subruns", 1: "subrun_len"},
-    "sub_count": {0: "num_subruns"},
-    "sub_index": {0: "num_clouds", 1: "cloud_supernodes"},
-    "key_bias": {0: "num_patches", 3: "num_keys"},
-    "conditions": {0: "num_clouds"},
-}
-
-#: Cloud sizes of the batch traced when no example is given: padded patches and supernodes.
-DEFAULT_EXAMPLE_SIZES = (160, 97, 33)
+#: Cloud sizes of the verification batch: several clouds, padded patches, other sizes than the trace.
+VERIFY_SIZES = (3000, 1234, 77)
 
 
-class ExportableMSPT(nn.Module):
-    """``MSPT.forward`` on the layout's index tensors, for tracing; it owns no weights of its own.
-
-    A ``PatchLayout`` is rebuilt from the inputs: ``whole`` and ``sub_index`` are
-    all the PMSA blocks read, and its host-side fields (sizes, levels, patch
-    bounds) are left empty so that no size of the traced batch enters the graph.
-    """
-
-    def __init__(self, model: MSPT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        features: Tensor,
-        patch_index: Tensor,
-        point_slot: Tensor,
-        patch_cloud: Tensor,
-        sub_slots: Tensor,
-        sub_count: Tensor,
-        sub_index: Tensor,
-        key_bias: Tensor,
-        conditions: Tensor | None = None,
-    ) -> Tensor:
-        m = self.model
-        n, p, length = features.shape[0], patch_index.shape[0], patch_index.shape[1]
-        whole = PatchChunk(0, p, 0, n, patch_index, point_slot, patch_cloud, sub_slots, sub_count, key_bias)
-        empty = patch_cloud[:0]
-        layout = PatchLayout(
-            offsets=empty,
-            sizes=(),
-            levels=(),
-            num_supernodes=m.config.num_supernodes,
-            patch_len=length,
-            patch_start=np.zeros(0, dtype=np.int64),
-            cloud_patches=empty,
-            sub_index=sub_index,
-            sub_valid=empty.bool(),
-            whole=whole,
-        )
-        if conditions is not None:  # as MSPT.inputs, with the cloud of each point from its patch
-            cloud = patch_cloud.index_select(0, point_slot // length)  # (N,)
-            features = torch.cat([features, conditions.index_select(0, cloud).to(features.dtype)], dim=-1)
-        x = m.embed(features)  # (N, C)
-        z = None if m.stream_pool is None else m.stream_pool(x, sub_slots, sub_count)  # (P * Q, C)
-        for block in m.blocks:
-            x, z = block(x, layout, z)
-        return m.head(m.norm(x))  # (N, out_features)
-
-
-def export_model(
-    model: MSPT,
-    path: str | Path,
-    *,
-    fmt: Format = "onnx",
-    example: PackedBatch | None = None,
-    conditions: Tensor | None = None,
-) -> Path:
-    """Write ``model`` to ``path`` as an ONNX or TorchScript graph that takes any batch of clouds.
-
-    Args:
-        model: a trained MSPT (any device and dtype; the graph is float32 on the CPU). Not modified.
-        path: the output file; it appears whole or not at all.
-        fmt: ``onnx`` (recommended) or ``torchscript``.
-        example: the batch traced; only its shapes are used and the graph does not keep them.
-            Default: three clouds of ``DEFAULT_EXAMPLE_SIZES`` points (zero features).
-        conditions: (B, F_c) conditions of the example (default zeros) when the model takes any.
-
-    Returns:
-        ``path``, as a ``Path``.
-    """
+def format_of(output: str | os.PathLike[str], fmt: str | None = None) -> Format:
+    """The export format: ``fmt`` if given, else from the suffix (``.pt``/``.ts``: TorchScript, else ONNX)."""
+    if fmt is None:
+        return "torchscript" if Path(output).suffix.lower() in (".pt", ".ts") else "onnx"
     if fmt not in FORMATS:
         raise InvalidInputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    config = model.config
-    if config.attention == "full":
-        raise MsptError("cannot export attention='full' (the dense baseline sizes its padding per batch); use pmsa")
-    if example is None:
-        layout = build_layout(DEFAULT_EXAMPLE_SIZES, config)
-        example = PackedBatch(torch.zeros(layout.num_points, config.in_features), layout, torch.arange(0))
-    if config.condition_features and conditions is None:
-        conditions = torch.zeros(example.layout.num_clouds, config.condition_features)
-    inputs = {name: torch.from_numpy(a) for name, a in layout_inputs(example, conditions=conditions).items()}
-    _check_inputs(inputs, model)
-    wrapper = ExportableMSPT(copy.deepcopy(model).to("cpu", torch.float32)).eval()  # a copy: model untouched
-    final = Path(path)
-    try:
-        with atomic_output(final) as tmp, torch.no_grad(), _quiet_exporters():
-            _WRITERS[fmt](wrapper, inputs, tmp)
-    except OSError as e:
-        raise MsptError(f"cannot write {final}: {e.strerror or e}") from e
-    return final
+    return fmt  # type: ignore[return-value]
 
 
-def layout_inputs(
-    batch_or_layout: PackedBatch | PatchLayout,
-    features: Tensor | np.ndarray | None = None,
-    conditions: Tensor | np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """The named arrays to feed an exported model, in the order of its graph inputs.
-
-    Args:
-        batch_or_layout: a ``PackedBatch`` (its features are the default), or a ``PatchLayout``.
-        features: (N, F) packed, tree-ordered and normalised inputs; required with a bare layout.
-        conditions: (B, F_c) per-cloud conditions, for a model that takes them.
-    """
-    if isinstance(batch_or_layout, PackedBatch):
-        layout = batch_or_layout.layout
-        features = batch_or_layout.features if features is None else features
-    else:
-        layout = batch_or_layout
-    if features is None:
-        raise InvalidInputError("layout_inputs needs the features of the batch")
-    w = layout.whole
-    p, length = w.patch_index.shape
-    s = layout.sub_index.shape[1]
-    bias = torch.zeros(p, 1, 1, length + s) if w.key_bias is None else w.key_bias  # one graph signature
-    arrays = {"features": _float32(features)}
-    tensors = (w.patch_index, w.point_slot, w.patch_cloud, w.sub_slots, w.sub_count, layout.sub_index)
-    arrays.update(
-        {name: t.detach().cpu().numpy().astype(np.int64) for name, t in zip(LAYOUT_INPUTS[:-1], tensors, strict=True)}
-    )
-    arrays["key_bias"] = _float32(bias)
-    if conditions is not None:
-        arrays["conditions"] = _float32(conditions)
-    if arrays["features"].ndim != 2 or len(arrays["features"]) != layout.num_points:
-        raise InvalidInputError(f"features must be ({layout.num_points}, F), got {arrays['features'].shape}")
-    if conditions is not None and (arrays["conditions"].ndim != 2 or len(arrays["conditions"]) != layout.num_clouds):
-        raise InvalidInputError(f"conditions must be ({layout.num_clouds}, F_c), got {arrays['conditions'].shape}")
-    return arrays
+def export_run(
+    run: str | os.PathLike[str], output: str | os.PathLike[str], *, fmt: Format | None = None
+) -> tuple[Path, Format, float]:
+    """Export the checkpoint of ``run`` to ``output``; return the path, the format and the verified max |difference|."""
+    fmt = format_of(output, fmt)
+    ckpt = load_checkpoint(run)
+    sidecar = Path(f"{output}.json")
+    for path in (Path(output), sidecar):
+        if ckpt.path is not None and same_file(path, ckpt.path):
+            raise InvalidInputError(f"{path}: refusing to overwrite the checkpoint being exported; choose another -o")
+    model = ckpt.model.float().eval()
+    path = export_model(model, output, fmt=fmt)
+    rng = np.random.default_rng(0)
+    points = [rng.normal(size=(n, 3)) for n in VERIFY_SIZES]
+    features = [rng.normal(size=(n, IN_FEATURES)).astype(np.float32) for n in VERIFY_SIZES]
+    diff = verify_export(path, model, pack_clouds(points, features, model.config))
+    with atomic_output(sidecar) as tmp:
+        tmp.write_text(json.dumps(_sidecar(ckpt), indent=1))
+    return path, fmt, diff
 
 
-def run_exported(path: str | Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """(N, out_features) output of an exported file, run in its own runtime (onnxruntime or TorchScript).
-
-    ``inputs`` are the arrays of ``layout_inputs``; the format is read from the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MsptError(f"no exported model at {path}")
-    if zipfile.is_zipfile(path):  # TorchScript archives are zip files, ONNX files protobuf
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated")
-            module = torch.jit.load(str(path), map_location="cpu")
-        names = [a.name for a in module.forward.schema.arguments[1:]]  # after self
-        _check_names(path, names, inputs)
-        with torch.no_grad():
-            return module(**{k: torch.from_numpy(np.asarray(inputs[k])) for k in names}).numpy()
-    ort = _require("onnxruntime", "running ONNX models")
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types for unreadable files
-        raise MsptError(f"cannot load {path} as ONNX: {str(e).splitlines()[0]}") from e
-    names = [i.name for i in session.get_inputs()]
-    _check_names(path, names, inputs)
-    return session.run([OUTPUT_NAME], {k: inputs[k] for k in names})[0]
-
-
-def verify_export(
-    path: str | Path,
-    model: MSPT,
-    batch: PackedBatch,
-    conditions: Tensor | None = None,
-    *,
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
-) -> float:
-    """Max abs difference between an exported file and ``model`` on ``batch``; raises beyond tolerance.
-
-    Passes where ``|exported - model| <= atol + rtol * |model|`` at every output (as ``np.allclose``).
-    """
-    got = run_exported(path, layout_inputs(batch, conditions=conditions))
-    param = next(model.parameters())
-    cond = None if conditions is None else conditions.to(param.device, param.dtype)
-    with torch.no_grad():
-        want = model(batch.features.to(param.device, param.dtype), batch.layout.to(param.device), cond)
-    want = want.cpu().double().numpy()  # (N, out_features)
-    if got.shape != want.shape:
-        raise MsptError(f"exported model {path} gives outputs of shape {got.shape}, PyTorch {want.shape}")
-    diff = np.abs(got.astype(np.float64) - want)
-    worst = float(diff.max()) if diff.size else 0.0
-    if not np.all(diff <= atol + rtol * np.abs(want)):  # also fails on NaN
-        raise MsptError(
-            f"exported model {path} disagrees with PyTorch: max abs difference {worst:.3g} "
-            f"(atol {atol:g}, rtol {rtol:g})"
-        )
-    return worst
-
-
-def _write_onnx(wrapper: ExportableMSPT, inputs: dict[str, Tensor], tmp: Path) -> None:
-    _require("onnxscript", "ONNX export")
-    torch.onnx.export(
-        wrapper,
-        (),
-        str(tmp),
-        kwargs=inputs,  # graph inputs in this order, conditions last
-        input_names=list(inputs),
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes={name: AXES[name] for name in inputs},
-        dynamo=True,
-        external_data=False,  # one self-contained file (weights inline; fine below 2 GB)
-        verbose=False,
-    )
-
-
-def _write_torchscript(wrapper: ExportableMSPT, inputs: dict[str, Tensor], tmp: Path) -> None:
-    traced = torch.jit.trace(wrapper, example_kwarg_inputs=inputs, check_trace=False)
-    torch.jit.save(traced, str(tmp))
-
-
-_WRITERS: dict[str, Callable[[ExportableMSPT, dict[str, Tensor], Path], None]] = {
-    "onnx": _write_onnx,
-    "torchscript": _write_torchscript,
-}
-
-
-@contextlib.contextmanager
-def _quiet_exporters() -> Iterator[None]:
-    """Silence the exporters' notes that say nothing about our graph (torchvision absent, deprecations)."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
-        warnings.filterwarnings("ignore", message="# The axis name")  # shared axes: named once, as intended
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside torch.export
-        # The width c of `qkv.split(c)` is a constant of the model: recording it as one is right.
-        warnings.filterwarnings("ignore", message="Converting a tensor to a Python integer")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
-
-
-def _check_inputs(inputs: Mapping[str, Tensor], model: MSPT) -> None:
-    """The example's feature and condition widths match the model."""
-    config = model.config
-    if inputs["features"].shape[1] != config.in_features:
-        raise InvalidInputError(
-            f"example features have {inputs['features'].shape[1]} columns, the model takes {config.in_features}"
-        )
-    width = inputs["conditions"].shape[1] if "conditions" in inputs else 0
-    if width != config.condition_features:
-        raise InvalidInputError(f"example conditions have {width} columns, the model takes {config.condition_features}")
-
-
-def _check_names(path: Path, names: list[str], inputs: Mapping[str, np.ndarray]) -> None:
-    missing = [n for n in names if n not in inputs]
-    extra = [n for n in inputs if n not in names]
-    if missing or extra:
-        raise InvalidInputError(f"{path} takes inputs {names}; missing {missing}, unexpected {extra}")
-
-
-def _float32(a: Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(a, Tensor):
-        a = a.detach().cpu().numpy()
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _require(module: str, purpose: str) -> ModuleType:
-    """Import an optional dependency, or say in one line how to get it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MsptError(f"{purpose} needs the package {module!r}: pip install onnx onnxscript onnxruntime") from e
+def _sidecar(ckpt: Checkpoint) -> dict:
+    return {
+        "inputs": {
+            "features": [
+                "(x - coord_mean) / coord_scale (3)",
+                "outward unit normal on surface points, 0 on volume points (3)",
+                "distance to the body surface / coord_scale on volume points, 0 on surface points (1)",
+                "unit direction to the body surface on volume points, 0 on surface points (3)",
+                "1 on surface points, 0 on volume points (1)",
+            ],
+            "order": "rows in ball-tree order (msptcli.geometry.ball_tree_order) of the cloud [surface ; volume]",
+            "layout": "msptcli.model.build_layout(cloud sizes, model_config); see docs/export.md",
+        },
+        "outputs": {
+            "channels": {"surface": list(ckpt.channels.surface), "volume": list(ckpt.channels.volume)},
+            "denormalise": "value = output * std + mean per field and component (stats below)",
+        },
+        "stats": ckpt.stats.model_dump(),
+        "model_config": ckpt.model.config.model_dump(mode="json"),
+        "in_features": ckpt.model.in_features,
+        "out_features": ckpt.model.out_features,
+        "surface_location": ckpt.surface_location,
+        "reference": ckpt.reference,
+        "mspt_version": ckpt.version,
+    }

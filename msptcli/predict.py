@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from msptcli.checkpoint import Checkpoint
 from msptcli.data.features import model_inputs, to_physical
 from msptcli.data.prepare_case import surface_arrays, volume_arrays
 from msptcli.data.read import FieldMesh
-from msptcli.errors import InvalidInputError
-from msptcli.geometry.balltree import ball_tree_order
+from msptcli.data.template import place_template
+from msptcli.errors import InvalidInputError, OutputError
+from msptcli.evaluate import drag_lift, relative_l2
 from msptcli.io.atomic import atomic_output
-from msptcli.io.meshes import as_polydata, is_surface, read_mesh, write_mesh
-from msptcli.model import build_layout, stream_forward
-from msptcli.train.checkpoint import Checkpoint
-from msptcli.train.metrics import coefficients, force_from_points, relative_l2
+from msptcli.io.meshes import as_polydata, is_surface, read_mesh, same_file, write_mesh
+from msptcli.model import DEFAULT_CHUNK_POINTS, predict_clouds
 
 #: Volume points sampled around the body when no volume mesh is given.
 DEFAULT_VOLUME_POINTS = 50_000
@@ -42,6 +43,16 @@ class Prediction:
     solver: dict[str, float] = field(default_factory=dict)  # the solver's values from params.json, if any
 
 
+def output_names(geometries: Sequence[Path]) -> list[str]:
+    """The name of each geometry's outputs: its stem, or ``<folder>_<stem>`` when stems repeat or the
+    file sits in a case folder (beside a ``params.json``), whose files have generic names."""
+    stems = [g.stem for g in geometries]
+    return [
+        g.stem if stems.count(g.stem) == 1 and not (g.parent / "params.json").is_file() else f"{g.parent.name}_{g.stem}"
+        for g in geometries
+    ]
+
+
 def predict_geometry(
     ckpt: Checkpoint,
     geometry: str | os.PathLike[str],
@@ -54,13 +65,26 @@ def predict_geometry(
     reference_velocity: float | None = None,
     density: float | None = None,
     device: torch.device | None = None,
-    chunk_points: int = 1 << 16,
+    chunk_points: int = DEFAULT_CHUNK_POINTS,
     preview: bool = True,
 ) -> Prediction:
-    """Predict every trained field on ``geometry``; write ``<name>.vtp``, ``<name>_volume.vtu``, ``.json``, ``.png``."""
+    """Predict every trained field on ``geometry``; write ``<name>.vtp``, ``<name>_volume.vtu``, ``.json``, ``.png``.
+
+    Every input is checked and every output path chosen before the first file is written.
+    """
     geometry, out = Path(geometry), Path(out_dir)
     name = name or geometry.stem
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for option, value in (("--reference-area", reference_area), ("--reference-velocity", reference_velocity),
+                          ("--density", density)):  # fmt: skip
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise InvalidInputError(f"{option} must be a positive number, got {value}")
+    inputs_given = (geometry,) if volume_mesh is None else (geometry, Path(volume_mesh))
+    files = _output_files(
+        out, name, with_volume=bool(ckpt.channels.volume) and (volume_mesh is not None or volume_points != 0)
+    )
+    _check_outputs(out, files, inputs_given + ((ckpt.path,) if ckpt.path else ()))
+
     mesh = read_mesh(geometry)
     if not is_surface(mesh):
         raise InvalidInputError(f"{geometry}: is a volume mesh; pass the body's surface (STL/OBJ/PLY/VTP)")
@@ -70,11 +94,13 @@ def predict_geometry(
     channels, stats = ckpt.channels, ckpt.stats
     at_cells = ckpt.surface_location == "cells"
     points = np.asarray(surface.cell_centers().points if at_cells else surface.points, dtype=np.float64)
-    s_arrays = surface_arrays(FieldMesh(mesh=surface, points=points, location="cells" if at_cells else "points"))
+    s_arrays = surface_arrays(
+        FieldMesh(mesh=surface, points=points, location="cells" if at_cells else "points", source=geometry)
+    )
 
     v_arrays: dict[str, np.ndarray] = {}
     volume = None
-    if channels.volume and (volume_mesh is not None or volume_points != 0):
+    if "volume" in files:
         if volume_mesh is not None:
             volume = read_mesh(volume_mesh)
             v_points = np.asarray(volume.points, dtype=np.float64)
@@ -83,9 +109,11 @@ def predict_geometry(
             import pyvista as pv
 
             volume = pv.PolyData(v_points).cast_to_unstructured_grid()
-        v_arrays = volume_arrays(v_points, surface)
+        v_arrays = volume_arrays(v_points, surface, source=geometry)
+    params = _params_beside(geometry)
+    area, area_source = _reference_area(ckpt, params, reference_area)
 
-    # --- the model, on the whole cloud [surface ; volume] in its ball-tree order ----------------------
+    # --- the model, on the whole cloud [surface ; volume] ----------------------------------------------
     n = len(s_arrays["surface/points"])
     inputs = model_inputs(
         stats,
@@ -96,33 +124,23 @@ def predict_geometry(
         v_arrays.get("volume/direction"),
     )
     cloud = np.concatenate([s_arrays["surface/points"], v_arrays.get("volume/points", np.zeros((0, 3), np.float32))])
-    order = ball_tree_order(cloud)
-    model = ckpt.model.to(device)
-    layout = build_layout([len(cloud)], model.config).to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out_ordered = stream_forward(
-            model, torch.from_numpy(inputs[order]).to(device), layout, chunk_points=chunk_points
-        )
-    pred = np.empty(out_ordered.shape, dtype=np.float32)
-    pred[order] = out_ordered.float().cpu().numpy()
+    (pred,) = predict_clouds(
+        ckpt.model.to(device), [cloud], [inputs], device=device, bf16=ckpt.config.train.bf16, chunk_points=chunk_points
+    )
     phys = to_physical(stats, channels, pred, n)
 
     # --- outputs -----------------------------------------------------------------------------------------
     result = Prediction(name=name, files=[])
     data = surface.cell_data if at_cells else surface.point_data
     result.errors.update(_attach(data, phys["surface"], "surface"))
-    out.mkdir(parents=True, exist_ok=True)
-    result.files.append(write_mesh(surface, out / f"{name}.vtp", inputs=(geometry,)))
+    result.files.append(write_mesh(surface, files["surface"], inputs=inputs_given))
     if volume is not None:
         result.errors.update(_attach(volume.point_data, phys["volume"], "volume"))
-        inputs_given = (geometry, Path(volume_mesh)) if volume_mesh is not None else (geometry,)
-        result.files.append(write_mesh(volume, out / f"{name}_volume.vtu", inputs=inputs_given))
-
-    params = _params_beside(geometry)
+        result.files.append(write_mesh(volume, files["volume"], inputs=inputs_given))
     result.coefficients = _coefficients(
-        ckpt, s_arrays, phys["surface"], data, params, reference_area, reference_velocity, density
+        ckpt, s_arrays, phys["surface"], data, (area, area_source), reference_velocity, density
     )
-    result.solver = {k: float(params[k]) for k in ("Cd", "Cl", "Cd_fields", "Cl_fields") if k in params}
+    result.solver = {k: float(params[k]) for k in ("Cd", "Cl", "Cd_fields", "Cl_fields") if _is_number(params.get(k))}
     summary = {
         "name": name,
         "geometry": str(geometry),
@@ -135,32 +153,45 @@ def predict_geometry(
         "solver": result.solver,
         "fields": {p: [n for n, _ in getattr(channels, p)] for p in ("surface", "volume")},
     }
-    json_path = out / f"{name}.json"
-    with atomic_output(json_path) as tmp:
+    with atomic_output(files["json"]) as tmp:
         tmp.write_text(json.dumps(_finite(summary), indent=1, allow_nan=False))
-    result.files.append(json_path)
+    result.files.append(files["json"])
     pressure = ckpt.reference.get("pressure_field")
     if preview and pressure and pressure in phys["surface"]:
-        result.files.append(_preview(surface, pressure, out / f"{name}.png", at_cells))
+        result.files.append(_preview(surface, pressure, files["png"], at_cells))
     return result
 
 
-def _volume_points(ckpt: Checkpoint, surface: Any, count: int | None) -> np.ndarray:
-    """Volume points for a geometry without a volume mesh.
+def _output_files(out: Path, name: str, *, with_volume: bool) -> dict[str, Path]:
+    files = {"surface": out / f"{name}.vtp", "json": out / f"{name}.json", "png": out / f"{name}.png"}
+    if with_volume:
+        files["volume"] = out / f"{name}_volume.vtu"
+    return files
 
-    By default the checkpoint's template — the training volume points relative to their body's
-    bounding box — mapped onto this body's box, keeping the points outside the body: the model then
-    sees volume points spread as in training, on which its whole-cloud supernodes depend. With
-    ``count``, that many points uniform in a box around the body instead.
-    """
-    from msptcli.geometry.surface import outside_body, sample_points_around
+
+def _check_outputs(out: Path, files: dict[str, Path], inputs: tuple[Path, ...]) -> None:
+    """Refuse, before anything is written, an output directory that is a file and any output that is an input."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a directory; choose another --output")
+    for path in files.values():
+        if path.is_dir():
+            raise OutputError(f"cannot write {path}: it is a directory")
+        if any(same_file(path, q) for q in inputs):
+            raise InvalidInputError(f"{path}: refusing to overwrite an input file; choose another --output")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _volume_points(ckpt: Checkpoint, surface: Any, count: int | None) -> np.ndarray:
+    """Volume points for a geometry without a volume mesh: by default the checkpoint's template placed around
+    this body (``data/template.py``); with ``count``, that many points uniform in a box around the body."""
+    from msptcli.geometry.sampling import sample_points_around
 
     if count is not None or ckpt.volume_template is None:
         return sample_points_around(surface, count or DEFAULT_VOLUME_POINTS, seed=0)
-    body = np.asarray(surface.points, dtype=np.float64)
-    lo, size = body.min(axis=0), np.ptp(body, axis=0)
-    points = lo + ckpt.volume_template.astype(np.float64) * size
-    return points[outside_body(points, surface)]
+    return place_template(ckpt.volume_template, surface)
 
 
 def _attach(data: Any, predicted: dict[str, np.ndarray], part: str) -> dict[str, float]:
@@ -178,47 +209,49 @@ def _attach(data: Any, predicted: dict[str, np.ndarray], part: str) -> dict[str,
     return errors
 
 
-def _coefficients(ckpt: Checkpoint, s_arrays, surface_pred, data, params, area, velocity, density) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _reference_area(ckpt: Checkpoint, params: dict[str, Any], given: float | None) -> tuple[float | None, str]:
+    """A_ref and where it comes from: the option, else params.json beside the geometry, else the config, else
+    the median of the training cases; (None, reason) when nothing gives one or no pressure is predicted."""
     ref = ckpt.reference
-    p_name, tau_name = ref.get("pressure_field"), ref.get("wall_shear_field")
-    if not p_name or p_name not in surface_pred:
-        return {}
     key = ref.get("area_key")
-    if area is not None:
-        area_source = "--reference-area"
-    elif key and isinstance(params.get(key), (int, float)):
-        area, area_source = float(params[key]), f"params.json {key}"
-    elif ref.get("reference_area"):
-        area, area_source = float(ref["reference_area"]), "config data.reference_area"
-    elif ref.get("training_reference_areas"):
-        area, area_source = float(statistics.median(ref["training_reference_areas"])), "median of the training cases"
-    else:
+    if given is not None:
+        return given, "--reference-area"
+    if key and key in params:
+        if not (_is_number(params[key]) and params[key] > 0):
+            raise InvalidInputError(f"params.json: {key} must be a positive number, got {params[key]}")
+        return float(params[key]), f"params.json {key}"
+    if ref.get("reference_area"):
+        return float(ref["reference_area"]), "config data.reference_area"
+    if ref.get("training_reference_areas"):
+        return float(statistics.median(ref["training_reference_areas"])), "median of the training cases"
+    if ref.get("pressure_field") in dict(ckpt.channels.surface):
         raise InvalidInputError("no reference area is known for drag and lift: pass --reference-area")
+    return None, "no pressure field"
+
+
+def _coefficients(ckpt, s_arrays, surface_pred, data, area_and_source, velocity, density) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    area, area_source = area_and_source
+    ref = ckpt.reference
     velocity = velocity if velocity is not None else ref["velocity"]
     density = density if density is not None else ref["density"]
-    kw = {"ref_area": area, "velocity": velocity, "density": density}
-    tau = surface_pred.get(tau_name) if tau_name else None
-    cd, cl = coefficients(
-        force_from_points(s_arrays["surface/area"], s_arrays["surface/area_norm"], surface_pred[p_name], tau), **kw
-    )
+    kw = dict(ref_area=area, velocity=velocity, density=density)
+    shares = (s_arrays["surface/area"], s_arrays["surface/area_norm"])
+    predicted = drag_lift(*shares, surface_pred, ref, **kw) if area else None
+    if predicted is None:
+        return {}
     out: dict[str, Any] = {
-        "cd": cd,
-        "cl": cl,
+        "cd": predicted[0],
+        "cl": predicted[1],
         "reference_area": area,
         "reference_area_source": area_source,
         "reference_velocity": velocity,
         "density": density,
     }
-    true_p = f"{p_name}_true"
-    true_tau = f"{tau_name}_true" if tau is not None else None
-    if true_p in data.keys() and (true_tau is None or true_tau in data.keys()):  # noqa: SIM118
-        tau_true = np.asarray(data[true_tau]) if true_tau else None
-        cd_t, cl_t = coefficients(
-            force_from_points(
-                s_arrays["surface/area"], s_arrays["surface/area_norm"], np.asarray(data[true_p]), tau_true
-            ),
-            **kw,
-        )
+    # The solver's own fields on this mesh, where the input carries them (attached as <field>_true).
+    names = [ref.get("pressure_field"), ref.get("wall_shear_field")]
+    true = {f: np.asarray(data[f"{f}_true"]) for f in names if f and f in surface_pred and f"{f}_true" in data.keys()}  # noqa: SIM118
+    if len(true) == len([f for f in names if f and f in surface_pred]):
+        cd_t, cl_t = drag_lift(*shares, true, ref, **kw)
         out.update({"cd_true_fields": cd_t, "cl_true_fields": cl_t})
     return out
 

@@ -12,7 +12,7 @@ import meshio
 import numpy as np
 import pytest
 import pyvista as pv
-from tests_paths import EXAMPLE_CASE
+from helpers import EXAMPLE_CASE
 from typer.testing import CliRunner
 
 from msptcli import __version__

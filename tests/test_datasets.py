@@ -19,7 +19,7 @@ import pytest
 import pyvista as pv
 import vtk
 import yaml
-from tests_paths import ROOT
+from helpers import ROOT
 from typer.testing import CliRunner
 
 from msptcli.cli import app

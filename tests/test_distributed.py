@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, tiny_config_file
 from safetensors.numpy import load_file
-from tests_paths import ROOT, TINY_CONFIG
 from typer.testing import CliRunner
 
 from msptcli.cli import app
@@ -22,8 +22,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("ddp")
-    config = work / "config.yaml"
-    config.write_text(TINY_CONFIG)
+    config = tiny_config_file(work / "config.yaml")
     cases = [str(ROOT / "examples" / "ahmed" / f"case_000{i}") for i in range(5)]
     result = runner.invoke(app, ["prepare", *cases, "-o", str(work / "data"), "-c", str(config)])
     assert result.exit_code == 0, result.output

@@ -12,9 +12,9 @@ import subprocess
 
 import pytest
 import pyvista as pv
-from pipeline_helpers import distinct_colours, is_png
+from helpers import distinct_colours, is_png
 
-pytest_plugins = ["pipeline_helpers"]
+pytest_plugins = ["helpers"]
 
 SCRIPT = """
 import sys

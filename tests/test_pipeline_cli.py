@@ -1,6 +1,6 @@
 """prepare -> train -> predict -> export end to end through the CLI, on real OpenFOAM meshes.
 
-One tiny dataset and one two-epoch run are shared by every test (see pipeline_helpers.py); every
+One tiny dataset and one two-epoch run are shared by every test (see helpers.py); every
 written file is read back: VTK with pyvista and meshio (VTK's own reader for .vtp, which meshio
 cannot read), JSON, CSV, PNG, safetensors, ONNX and TorchScript.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import pyvista as pv
 import torch
-from pipeline_helpers import (
+from helpers import (
     CASES,
     MAX_VOLUME_POINTS,
     distinct_colours,
@@ -29,11 +29,11 @@ from pipeline_helpers import (
     tree_digest,
 )
 
+from msptcli.checkpoint import load_checkpoint
 from msptcli.data.manifest import read_manifest
 from msptcli.data.sample import load_sample
-from msptcli.train.checkpoint import load_checkpoint
 
-pytest_plugins = ["pipeline_helpers"]
+pytest_plugins = ["helpers"]
 
 SURFACE_FIELDS = {"p": 1, "wallShearStress": 3}
 VOLUME_FIELDS = {"U": 3, "p": 1}

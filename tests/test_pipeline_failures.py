@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import pyvista as pv
 import torch
-from pipeline_helpers import (
+from helpers import (
     CASES,
     EXAMPLES,
     digest,
@@ -40,13 +40,13 @@ from pipeline_helpers import (
 )
 from safetensors.numpy import load_file
 
+from msptcli.checkpoint import load_checkpoint
 from msptcli.config import load_config
 from msptcli.data.manifest import read_manifest
 from msptcli.data.sample import load_sample
-from msptcli.train.checkpoint import load_checkpoint
 from msptcli.train.loop import train_model
 
-pytest_plugins = ["pipeline_helpers"]
+pytest_plugins = ["helpers"]
 
 
 # --- bad case folders: a real case with its surface.vtu replaced --------------------------------------

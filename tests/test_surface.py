@@ -1,23 +1,17 @@
-"""Outward normals, exact distances and fluid sample points on tiny meshes, analytic shapes and the real bodies."""
+"""Outward normals, exact distances, fluid sample points and patch levels on tiny and real bodies."""
 
 import numpy as np
 import pytest
 import pyvista as pv
 import vtk
-from tests_paths import EXAMPLE_CASE, EXAMPLE_SURFACE
+from helpers import EXAMPLE_CASE, EXAMPLE_SURFACE
 
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.distance import distance_to_surface
-from msptcli.geometry.surface import (
-    cell_centers,
-    cell_normals,
-    fan_triangles,
-    outward_area_vectors,
-    point_normals,
-    point_to_cell_average,
-    polygon_area_vectors,
-    sample_points_around,
-)
+from msptcli.geometry.faces import cell_centers, fan_triangles, point_to_cell_average, polygon_area_vectors
+from msptcli.geometry.orientation import cell_normals, outward_area_vectors, point_normals
+from msptcli.geometry.patches import patch_level
+from msptcli.geometry.sampling import outside_body, sample_points_around
 
 
 def reversed_cells(mesh: pv.DataSet, which: np.ndarray | None = None) -> pv.UnstructuredGrid:
@@ -219,6 +213,36 @@ def test_sample_points_around_the_real_body_stay_above_the_ground(stl_body):
     flipped = sample_points_around(reversed_cells(stl_body), 2000, margin=0.5, seed=0, ground_z=0.0)
     np.testing.assert_array_equal(x, flipped)
     assert sample_points_around(stl_body, 0).shape == (0, 3)
+
+
+def test_outside_body_of_a_box():
+    box = pv.Box(bounds=(0, 1, 0, 2, 0, 3))
+    x = np.array([[0.5, 1.0, 1.5], [2.0, 1.0, 1.5], [0.5, -1.0, 1.5], [0.1, 0.1, 0.1]])
+    np.testing.assert_array_equal(outside_body(x, box), [False, True, True, False])
+    np.testing.assert_array_equal(outside_body(x, reversed_cells(box)), [False, True, True, False])
+    assert outside_body(np.zeros((0, 3)), box).shape == (0,)
+
+
+# --- patch levels -------------------------------------------------------------------------------------------
+
+
+def test_patch_level_rule_by_hand():
+    assert patch_level(1) == 0  # one point: one patch
+    assert patch_level(1000) == 5  # K ~ sqrt(1000) = 31.6: round(0.5 * 9.97) = 5
+    assert patch_level(1000, num_supernodes=4) == 3  # K * Q ~ sqrt(n): 5 - log2(4)
+    assert patch_level(3, num_supernodes=4) == 0  # round(0.79) - 2 < 0: at least one patch
+    assert patch_level(1000, patch_size=100) == 3  # 1000 / 100 = 10 patches: round(3.32) = 3
+    assert patch_level(1000, patch_size=5000) == 0  # patches larger than the cloud: one patch
+    assert patch_level(1000, num_patches=64) == 6
+    assert patch_level(10, num_patches=64) == 3  # K <= n: floor(log2 10) = 3
+    assert patch_level(2**20, patch_size=1) == 20
+
+
+def test_patch_level_errors():
+    with pytest.raises(InvalidInputError, match="at least one point, got 0"):
+        patch_level(0)
+    with pytest.raises(InvalidInputError, match="patch_size must be at least 1, got 0"):
+        patch_level(10, patch_size=0)
 
 
 # --- errors -------------------------------------------------------------------------------------------------

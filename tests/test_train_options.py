@@ -5,17 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, tiny_config_file
 from safetensors.numpy import load_file
-from tests_paths import ROOT, TINY_CONFIG
 from typer.testing import CliRunner
 
+from msptcli.checkpoint import force_reference, load_checkpoint
 from msptcli.cli import app
 from msptcli.config import load_config
 from msptcli.data.manifest import read_manifest
 from msptcli.data.sample import load_sample
-from msptcli.train.checkpoint import load_checkpoint
-from msptcli.train.evaluate import evaluate_sample
-from msptcli.train.loop import reference_of
+from msptcli.evaluate import evaluate_sample
 
 runner = CliRunner()
 
@@ -23,8 +22,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     work = tmp_path_factory.mktemp("options")
-    config = work / "config.yaml"
-    config.write_text(TINY_CONFIG)
+    config = tiny_config_file(work / "config.yaml")
     cases = [str(ROOT / "examples" / "ahmed" / f"case_000{i}") for i in range(3)]
     assert runner.invoke(app, ["prepare", *cases, "-o", str(work / "data"), "-c", str(config)]).exit_code == 0
     return work / "data", config
@@ -54,7 +52,8 @@ def test_validation_metrics_use_whole_meshes_whatever_the_subsampling(data, tmp_
     metrics = []
     for points in ("512", "null"):  # training subsets of 512 points, or none
         cfg = load_config(config, [f"train.surface_points={points}", f"train.volume_points={points}"])
-        metrics.append(evaluate_sample(ckpt.model, sample, manifest, torch.device("cpu"), reference=reference_of(cfg)))
+        reference = force_reference(cfg, manifest.split("train"))
+        metrics.append(evaluate_sample(ckpt.model, sample, manifest, reference=reference, device=torch.device("cpu")))
     assert metrics[0] == metrics[1]
     # and they are whole-mesh metrics: the stored tree order covers every point of the case
     assert len(sample.arrays["order"]) == sample.num_surface + sample.num_volume

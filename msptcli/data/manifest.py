@@ -40,6 +40,27 @@ class Stats(BaseModel):
     surface: dict[str, FieldStats]
     volume: dict[str, FieldStats]
 
+    def check(self, fields: dict[str, dict[str, int]]) -> None:
+        """Raise ``ValueError`` (one line) unless these statistics fit ``fields`` (part -> field -> components):
+        three finite coordinate means, a positive finite scale, and per field as many finite means and
+        positive finite standard deviations as it has components."""
+        if len(self.coord_mean) != 3 or not np.isfinite(self.coord_mean).all():
+            raise ValueError(f"coordinate means must be 3 finite numbers, got {self.coord_mean}")
+        if not (np.isfinite(self.coord_scale) and self.coord_scale > 0):
+            raise ValueError(f"the coordinate scale must be positive, got {self.coord_scale}")
+        for part, table in (("surface", self.surface), ("volume", self.volume)):
+            for name, k in fields.get(part, {}).items():
+                s = table.get(name)
+                if s is None:
+                    raise ValueError(f"no statistics for the {part} field {name!r}")
+                if len(s.mean) != k or len(s.std) != k:
+                    raise ValueError(
+                        f"statistics of the {part} field {name!r} have {len(s.mean)} means and {len(s.std)} "
+                        f"deviations for {k} components"
+                    )
+                if not (np.isfinite(s.mean).all() and np.isfinite(s.std).all() and min(s.std) > 0):
+                    raise ValueError(f"statistics of the {part} field {name!r} are not finite and positive")
+
 
 class SampleEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -132,9 +153,11 @@ def read_manifest(data_dir: str | os.PathLike[str]) -> Manifest:
     if not path.is_file():
         raise DatasetError(f"{d}: no {MANIFEST}; the dataset is incomplete (re-run `mspt prepare`)")
     try:
-        return Manifest.model_validate(json.loads(path.read_text()))
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+        manifest.stats.check(manifest.fields)
     except Exception as exc:
-        raise DatasetError(f"{path}: not an mspt manifest ({str(exc).splitlines()[0]})") from None
+        raise DatasetError(f"{path}: not a valid mspt manifest ({str(exc).splitlines()[0]})") from None
+    return manifest
 
 
 def new_manifest(config: MsptConfig, **kwargs: Any) -> Manifest:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +42,7 @@ def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
         volume = read_fields(case.volume, data.volume_fields)
         keep = _subsample(len(volume.points), data.max_volume_points, case.name)
         points = volume.points[keep]
-        arrays.update(volume_arrays(points, surface.mesh))
+        arrays.update(volume_arrays(points, surface.mesh, source=surface.source))
         for name, values in volume.fields.items():
             arrays[f"volume/{name}"] = values[keep]
         n_volume = len(points)
@@ -64,20 +67,31 @@ def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
 
 
 def surface_arrays(surface: FieldMesh) -> dict[str, np.ndarray]:
-    """Points, outward normals and area shares of a surface, at its points or at its cell centres."""
-    from msptcli.geometry.surface import cell_normals, outward_area_vectors, point_normals
+    """Points, outward normals and area shares of a surface, at its points or at its cell centres.
 
-    poly = as_polydata(surface.mesh)
-    if poly.n_cells == 0:
-        raise InvalidInputError("the surface has no cells: normals and forces need faces")
-    cells = -outward_area_vectors(poly)  # (C, 3): area vectors pointing into the body
-    if surface.location == "points":
-        normals = point_normals(poly)
-        share = _cell_to_point_matrix(poly)
-        area, area_norm = share @ cells, share @ np.linalg.norm(cells, axis=1)
-    else:
-        normals = cell_normals(poly)
-        area, area_norm = cells, np.linalg.norm(cells, axis=1)
+    Raises:
+        InvalidInputError: a surface without faces or of zero area; the message names ``surface.source``.
+    """
+    from msptcli.geometry.orientation import cell_normals, outward_area_vectors, point_normals
+
+    with _naming(surface.source):
+        poly = as_polydata(surface.mesh)
+        if poly.n_cells == 0:
+            raise InvalidInputError("the surface has no cells: normals and forces need faces")
+        extent = float(np.ptp(np.asarray(poly.points, dtype=np.float64), axis=0).max())
+        if not extent > 0:
+            raise InvalidInputError("the surface has zero area (all its points coincide)")
+        cells = -outward_area_vectors(poly)  # (C, 3): area vectors pointing into the body
+        total = float(np.linalg.norm(cells, axis=1).sum())
+        if not total > 1e-12 * extent**2:
+            raise InvalidInputError(f"the surface has zero area (its faces are degenerate; total area {total:.3g})")
+        if surface.location == "points":
+            normals = point_normals(poly)
+            share = _cell_to_point_matrix(poly)
+            area, area_norm = share @ cells, share @ np.linalg.norm(cells, axis=1)
+        else:
+            normals = cell_normals(poly)
+            area, area_norm = cells, np.linalg.norm(cells, axis=1)
     return {
         "surface/points": surface.points.astype(np.float32),
         "surface/normals": np.asarray(normals, dtype=np.float32),
@@ -86,16 +100,31 @@ def surface_arrays(surface: FieldMesh) -> dict[str, np.ndarray]:
     }
 
 
-def volume_arrays(points: np.ndarray, surface_mesh: Any) -> dict[str, np.ndarray]:
-    """Volume points with their distance to the body surface and the unit direction towards it."""
+def volume_arrays(points: np.ndarray, surface_mesh: Any, *, source: Path | None = None) -> dict[str, np.ndarray]:
+    """Volume points with their distance to the body surface and the unit direction towards it.
+
+    ``source``, the surface's file, is named by errors about the surface.
+    """
     from msptcli.geometry.distance import distance_to_surface
 
-    distance, direction = distance_to_surface(points, as_polydata(surface_mesh))
+    with _naming(source):
+        distance, direction = distance_to_surface(points, as_polydata(surface_mesh))
     return {
         "volume/points": points.astype(np.float32),
         "volume/distance": np.asarray(distance, dtype=np.float32),
         "volume/direction": np.asarray(direction, dtype=np.float32),
     }
+
+
+@contextmanager
+def _naming(source: Path | None) -> Iterator[None]:
+    """Prefix the :class:`InvalidInputError` of geometry code with the file the surface came from."""
+    try:
+        yield
+    except InvalidInputError as exc:
+        if source is None or str(exc).startswith(f"{source}:"):
+            raise
+        raise InvalidInputError(f"{source}: {exc}") from None
 
 
 def _cell_to_point_matrix(poly: Any) -> Any:
@@ -133,7 +162,7 @@ def _read_params(case: CaseFiles) -> dict[str, Any]:
 def _reference_area(params: dict[str, Any], data: DataConfig, case: CaseFiles) -> float | None:
     if data.reference_area_key and data.reference_area_key in params:
         value = params[data.reference_area_key]
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise InvalidInputError(f"{case.params}: {data.reference_area_key} must be a positive number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
+            raise InvalidInputError(f"{case.params}: {data.reference_area_key} must be a positive number, got {value}")
         return float(value)
     return data.reference_area

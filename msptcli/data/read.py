@@ -21,12 +21,16 @@ from msptcli.io.meshes import read_mesh
 
 @dataclass
 class FieldMesh:
-    """A mesh and the asked fields at its points (``location='points'``) or cell centres (``'cells'``)."""
+    """A mesh and the asked fields at its points (``location='points'``) or cell centres (``'cells'``).
+
+    ``source`` is the file the mesh was read from, named by errors about it (None: built in memory).
+    """
 
     mesh: Any  # pyvista.DataSet
     points: np.ndarray  # (n, 3) float64: mesh points or cell centres
     location: str
     fields: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n, k) float32
+    source: Path | None = None
 
 
 def read_fields(path: str | os.PathLike[str], names: Sequence[str], *, mesh: Any = None) -> FieldMesh:
@@ -57,4 +61,4 @@ def read_fields(path: str | os.PathLike[str], names: Sequence[str], *, mesh: Any
         if bad:
             raise InvalidInputError(f"{p}: field {name!r} has {bad} {location[:-1]}s with NaN or Inf values")
         fields[name] = values
-    return FieldMesh(mesh=mesh, points=points, location=location, fields=fields)
+    return FieldMesh(mesh=mesh, points=points, location=location, fields=fields, source=p)

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from msptcli.geometry.balltree import ball_tree_order, run_boundaries
-from msptcli.geometry.surface import _check_points, _faces, _fan
+from msptcli.geometry.faces import check_points, fan_triangulation, parse_faces
 
 if TYPE_CHECKING:
     import pyvista as pv
@@ -40,9 +40,9 @@ def distance_to_surface(points: np.ndarray, surface: pv.DataSet) -> tuple[np.nda
     Raises:
         InvalidInputError: points not of shape ``(m, 3)`` or not finite; a surface without cells.
     """
-    x = _check_points(points)
-    faces = _faces(surface)
-    tri, _ = _fan(faces)
+    x = check_points(points)
+    faces = parse_faces(surface)
+    tri, _ = fan_triangulation(faces)
     dist = np.zeros(len(x))
     direction = np.zeros((len(x), 3))
     if len(x) == 0:

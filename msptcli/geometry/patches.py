@@ -8,21 +8,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from msptcli.errors import InvalidInputError
-from msptcli.geometry.balltree import run_boundaries, tree_depth
+from msptcli.geometry.balltree import run_boundaries
 
 
-def default_level(n: int) -> int:
-    """Depth whose ``K = 2**level`` patches hold about sqrt(n) points each (K ~ sqrt(n))."""
+def patch_level(
+    n: int, *, num_patches: int | None = None, patch_size: int | None = None, num_supernodes: int = 1
+) -> int:
+    """Depth ``level`` of the patches of a cloud of ``n`` points: ``K = 2**level`` patches.
+
+    Rule: ``level = log2(num_patches)`` if given; else the level whose patches hold about
+    ``patch_size`` points, ``round(log2(n / patch_size))``; else ``K * Q ~ sqrt(n)`` for ``Q``
+    supernodes per patch, ``round(0.5 log2 n) - log2 Q``. Clamped to ``[0, floor(log2 n)]``,
+    so every patch holds at least one point (``K <= n``).
+
+    Raises:
+        InvalidInputError: ``n < 1``, or a ``num_patches``, ``patch_size`` or ``num_supernodes`` below 1.
+    """
     if n < 1:
-        raise InvalidInputError(f"a cloud needs at least one point, got n={n}")
-    return max(0, min(tree_depth(n), round(0.5 * math.log2(n))))
-
-
-def level_for_patch_size(n: int, patch_size: int) -> int:
-    """Depth whose patches hold about ``patch_size`` points (K = 2^level closest to n / patch_size)."""
-    if patch_size < 1:
-        raise InvalidInputError(f"patch size must be at least 1, got {patch_size}")
-    return max(0, min(tree_depth(n), round(math.log2(max(n / patch_size, 1.0)))))
+        raise InvalidInputError(f"a cloud needs at least one point, got {n}")
+    for name, value in (("num_patches", num_patches), ("patch_size", patch_size), ("num_supernodes", num_supernodes)):
+        if value is not None and value < 1:
+            raise InvalidInputError(f"{name} must be at least 1, got {value}")
+    if num_patches is not None:
+        level = int(math.log2(num_patches))
+    elif patch_size is not None:
+        level = round(math.log2(max(n / patch_size, 1.0)))
+    else:
+        level = round(0.5 * math.log2(n)) - int(math.log2(num_supernodes))
+    return max(0, min(level, n.bit_length() - 1))  # floor(log2 n): K <= n
 
 
 def patch_ids(n: int, level: int) -> np.ndarray:

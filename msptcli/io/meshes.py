@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +59,7 @@ def write_mesh(mesh: pv.DataSet, path: str | os.PathLike[str], *, inputs: tuple[
     import pyvista as pv
 
     p = Path(path)
-    if any(_same_file(p, q) for q in inputs):
+    if any(same_file(p, q) for q in inputs):
         raise InvalidInputError(f"{p}: refusing to overwrite an input file; choose another output path")
     surface = is_surface(mesh)
     allowed = SURFACE_SUFFIXES if surface else VOLUME_SUFFIXES
@@ -85,7 +87,7 @@ def as_polydata(mesh: pv.DataSet) -> pv.PolyData:
     return poly
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
@@ -93,18 +95,40 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _quiet(fn: Any, *args: Any) -> Any:
-    """Call ``fn`` with VTK's error window and the readers' own prints silenced (we report the error)."""
+    """Call ``fn`` with VTK's warnings and the readers' own prints silenced (we report the error ourselves).
+
+    VTK's C++ code writes to file descriptor 2 directly (its logger and output window), past
+    ``sys.stderr``; so for the call fd 2 points at the null device, and VTK's global warning
+    display is off. Both are restored afterwards.
+    """
     import vtk
 
-    output = vtk.vtkOutputWindow.GetInstance()
-    previous = output.GetGlobalWarningDisplay()
-    output.SetGlobalWarningDisplay(0)
+    previous = vtk.vtkObject.GetGlobalWarningDisplay()
+    vtk.vtkObject.GlobalWarningDisplayOff()
     sink = io.StringIO()
     try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with _stderr_fd_silenced(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             return fn(*args)
     finally:
-        output.SetGlobalWarningDisplay(previous)
+        vtk.vtkObject.SetGlobalWarningDisplay(previous)
+
+
+@contextlib.contextmanager
+def _stderr_fd_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at the null device for the duration (nothing happens where fd 2 is not open)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 (a windowed process), or a closed sys.stderr
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def is_surface(mesh: pv.DataSet) -> bool:

@@ -1,22 +1,23 @@
-"""The Multi-Scale Patch Transformer (MSPT)."""
+"""The Multi-Scale Patch Transformer (MSPT): config, layout, attention, network, inference."""
 
-from msptcli.model.batch import PackedBatch, pack_clouds
 from msptcli.model.config import ModelConfig
+from msptcli.model.inference import DEFAULT_CHUNK_POINTS, PackedClouds, pack_clouds, predict, predict_clouds
 from msptcli.model.layout import PatchChunk, PatchLayout, build_layout
 from msptcli.model.mspt import MSPT, MSPTBlock
 from msptcli.model.pmsa import PMSA, SupernodePool
-from msptcli.model.streaming import stream_forward
 
 __all__ = [
+    "DEFAULT_CHUNK_POINTS",
     "MSPT",
     "PMSA",
     "MSPTBlock",
     "ModelConfig",
-    "PackedBatch",
+    "PackedClouds",
     "PatchChunk",
     "PatchLayout",
     "SupernodePool",
     "build_layout",
     "pack_clouds",
-    "stream_forward",
+    "predict",
+    "predict_clouds",
 ]

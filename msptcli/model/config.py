@@ -1,13 +1,22 @@
-"""The one validated configuration of an MSPT network, and the patch-count rule."""
+"""The one validated configuration of an MSPT network: the ``model:`` section of every config.
+
+Every constraint of the network is checked here, when a config is loaded, so a bad
+value is one line naming the key (``model.width: 100 is not divisible by num_heads 8``)
+and never a failure while the network is built. The numbers of input and output
+channels are not part of it: they follow from the prepared data and are given to
+:class:`~msptcli.model.mspt.MSPT` beside the config.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from msptcli.errors import InvalidInputError
+from msptcli.geometry.patches import patch_level
+
+#: Option values renamed since the first checkpoint format: old name -> new name.
+RENAMED = {"pooling": {"linear": "softmax"}, "supernodes": {"stream": "carried"}}
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -22,26 +31,35 @@ class ModelConfig(BaseModel):
     for patches of about that many points instead, ``num_patches`` fixes K.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    in_features: int = Field(ge=1, description="per-point input features (coordinates, normals, distances, ...)")
-    out_features: int = Field(ge=1, description="predicted channels per point")
-    condition_features: int = Field(0, ge=0, description="per-sample conditions broadcast to every point")
     width: int = Field(128, ge=1, description="channels C of the point features")
-    num_heads: int = Field(8, ge=1)
+    num_heads: int = Field(8, ge=1, description="attention heads; must divide width")
     depth: int = Field(4, ge=1, description="number of MSPT blocks")
-    mlp_ratio: float = Field(4.0, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0, description="hidden width of each block's MLP, as a multiple of width")
     patch_size: int | None = Field(None, ge=1, description="target points per patch L (K = 2^level closest to N/L)")
     num_patches: int | None = Field(None, ge=1, description="fixed K, a power of two (capped by the cloud size)")
     num_supernodes: int = Field(1, ge=1, description="Q supernodes pooled per patch, a power of two")
-    pooling: Literal["mean", "max", "linear"] = "mean"
-    supernodes: Literal["keys", "stream"] = Field(
-        "keys",
-        description="'keys': supernodes are keys/values only (the paper); 'stream': they also attend "
-        "and are carried from block to block (the authors' code)",
+    pooling: Literal["mean", "max", "softmax"] = Field(
+        "mean",
+        description="how a sub-run becomes a supernode (Eq. 4): its mean, its channel-wise max, or a "
+        "softmax-weighted mean with a learned score per point",
     )
-    attention: Literal["pmsa", "full"] = Field("pmsa", description="'full': dense attention, for comparison")
+    supernodes: Literal["keys", "carried"] = Field(
+        "keys",
+        description="'keys': every block pools supernodes from its input, as keys and values only (the paper); "
+        "'carried': pooled once before the first block and carried as a residual stream from block to block, "
+        "each patch's own supernodes also attending (an mspt variant)",
+    )
     checkpointing: bool = Field(False, description="recompute each block in the backward pass to save memory")
+
+    @field_validator("pooling", "supernodes", mode="before")
+    @classmethod
+    def _renamed(cls, value: object, info) -> object:  # type: ignore[no-untyped-def]
+        new = RENAMED[info.field_name].get(value) if isinstance(value, str) else None
+        if new is not None:
+            raise ValueError(f"'{value}' is now called '{new}'")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -60,19 +78,7 @@ class ModelConfig(BaseModel):
         return self.width // self.num_heads
 
     def patch_level(self, n: int) -> int:
-        """Depth ``level`` of the patches of a cloud of ``n`` points: ``K = 2**level`` patches.
-
-        Rule: ``num_patches`` if set; else the level whose patches hold about
-        ``patch_size`` points; else ``K * Q ~ sqrt(n)``. Always at least one
-        point per patch (``K <= n``).
-        """
-        if n < 1:
-            raise InvalidInputError(f"a cloud needs at least one point, got {n}")
-        q = int(math.log2(self.num_supernodes))
-        if self.num_patches is not None:
-            level = int(math.log2(self.num_patches))
-        elif self.patch_size is not None:
-            level = round(math.log2(max(n / self.patch_size, 1.0)))
-        else:
-            level = round(0.5 * math.log2(n)) - q
-        return max(0, min(level, n.bit_length() - 1))  # floor(log2 n): K <= n
+        """Depth of the patches of a cloud of ``n`` points: ``K = 2**level`` (rule: ``geometry.patches``)."""
+        return patch_level(
+            n, num_patches=self.num_patches, patch_size=self.patch_size, num_supernodes=self.num_supernodes
+        )

@@ -61,20 +61,16 @@ class PatchChunk:
 class PatchLayout:
     """Index tensors of one packed batch (see the module docstring)."""
 
-    offsets: Tensor  # (B + 1,) long
     sizes: tuple[int, ...]  # points of every cloud (Python ints: no device sync to read them)
-    levels: tuple[int, ...]  # patch depth of every cloud: K_b = 2**level
     num_supernodes: int  # Q
     patch_len: int  # L
     patch_start: np.ndarray  # (P + 1,) on the host: packed rows of patch p are patch_start[p]:patch_start[p+1]
-    cloud_patches: Tensor  # (B + 1,) long: patches of cloud b are cloud_patches[b]:cloud_patches[b+1]
     sub_index: Tensor  # (B, S) long: supernodes of each cloud (0 where padded)
-    sub_valid: Tensor  # (B, S) bool: a real, non-empty supernode
     whole: PatchChunk  # all patches at once
 
     @property
     def num_clouds(self) -> int:
-        return len(self.levels)
+        return len(self.sizes)
 
     @property
     def num_points(self) -> int:
@@ -184,15 +180,11 @@ def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
         key_bias=key_bias,
     )
     return PatchLayout(
-        offsets=t(offsets),
         sizes=tuple(int(n) for n in sizes_arr),
-        levels=levels,
         num_supernodes=q,
         patch_len=length,
         patch_start=patch_start,
-        cloud_patches=t(cloud_patches),
         sub_index=t(sub_index),
-        sub_valid=torch.from_numpy(sub_valid),
         whole=whole,
     )
 

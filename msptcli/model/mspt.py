@@ -1,16 +1,25 @@
 """The Multi-Scale Patch Transformer: embedding, a stack of MSPT blocks, a point-wise head.
 
 Inputs are packed (see ``layout.py``): ``features`` (N, F) for the points of
-all clouds in ball-tree order, a ``PatchLayout`` built once per batch, and
-optional per-sample ``conditions`` (B, F_c) broadcast to the points.
+all clouds in ball-tree order and a ``PatchLayout`` built once per batch.
 
-    x_0     = Embed([f_i ; c_b])                         point-wise MLP
+    x_0     = Embed(f_i)                                  point-wise MLP
     x_l+1   = x_l' + MLP(LN(x_l')),
     x_l'    = x_l + PMSA(LN(x_l))                         (Eq. 4-7, pre-norm)
     y_i     = Head(LN(x_L))                               one output per target channel
+
+There is one forward pass. Within a block a point needs only its own patch and the
+supernodes of its cloud, and the supernodes depend on the block's input alone, so the
+same code runs on all patches at once (training, export) or, for inference on large
+meshes, on chunks of whole patches one after the other (``chunk_points``): each block
+first pools the supernodes of every chunk, then updates the points chunk by chunk in
+place. Peak memory is then one (N, C) buffer plus one chunk's temporaries, whatever the
+depth, and the result equals the all-at-once pass up to floating-point reordering.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,31 +43,24 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-class FullAttention(nn.Module):
-    """Dense multi-head attention over all points of each cloud, O(N^2): the comparison baseline."""
+def over_chunks(chunks: Sequence[PatchChunk], rows: Callable[[PatchChunk], slice], fn: Callable[[PatchChunk], Tensor]):
+    """``fn(chunk)`` of every chunk, stacked into one tensor at the rows ``rows(chunk)``.
 
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+    One chunk (the whole layout): ``fn``'s own result, so autograd sees no copy.
+    """
+    if len(chunks) == 1:
+        return fn(chunks[0])
+    out = None
+    for chunk in chunks:
+        y = fn(chunk)
+        if out is None:
+            out = y.new_empty((rows(chunks[-1]).stop, *y.shape[1:]))
+        out[rows(chunk)] = y
+    return out
 
-    def forward(self, h: Tensor, layout: PatchLayout) -> Tensor:
-        c = h.shape[1]
-        offsets = layout.offsets
-        sizes = offsets[1:] - offsets[:-1]
-        b, longest = layout.num_clouds, max(layout.sizes)
-        slot = torch.arange(longest, device=h.device)
-        valid = slot[None, :] < sizes[:, None]  # (B, Nmax)
-        index = torch.where(valid, offsets[:-1, None] + slot[None, :], 0)
-        q, k, v = (t.view(b, longest, self.num_heads, -1).transpose(1, 2) for t in self.qkv(h)[index].split(c, -1))
-        bias = None
-        if min(layout.sizes) < longest:
-            bias = torch.zeros(valid.shape, dtype=q.dtype, device=h.device).masked_fill(~valid, -torch.inf)
-            bias = bias[:, None, None, :]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, Nmax, d)
-        o = self.proj(o.transpose(1, 2).reshape(b * longest, c))
-        return o[valid.reshape(-1)]  # (N, C), padded rows dropped
+
+def _points(chunk: PatchChunk) -> slice:
+    return slice(chunk.n0, chunk.n1)
 
 
 class MSPTBlock(nn.Module):
@@ -67,88 +69,109 @@ class MSPTBlock(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         dim = config.width
-        self.stream = config.supernodes == "stream"
-        self.full = config.attention == "full"
+        self.num_supernodes = config.num_supernodes
+        self.carried = config.supernodes == "carried"
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio), dim)
-        if self.full:
-            self.attn = FullAttention(dim, config.num_heads)
-        else:
-            # With streaming supernodes the stream is pooled once, before the first block.
-            self.pool = None if self.stream else SupernodePool(dim, config.pooling)
-            self.attn = PMSA(dim, config.num_heads, stream=self.stream)
+        # Carried supernodes are pooled once, before the first block (MSPT.carried_pool).
+        self.pool = None if self.carried else SupernodePool(dim, config.pooling)
+        self.attn = PMSA(dim, config.num_heads, carried=self.carried)
 
-    def supernodes(self, x: Tensor, chunk: PatchChunk) -> Tensor:
-        """Eq. 4 on normalised features: (p * Q, C) supernodes of the chunk's patches."""
-        return self.pool(self.norm1(x), chunk.sub_slots, chunk.sub_count)
-
-    def supernode_kv(self, x: Tensor | None, z: Tensor | None, layout: PatchLayout) -> tuple[Tensor, Tensor]:
-        """Keys/values of all supernodes: pooled from the points, or the normalised carried stream ``z``."""
-        s = self.norm1(z) if self.stream else self.supernodes(x, layout.whole)
-        return self.attn.supernode_kv(s, layout)
-
-    def update(
-        self, x: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor], z: Tensor | None
+    def forward(
+        self, x: Tensor, layout: PatchLayout, z: Tensor | None = None, chunks: Sequence[PatchChunk] | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """The block on the points of ``chunk`` (and, streaming supernodes, on the chunk's own ``z``)."""
-        a, az = self.attn(self.norm1(x), chunk, sn_kv, self.norm1(z) if self.stream else None)
-        x = x + a
-        x = x + self.mlp(self.norm2(x))
-        if self.stream:
-            z = z + az
-            z = z + self.mlp(self.norm2(z))
-        return x, z
+        """The block on points ``x`` (N, C) and, with carried supernodes, on ``z`` (P * Q, C).
 
-    def forward(self, x: Tensor, layout: PatchLayout, z: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        if self.full:
-            x = x + self.attn(self.norm1(x), layout)
-            return x + self.mlp(self.norm2(x)), None
-        return self.update(x, layout.whole, self.supernode_kv(x, z, layout), z)
+        ``chunks``: runs of whole patches to process one after the other (default: all at once).
+        With several chunks ``x`` and ``z`` are updated in place (inference only).
+        """
+        chunks = [layout.whole] if chunks is None else chunks
+        q = self.num_supernodes
+
+        def subs(c: PatchChunk) -> slice:
+            return slice(c.p0 * q, c.p1 * q)
+
+        # Eq. 4: the supernodes of every patch, from this block's input (a sub-run never crosses a patch).
+        if self.carried:
+            s = self.norm1(z)  # (P * Q, C)
+        else:
+            s = over_chunks(chunks, subs, lambda c: self.pool(self.norm1(x[_points(c)]), c.sub_slots, c.sub_count))
+        sn_kv = self.attn.supernode_kv(s, layout)  # 2 x (B, S, C)
+
+        # Eq. 5-7: every point attends to its patch and all supernodes of its cloud.
+        def update(c: PatchChunk) -> tuple[Tensor, Tensor | None]:
+            xc = x[_points(c)]
+            zc = z[subs(c)] if self.carried else None
+            a, az = self.attn(self.norm1(xc), c, sn_kv, self.norm1(zc) if self.carried else None)
+            xc = xc + a
+            xc = xc + self.mlp(self.norm2(xc))
+            if self.carried:
+                zc = zc + az
+                zc = zc + self.mlp(self.norm2(zc))
+            return xc, zc
+
+        if len(chunks) == 1:
+            return update(chunks[0])
+        z_next = torch.empty_like(z) if self.carried else None
+        for c in chunks:
+            xc, zc = update(c)
+            x[_points(c)] = xc  # in place: later chunks read only their own rows and sn_kv
+            if self.carried:
+                z_next[subs(c)] = zc
+        return x, z_next
 
 
 class MSPT(nn.Module):
-    """The Multi-Scale Patch Transformer (see the module docstring)."""
+    """The Multi-Scale Patch Transformer (see the module docstring).
 
-    def __init__(self, config: ModelConfig) -> None:
+    Args:
+        config: the network's sizes and variants (the ``model:`` config section).
+        in_features: per-point input channels F (from the prepared data).
+        out_features: predicted channels per point.
+    """
+
+    def __init__(self, config: ModelConfig, *, in_features: int, out_features: int) -> None:
         super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
         self.config = config
+        self.in_features, self.out_features = in_features, out_features
         dim = config.width
-        self.embed = Mlp(config.in_features + config.condition_features, dim, dim)
-        self.stream_pool = SupernodePool(dim, config.pooling) if config.supernodes == "stream" else None
+        self.embed = Mlp(in_features, dim, dim)
+        self.carried_pool = SupernodePool(dim, config.pooling) if config.supernodes == "carried" else None
         self.blocks = nn.ModuleList(MSPTBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, config.out_features)
+        self.head = nn.Linear(dim, out_features)
         self.apply(_init_weights)
 
-    def inputs(self, features: Tensor, layout: PatchLayout, conditions: Tensor | None, rows: slice) -> Tensor:
-        """(n, F + F_c): the features of packed rows ``rows`` with their cloud's conditions appended."""
-        f = features[rows]
-        if self.config.condition_features == 0:
-            return f
-        if conditions is None or conditions.shape != (layout.num_clouds, self.config.condition_features):
-            got = None if conditions is None else tuple(conditions.shape)
-            raise ValueError(
-                f"conditions must have shape ({layout.num_clouds}, {self.config.condition_features}), got {got}"
-            )
-        cloud = torch.searchsorted(layout.offsets, torch.arange(rows.start, rows.stop, device=f.device), right=True) - 1
-        return torch.cat([f, conditions[cloud].to(f.dtype)], dim=-1)
+    def forward(self, features: Tensor, layout: PatchLayout, *, chunk_points: int | None = None) -> Tensor:
+        """(N, F) packed features -> (N, out_features) predictions, in the same (tree) order.
 
-    def forward(self, features: Tensor, layout: PatchLayout, conditions: Tensor | None = None) -> Tensor:
-        """(N, F) packed features -> (N, out_features) predictions, in the same (tree) order."""
+        ``chunk_points``: run in chunks of whole patches of at most this many points (at least one
+        patch each), to bound memory on large meshes; only without autograd (``torch.no_grad()``).
+        """
         n = layout.num_points
         if features.shape[0] != n:
             raise ValueError(f"features have {features.shape[0]} rows but the layout has {n} points")
-        x = self.embed(self.inputs(features, layout, conditions, slice(0, n)))  # (N, C)
+        chunks = [layout.whole] if chunk_points is None else list(layout.chunks(chunk_points))
+        if len(chunks) > 1 and torch.is_grad_enabled():
+            raise ValueError("a forward pass in chunks updates features in place: run it under torch.no_grad()")
+        q = self.config.num_supernodes
+        x = over_chunks(chunks, _points, lambda c: self.embed(features[_points(c)]))  # (N, C)
         z = None
-        if self.stream_pool is not None:
-            z = self.stream_pool(x, layout.whole.sub_slots, layout.whole.sub_count)  # (P * Q, C)
+        if self.carried_pool is not None:  # (P * Q, C)
+            z = over_chunks(
+                chunks,
+                lambda c: slice(c.p0 * q, c.p1 * q),
+                lambda c: self.carried_pool(x[_points(c)], c.sub_slots, c.sub_count),
+            )
         for block in self.blocks:
             if self.config.checkpointing and torch.is_grad_enabled():
                 x, z = checkpoint(block, x, layout, z, use_reentrant=False)
             else:
-                x, z = block(x, layout, z)
-        return self.head(self.norm(x))
+                x, z = block(x, layout, z, chunks)
+        return over_chunks(chunks, _points, lambda c: self.head(self.norm(x[_points(c)])))  # (N, out_features)
 
 
 def _init_weights(module: nn.Module) -> None:

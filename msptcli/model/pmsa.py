@@ -34,19 +34,19 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
 class SupernodePool(nn.Module):
     """Eq. 4: pool every sub-run of points into one supernode.
 
-    ``mean`` (default) and ``max`` have no parameters; ``linear`` scores each point
-    with a learned linear projection and takes the softmax-weighted mean of its
-    sub-run. Sub-runs are gathered into a padded (s, Ls, C) tensor and reduced
-    with a mask: only real points are pooled, an empty sub-run gives a zero
-    vector (it is masked out as a key), and the forward pass has no scatter
-    (whose parallel versions in some runtimes, e.g. onnxruntime, race on
-    repeated indices).
+    ``mean`` (default) and ``max`` have no parameters; ``softmax`` scores each point
+    with a learned projection ``w . h_i`` and takes the softmax-weighted mean of its
+    sub-run (no bias: a softmax does not change when every score shifts alike).
+    Sub-runs are gathered into a padded (s, Ls, C) tensor and reduced with a mask:
+    only real points are pooled, an empty sub-run gives a zero vector (it is masked
+    out as a key), and the forward pass has no scatter (whose parallel versions in
+    some runtimes, e.g. onnxruntime, race on repeated indices).
     """
 
     def __init__(self, dim: int, kind: str = "mean") -> None:
         super().__init__()
         self.kind = kind
-        self.score = nn.Linear(dim, 1) if kind == "linear" else None
+        self.score = nn.Linear(dim, 1, bias=False) if kind == "softmax" else None
 
     def forward(self, h: Tensor, sub_slots: Tensor, sub_count: Tensor) -> Tensor:
         # h: (n, C) points of whole patches; sub_slots: (s, Ls) rows of each sub-run; sub_count: (s,)
@@ -55,7 +55,7 @@ class SupernodePool(nn.Module):
         if self.kind == "max":
             top = g.masked_fill(~valid[..., None], -torch.inf).amax(dim=1)  # (s, C)
             return torch.where(sub_count[:, None] > 0, top, torch.zeros_like(top))
-        if self.kind == "linear":
+        if self.kind == "softmax":
             score = self.score(g).squeeze(-1)  # (s, Ls), softmax in at least float32 under autocast
             score = score.to(torch.promote_types(score.dtype, torch.float32)).masked_fill(~valid, -torch.inf)
             weight = torch.softmax(score, dim=1).nan_to_num(0.0).to(h.dtype)  # empty sub-runs: all zero
@@ -67,15 +67,15 @@ class SupernodePool(nn.Module):
 class PMSA(nn.Module):
     """Eq. 5-6: multi-head attention of every point over its patch and all supernodes of its cloud.
 
-    ``stream=True`` is the authors'-code variant: each patch's own Q supernodes
-    are also queries (appended after its L points) and their outputs are
-    returned, to be carried to the next block.
+    ``carried=True`` (``supernodes: carried``): each patch's own Q supernodes are
+    also queries (appended after its L points) and their outputs are returned, to
+    be carried to the next block.
     """
 
-    def __init__(self, dim: int, num_heads: int, *, stream: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, *, carried: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.stream = stream
+        self.carried = carried
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -94,16 +94,16 @@ class PMSA(nn.Module):
         sn_kv: tuple[Tensor, Tensor],
         hz: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attention output of the chunk's points (and, streaming supernodes, of their own supernodes).
+        """Attention output of the chunk's points (and, carried supernodes, of their own supernodes).
 
         Args:
             h: (n, C) normalised features of the chunk's points.
             chunk: the chunk's patches (``layout.whole`` for a whole batch).
             sn_kv: the supernode keys and values of every cloud, from ``supernode_kv``.
-            hz: with ``stream``, (p * Q, C) normalised supernodes owned by the chunk's patches.
+            hz: with ``carried``, (p * Q, C) normalised supernodes owned by the chunk's patches.
 
         Returns:
-            (n, C) outputs of the points; with ``stream`` also (p * Q, C) outputs of the supernodes.
+            (n, C) outputs of the points; with ``carried`` also (p * Q, C) outputs of the supernodes.
         """
         c = h.shape[1]
         p, length = chunk.patch_index.shape
@@ -114,7 +114,7 @@ class PMSA(nn.Module):
         k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
         v = torch.cat([v, v_sn.to(v.dtype)], dim=1)
         num_q = length
-        if self.stream:
+        if self.carried:
             qz = F.linear(hz, self.qkv.weight[:c], self.qkv.bias[:c]).view(p, -1, c)  # (p, Q, C)
             q = torch.cat([q, qz.to(q.dtype)], dim=1)  # (p, L + Q, C)
             num_q = q.shape[1]
@@ -126,5 +126,5 @@ class PMSA(nn.Module):
         o = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), attn_mask=bias)
         o = self.proj(o.transpose(1, 2).reshape(p, num_q, c))  # (p, L [+ Q], C)
         out_points = gather_rows(o[:, :length].reshape(p * length, c), chunk.point_slot)  # (n, C), padding dropped
-        out_sn = o[:, length:].reshape(-1, c) if self.stream else None  # (p * Q, C)
+        out_sn = o[:, length:].reshape(-1, c) if self.carried else None  # (p * Q, C)
         return out_points, out_sn

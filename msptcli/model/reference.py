@@ -11,8 +11,8 @@ For a cloud of n points cut into K patches and K * Q sub-runs, the tokens are
     M[i, j]     = patch(i) == patch(j)     point i, point j
     M[i, n + s] = sub-run s is not empty   point i, supernode s
 
-and, for the streaming-supernode variant, supernode t (of patch t // Q) attends
-like a point of that patch.
+and, for carried supernodes, supernode t (of patch t // Q) attends like a
+point of that patch.
 """
 
 from __future__ import annotations
@@ -29,16 +29,9 @@ from msptcli.model.mspt import MSPT, MSPTBlock
 from msptcli.model.pmsa import SupernodePool
 
 
-def dense_forward(model: MSPT, features: Tensor, sizes: list[int], conditions: Tensor | None = None) -> Tensor:
+def dense_forward(model: MSPT, features: Tensor, sizes: list[int]) -> Tensor:
     """``model`` applied to each cloud separately with dense masked attention; (N, out) packed."""
-    outputs, start = [], 0
-    for b, n in enumerate(sizes):
-        f = features[start : start + n]
-        if conditions is not None:
-            f = torch.cat([f, conditions[b].expand(n, -1).to(f.dtype)], dim=-1)
-        outputs.append(_dense_cloud(model, f))
-        start += n
-    return torch.cat(outputs)
+    return torch.cat([_dense_cloud(model, f) for f in features.split(sizes)])
 
 
 def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
@@ -49,7 +42,7 @@ def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
     patch = _run_of_point(n, level)  # (n,)
     sub_bounds = run_boundaries(n, level + int(math.log2(q)))
     x = model.embed(f)
-    z = _pool(model.stream_pool, x, sub_bounds) if model.stream_pool is not None else None
+    z = _pool(model.carried_pool, x, sub_bounds) if model.carried_pool is not None else None
     for block in model.blocks:
         x, z = _dense_block(block, x, z, patch, sub_bounds, q)
     return model.head(model.norm(x))
@@ -58,11 +51,11 @@ def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
 def _dense_block(block: MSPTBlock, x: Tensor, z: Tensor | None, patch: Tensor, sub_bounds, q: int):  # type: ignore[no-untyped-def]
     n, c = x.shape
     h = block.norm1(x)
-    s = block.norm1(z) if block.stream else _pool(block.pool, h, sub_bounds)  # (S, C)
+    s = block.norm1(z) if block.carried else _pool(block.pool, h, sub_bounds)  # (S, C)
     nonempty = torch.from_numpy(sub_bounds[1:] > sub_bounds[:-1])  # (S,)
     tokens = torch.cat([h, s])  # keys/values: [points ; supernodes]
-    queries = torch.cat([h, s]) if block.stream else h
-    query_patch = torch.cat([patch, torch.arange(len(s)) // q]) if block.stream else patch
+    queries = torch.cat([h, s]) if block.carried else h
+    query_patch = torch.cat([patch, torch.arange(len(s)) // q]) if block.carried else patch
     mask = torch.cat(
         [query_patch[:, None] == patch[None, :], nonempty[None, :].expand(len(queries), -1)], dim=1
     )  # (n [+ S], n + S)
@@ -82,7 +75,7 @@ def _dense_block(block: MSPTBlock, x: Tensor, z: Tensor | None, patch: Tensor, s
     a = block.attn.proj(torch.cat(out, dim=-1))
     x = x + a[:n]
     x = x + block.mlp(block.norm2(x))
-    if block.stream:
+    if block.carried:
         z = z + a[n:]
         z = z + block.mlp(block.norm2(z))
     return x, z

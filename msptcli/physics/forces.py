@@ -10,22 +10,36 @@ orientation of the body faces in OpenFOAM's ``surface.vtu``), polygons split int
 triangle fans. ``p a`` is the push of the pressure on the wall; ``-tau |a|`` is the
 friction, with OpenFOAM's ``wallShearStress`` (the shear the wall exerts on the fluid,
 so the force on the body is its opposite).
+
+With fields at the points (what a point-wise surrogate predicts), each point ``i`` takes
+an equal share of the area vector and area of every cell it belongs to, ``A_i`` and
+``S_i`` (stored by ``mspt prepare``), and ``F = sum_i (p_i A_i - tau_i S_i)``: the same
+as averaging the point values to each cell and integrating over cells.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from msptcli.errors import InvalidInputError
-from msptcli.geometry.surface import outward_area_vectors, point_to_cell_average, polygon_area_vectors
+from msptcli.geometry.faces import point_to_cell_average, polygon_area_vectors
+from msptcli.geometry.orientation import outward_area_vectors
 
 if TYPE_CHECKING:
     import pyvista as pv
 
-__all__ = ["ForceCoefficients", "area_vectors", "force_coefficients", "inward_area_vectors"]
+__all__ = [
+    "ForceCoefficients",
+    "area_vectors",
+    "coefficients",
+    "force_coefficients",
+    "force_from_points",
+    "inward_area_vectors",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,69 @@ class ForceCoefficients:
     velocity: float
     density: float
 
+    @classmethod
+    def of_force(
+        cls, force: np.ndarray, *, ref_area: float, velocity: float, density: float = 1.0
+    ) -> ForceCoefficients:
+        """The coefficients of ``force`` ``(3,)``: its components over ``q = 1/2 density velocity² ref_area``.
+
+        Raises:
+            InvalidInputError: a force not of shape ``(3,)``; a reference value not positive and finite.
+        """
+        f = np.array(force, dtype=np.float64)  # a copy: the result owns it
+        if f.shape != (3,):
+            raise InvalidInputError(f"a force needs shape (3,), got {f.shape}")
+        q = _dynamic_pressure(ref_area, velocity, density)
+        f.setflags(write=False)
+        return cls(
+            cd=float(f[0] / q),
+            cl=float(f[2] / q),
+            cs=float(f[1] / q),
+            force=f,
+            ref_area=float(ref_area),
+            velocity=float(velocity),
+            density=float(density),
+        )
+
+
+def coefficients(force: np.ndarray, *, ref_area: float, velocity: float, density: float = 1.0) -> tuple[float, float]:
+    """``(Cd, Cl) = (F_x, F_z) / (1/2 rho U² A_ref)``; keep ``density`` 1 for kinematic fields.
+
+    Raises:
+        InvalidInputError: as :meth:`ForceCoefficients.of_force`.
+    """
+    c = ForceCoefficients.of_force(force, ref_area=ref_area, velocity=velocity, density=density)
+    return c.cd, c.cl
+
+
+def force_from_points(
+    area: np.ndarray, area_norm: np.ndarray, pressure: np.ndarray, wall_shear: np.ndarray | None
+) -> np.ndarray:
+    """Force ``(3,)`` of point fields: ``F = sum_i (p_i A_i - tau_i S_i)`` (module docstring).
+
+    Args:
+        area: ``(n, 3)`` each point's share ``A_i`` of its cells' area vectors, pointing into the body
+            (``surface/area`` of a prepared sample).
+        area_norm: ``(n,)`` or ``(n, 1)`` each point's share ``S_i`` of its cells' areas (``surface/area_norm``).
+        pressure: ``(n,)`` or ``(n, 1)`` pressure at the points.
+        wall_shear: ``(n, 3)`` wall shear stress at the points, OpenFOAM's convention; None: pressure only.
+
+    Raises:
+        InvalidInputError: arrays whose shapes do not match.
+    """
+    a = np.asarray(area, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != 3:
+        raise InvalidInputError(f"point area vectors need shape (n, 3), got {a.shape}")
+    n = len(a)
+    p = _point_values(pressure, n, "pressure")
+    force = (p[:, None] * a).sum(axis=0)
+    if wall_shear is not None:
+        tau = np.asarray(wall_shear, dtype=np.float64)
+        if tau.shape != (n, 3):
+            raise InvalidInputError(f"wall_shear needs shape ({n}, 3) (one value per point), got {tau.shape}")
+        force -= (tau * _point_values(area_norm, n, "area_norm")[:, None]).sum(axis=0)
+    return force
+
 
 def area_vectors(surface: pv.DataSet) -> np.ndarray:
     """Cell area vectors ``(n_cells, 3)`` as the file's vertex order orients them (right-hand rule).
@@ -58,7 +135,7 @@ def area_vectors(surface: pv.DataSet) -> np.ndarray:
 def inward_area_vectors(surface: pv.DataSet) -> np.ndarray:
     """Cell area vectors ``(n_cells, 3)`` pointing into the body whatever the file's vertex order.
 
-    The opposite of :func:`msptcli.geometry.surface.outward_area_vectors`; use it for surfaces
+    The opposite of :func:`msptcli.geometry.orientation.outward_area_vectors`; use it for surfaces
     ordered either way (an STL from a designer).
     """
     return -outward_area_vectors(surface)
@@ -91,7 +168,7 @@ def force_coefficients(
             point-wise surrogate can give; the result is then an approximation (docs/physics.md).
         orient: ``"file"``: area vectors from the file's vertex order, which must point into
             the body (OpenFOAM's). ``"outward"``: oriented into the body from the geometry
-            (module ``msptcli.geometry.surface``), whatever the vertex order.
+            (module ``msptcli.geometry.orientation``), whatever the vertex order.
 
     Returns:
         The coefficients, the force ``F`` and the reference values.
@@ -100,9 +177,7 @@ def force_coefficients(
         InvalidInputError: fields of the wrong shape or not finite, non-positive reference
             values, an unknown ``at`` or ``orient``.
     """
-    for name, value in (("ref_area", ref_area), ("velocity", velocity), ("density", density)):
-        if not np.isfinite(value) or value <= 0:
-            raise InvalidInputError(f"{name} must be a positive number, got {value}")
+    _dynamic_pressure(ref_area, velocity, density)  # check the reference values before integrating
     if at not in ("cells", "points"):
         raise InvalidInputError(f"at must be 'cells' or 'points', got {at!r}")
     if orient not in ("file", "outward"):
@@ -114,17 +189,16 @@ def force_coefficients(
         p, tau = point_to_cell_average(surface, p), point_to_cell_average(surface, tau)
     a = area_vectors(surface) if orient == "file" else inward_area_vectors(surface)  # (C, 3)
     force = p @ a - np.linalg.norm(a, axis=1) @ tau  # (3,)
-    force.setflags(write=False)
-    q = 0.5 * density * velocity**2 * ref_area
-    return ForceCoefficients(
-        cd=float(force[0] / q),
-        cl=float(force[2] / q),
-        cs=float(force[1] / q),
-        force=force,
-        ref_area=float(ref_area),
-        velocity=float(velocity),
-        density=float(density),
-    )
+    return ForceCoefficients.of_force(force, ref_area=ref_area, velocity=velocity, density=density)
+
+
+def _dynamic_pressure(ref_area: float, velocity: float, density: float) -> float:
+    """``q = 1/2 rho U² A_ref``, once each reference value is checked to be a positive number."""
+    for name, value in (("reference area", ref_area), ("velocity", velocity), ("density", density)):
+        if not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
+            shown = f"{value:g}" if isinstance(value, Real) else repr(value)
+            raise InvalidInputError(f"{name} must be a positive number, got {shown}")
+    return 0.5 * density * velocity**2 * ref_area
 
 
 def _field(values: np.ndarray, shape: tuple[int, ...], name: str, at: str) -> np.ndarray:
@@ -138,3 +212,11 @@ def _field(values: np.ndarray, shape: tuple[int, ...], name: str, at: str) -> np
     if bad.any():
         raise InvalidInputError(f"{name} is not finite at {at[:-1]} {int(np.flatnonzero(bad)[0])}")
     return v
+
+
+def _point_values(values: np.ndarray, n: int, name: str) -> np.ndarray:
+    """``values`` ``(n,)`` or ``(n, 1)`` as float64 ``(n,)``."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape not in ((n,), (n, 1)):
+        raise InvalidInputError(f"{name} needs shape ({n},) or ({n}, 1) (one value per point), got {v.shape}")
+    return v.reshape(n)

@@ -1,7 +1,8 @@
-"""Shared pieces of the pipeline tests: a tiny config, one prepared dataset, one trained run, one prediction.
+"""What the tests share: example paths, the one tiny config, small meshes built in code, a write -> read
+round trip, running mspt, checking its outputs, and one prepared dataset / trained run / prediction.
 
-Test modules load this file as a pytest plugin (``pytest_plugins = ["pipeline_helpers"]``), so the
-session-scoped fixtures below are built once for the whole run, whichever module asks first:
+Test modules import names from here and load it as a pytest plugin (``pytest_plugins = ["helpers"]``),
+so the session-scoped fixtures below are built once for the whole run, whichever module asks first:
 
     pipeline_cases  three shipped OpenFOAM cases copied to a temporary folder (inputs we can hash)
     design_case     a fourth case (geometry.stl, surface.vtu, volume.vtu, params.json) to predict
@@ -25,21 +26,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import yaml
-from tests_paths import ROOT
 from typer.testing import CliRunner, Result
 
 from msptcli.cli import app
 
+if TYPE_CHECKING:
+    import pyvista as pv
+
+ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "ahmed"
+EXAMPLE_CASE = EXAMPLES / "case_0000"
+EXAMPLE_SURFACE = EXAMPLE_CASE / "surface.vtu"
 CASES = ("case_0000", "case_0001", "case_0002")  # prepared and trained on
 DESIGN = "case_0003"  # predicted
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_VOLUME_POINTS = 1500
 
-#: Small enough that prepare + train + predict of the three cases take seconds on two cores.
+#: The one tiny config of the tests: prepare + train + predict of three cases take seconds on two cores.
 TINY_CONFIG = {
     "data": {"max_volume_points": MAX_VOLUME_POINTS, "split": {"val": ["case_0002"], "test": []}},
     "model": {"width": 16, "num_heads": 2, "depth": 1},
@@ -47,6 +55,54 @@ TINY_CONFIG = {
 }
 
 runner = CliRunner()
+
+
+# --- small meshes built in code ----------------------------------------------------------------------
+
+
+def box_surface(size: float = 1.0) -> pv.PolyData:
+    """A closed box of 12 outward-oriented triangles, ``size`` on a side, corner at the origin."""
+    import pyvista as pv
+
+    return pv.Box(bounds=(0, size, 0, size, 0, size)).triangulate().clean()
+
+
+def sphere_surface(resolution: int = 16) -> pv.PolyData:
+    """A closed triangulated unit sphere."""
+    import pyvista as pv
+
+    return pv.Sphere(radius=1.0, theta_resolution=resolution, phi_resolution=resolution)
+
+
+def points_only(n: int = 10, seed: int = 0) -> pv.PolyData:
+    """A cloud of ``n`` points with vertex cells only: no faces."""
+    import pyvista as pv
+
+    return pv.PolyData(np.random.default_rng(seed).random((n, 3)))
+
+
+def coincident_surface() -> pv.PolyData:
+    """Two triangles whose corners all lie on one point: faces of zero area."""
+    import pyvista as pv
+
+    return pv.PolyData.from_regular_faces(np.zeros((4, 3)), np.array([[0, 1, 2], [1, 2, 3]]))
+
+
+def roundtrip(mesh: pv.DataSet, path: Path) -> pv.DataSet:
+    """Write ``mesh`` with mspt's writer, read it back with mspt's reader; the input must be unchanged."""
+    from msptcli.io.meshes import read_mesh, write_mesh
+
+    before = mesh.copy(deep=True)
+    write_mesh(mesh, path)
+    back = read_mesh(path)
+    assert mesh == before, "write_mesh modified its input"
+    assert back.n_points == mesh.n_points and back.n_cells == mesh.n_cells, (back, mesh)
+    return back
+
+
+def tiny_config_file(path: Path, **sections: dict) -> Path:
+    """The tiny config (one training thread) with ``sections`` merged in, as YAML at ``path``."""
+    return write_config(path, train={"threads": 1, **sections.pop("train", {})}, **sections)
 
 
 # --- running mspt ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Look at a mesh through the ball tree: the library side of ``mspt balltree``."""
+"""``mspt balltree``: look at a mesh through the ball tree and the patches MSPT would cut it into."""
 
 from __future__ import annotations
 
@@ -13,13 +13,7 @@ import numpy as np
 
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order, default_num_threads, tree_depth
-from msptcli.geometry.patches import (
-    PatchSummary,
-    default_level,
-    level_for_patch_size,
-    patch_ids,
-    summarize_patches,
-)
+from msptcli.geometry.patches import PatchSummary, patch_ids, patch_level, summarize_patches
 from msptcli.io.atomic import atomic_output
 from msptcli.io.meshes import read_mesh, write_mesh
 
@@ -46,14 +40,16 @@ def patch_report(
     """Read ``mesh_path``, build its ball tree and summarise the patches.
 
     The depth is ``level`` if given, else the one whose patches hold about
-    ``patch_size`` points, else the default K ~ sqrt(N).
+    ``patch_size`` points, else the default K ~ sqrt(N) (``geometry.patches.patch_level``).
     """
+    if level is not None and patch_size is not None:
+        raise InvalidInputError("give --level or --patch-size, not both")
     source = Path(mesh_path)
     mesh = read_mesh(source)
     points = np.asarray(mesh.points)
     n = points.shape[0]
     if level is None:
-        level = default_level(n) if patch_size is None else level_for_patch_size(n, patch_size)
+        level = patch_level(n, patch_size=patch_size)
     elif level > tree_depth(n):
         raise InvalidInputError(f"--level {level} is deeper than the tree of {n} points (depth {tree_depth(n)})")
     started = time.perf_counter()

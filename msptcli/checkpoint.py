@@ -1,0 +1,236 @@
+"""Checkpoints: weights as safetensors with everything needed to predict in the metadata.
+
+A checkpoint (``best.safetensors``, ``last.safetensors``) holds the model's
+weights and, as JSON metadata, the full validated config, the network's input and
+output widths, the field channels, the normalisation statistics, the reference
+values for forces and the mspt version: the file alone is enough to predict.
+Nothing is ever unpickled. Loading checks that these parts agree with each other,
+so an edited or truncated file is one line ("... does not match ...") rather than
+a traceback or NaN fields.
+
+Formats: ``mspt-checkpoint-2`` (this one). ``mspt-checkpoint-1`` files (mspt 0.1.0
+before the restructure) are read and give the same predictions: their network
+config is translated (``pooling: linear`` -> ``softmax``, ``supernodes: stream`` ->
+``carried``, the never-used conditions and attention options dropped) and their
+dead weights dropped (the score bias of softmax pooling).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msptcli import __version__
+from msptcli.config import MsptConfig, validate_config
+from msptcli.data.features import IN_FEATURES, Channels
+from msptcli.data.manifest import SampleEntry, Stats
+from msptcli.errors import CheckpointError
+from msptcli.io.atomic import atomic_output
+from msptcli.model import MSPT, ModelConfig
+from msptcli.model.config import RENAMED
+
+FORMAT = "mspt-checkpoint-2"
+OLD_FORMATS = ("mspt-checkpoint-1",)
+#: Not a weight: where the training volume points lie relative to the body (see predict.py).
+TEMPLATE_KEY = "extra/volume_template"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode, CPU) and what it needs around it."""
+
+    model: MSPT
+    config: MsptConfig
+    channels: Channels
+    stats: Stats
+    surface_location: str
+    reference: dict[str, Any]  # see force_reference
+    epoch: int
+    metrics: dict[str, Any]
+    version: str
+    path: Path | None = None
+    volume_template: np.ndarray | None = None  # (M, 3) training volume points relative to the body's box
+
+
+def force_reference(config: MsptConfig, train_entries: list[SampleEntry]) -> dict[str, Any]:
+    """What drag and lift need besides the fields, as saved in a checkpoint: field names, the reference
+    area (config, its key in a case's params, and the training cases' values), velocity and density."""
+    d = config.data
+    return {
+        "reference_area": d.reference_area,
+        "area_key": d.reference_area_key,
+        "velocity": d.reference_velocity,
+        "density": d.density,
+        "pressure_field": d.pressure_field,
+        "wall_shear_field": d.wall_shear_field,
+        "training_reference_areas": [e.reference_area for e in train_entries if e.reference_area],
+    }
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    *,
+    config: MsptConfig,
+    channels: Channels,
+    stats: Stats,
+    surface_location: str,
+    reference: dict[str, Any],
+    epoch: int,
+    metrics: dict[str, Any] | None = None,
+    volume_template: np.ndarray | None = None,
+) -> Path:
+    from safetensors.torch import save_file
+
+    net = unwrap(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if volume_template is not None:
+        state[TEMPLATE_KEY] = torch.from_numpy(np.ascontiguousarray(volume_template, dtype=np.float32))
+    meta = {
+        "format": FORMAT,
+        "mspt_version": __version__,
+        "config": json.dumps(config.model_dump(mode="json")),
+        "model_config": net.config.model_dump_json(),
+        "in_features": str(net.in_features),
+        "out_features": str(net.out_features),
+        "channels": json.dumps({"surface": list(channels.surface), "volume": list(channels.volume)}),
+        "stats": stats.model_dump_json(),
+        "surface_location": surface_location,
+        "reference": json.dumps(reference),
+        "epoch": str(epoch),
+        "metrics": json.dumps(metrics or {}),
+    }
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Load a checkpoint file, or the best (else last) checkpoint of a run directory."""
+    from safetensors import safe_open
+
+    p = resolve_checkpoint(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as exc:
+        raise CheckpointError(f"{p}: not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    fmt = meta.get("format")
+    if fmt not in (FORMAT, *OLD_FORMATS):
+        raise CheckpointError(f"{p}: not an mspt checkpoint (format {fmt!r})")
+    try:
+        if fmt != FORMAT:
+            meta, state = _upgrade_v1(meta, state)
+        template = state.pop(TEMPLATE_KEY, None)
+        channels_json = json.loads(meta["channels"])
+        channels = Channels(
+            tuple((str(n), int(k)) for n, k in channels_json["surface"]),
+            tuple((str(n), int(k)) for n, k in channels_json["volume"]),
+        )
+        stats = Stats.model_validate_json(meta["stats"])
+        in_features, out_features = int(meta["in_features"]), int(meta["out_features"])
+        _check_parts(channels, stats, in_features, out_features, template)
+        model = MSPT(
+            ModelConfig.model_validate_json(meta["model_config"]), in_features=in_features, out_features=out_features
+        )
+        _load_weights(model, state)
+        reference = json.loads(meta["reference"])
+        for key in ("velocity", "density"):
+            value = reference.get(key)
+            if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+                raise ValueError(f"the reference {key} must be a positive number, got {value}")
+        return Checkpoint(
+            model=model.eval(),
+            config=validate_config(json.loads(meta["config"]), source=str(p)),
+            channels=channels,
+            stats=stats,
+            surface_location=meta["surface_location"],
+            reference=reference,
+            epoch=int(meta["epoch"]),
+            metrics=json.loads(meta.get("metrics", "{}")),
+            version=meta.get("mspt_version", "?"),
+            path=p,
+            volume_template=None if template is None else template.numpy(),
+        )
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{p}: inconsistent checkpoint: {str(exc).splitlines()[0]}") from None
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file itself, or ``RUN_DIR/checkpoints/best.safetensors`` (else ``last``)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best", "last"):
+            candidate = p / "checkpoints" / f"{name}.safetensors"
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{p}: no checkpoint (expected checkpoints/best.safetensors; run `mspt train`)")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such run directory or checkpoint file")
+    return p
+
+
+def unwrap(model: torch.nn.Module) -> MSPT:
+    """The MSPT inside DistributedDataParallel or torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model  # type: ignore[return-value]
+
+
+def _check_parts(
+    channels: Channels, stats: Stats, in_features: int, out_features: int, template: torch.Tensor | None
+) -> None:
+    """The parts of a checkpoint agree: widths, channels, statistics, template."""
+    if in_features != IN_FEATURES:
+        raise ValueError(f"the network takes {in_features} input features, mspt computes {IN_FEATURES}")
+    if out_features != channels.total:
+        raise ValueError(f"the network predicts {out_features} channels but the fields have {channels.total}")
+    if not channels.total:
+        raise ValueError("no predicted fields")
+    stats.check({"surface": dict(channels.surface), "volume": dict(channels.volume)})
+    if template is not None and (template.ndim != 2 or template.shape[1] != 3 or not torch.isfinite(template).all()):
+        raise ValueError(f"the volume template must be finite (M, 3) points, got shape {tuple(template.shape)}")
+
+
+def _load_weights(model: MSPT, state: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the network (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for key, value in state.items():
+        if value.shape != own[key].shape:
+            raise ValueError(f"weight {key} has shape {tuple(value.shape)}, the network {tuple(own[key].shape)}")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"weight {key} is not finite")
+    model.load_state_dict(state)
+
+
+def _upgrade_v1(meta: dict[str, str], state: dict[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A ``mspt-checkpoint-1`` file as this format (see the module docstring)."""
+    net = json.loads(meta["model_config"])
+    if net.pop("condition_features", 0) or net.pop("attention", "pmsa") != "pmsa":
+        raise CheckpointError("a format-1 checkpoint with conditions or dense attention cannot be read")
+    in_features, out_features = net.pop("in_features"), net.pop("out_features")
+    config = json.loads(meta["config"])
+    for section in (net, config.get("model", {})):
+        for key, renames in RENAMED.items():
+            if section.get(key) in renames:
+                section[key] = renames[section[key]]
+    state = {k.replace("stream_pool.", "carried_pool."): v for k, v in state.items() if not k.endswith("score.bias")}
+    meta = {
+        **meta,
+        "model_config": json.dumps(net),
+        "config": json.dumps(config),
+        "in_features": str(in_features),
+        "out_features": str(out_features),
+    }
+    return meta, state

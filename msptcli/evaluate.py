@@ -1,0 +1,97 @@
+"""How good a prediction is: relative L2 per field and drag/lift, on whole prepared samples.
+
+Used by validation during training and by the accuracy benchmark; ``mspt predict`` uses
+:func:`relative_l2` and :func:`drag_lift` for a geometry that carries its solver fields.
+Predictions come from the one inference path (:func:`msptcli.model.predict_clouds`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from msptcli.data.features import Channels, model_inputs, model_targets, to_physical
+from msptcli.data.manifest import Manifest
+from msptcli.data.sample import Sample
+from msptcli.model import MSPT, predict_clouds
+from msptcli.physics import coefficients, force_from_points
+
+
+def relative_l2(pred: np.ndarray, true: np.ndarray) -> float:
+    """||pred - true|| / ||true|| over all points and components."""
+    denom = float(np.linalg.norm(true))
+    return float(np.linalg.norm(pred - true)) / max(denom, 1e-30)
+
+
+def drag_lift(
+    area: np.ndarray,
+    area_norm: np.ndarray,
+    fields: dict[str, np.ndarray],
+    reference: dict[str, Any],
+    *,
+    ref_area: float,
+    velocity: float | None = None,
+    density: float | None = None,
+) -> tuple[float, float] | None:
+    """(Cd, Cl) of surface point fields (``fields`` by name) with each point's area share, or None when the
+    fields lack the pressure named in ``reference`` (a checkpoint's, see ``checkpoint.force_reference``).
+    The wall shear counts where ``reference`` names one and ``fields`` has it."""
+    p_name, tau_name = reference.get("pressure_field"), reference.get("wall_shear_field")
+    if not p_name or p_name not in fields:
+        return None
+    tau = fields.get(tau_name) if tau_name else None
+    force = force_from_points(area, area_norm, fields[p_name], tau)
+    return coefficients(
+        force,
+        ref_area=ref_area,
+        velocity=reference["velocity"] if velocity is None else velocity,
+        density=reference["density"] if density is None else density,
+    )
+
+
+def evaluate_sample(
+    model: MSPT,
+    sample: Sample,
+    manifest: Manifest,
+    *,
+    reference: dict[str, Any],
+    device: torch.device | str = "cpu",
+    bf16: bool = True,
+) -> dict[str, float]:
+    """Loss, relative L2 per field and drag/lift errors of one whole sample (streaming inference)."""
+    channels = Channels.from_fields(manifest.fields)
+    a = sample.arrays
+    n, m = sample.num_surface, sample.num_volume if channels.volume else 0
+    volume = {k: a[f"volume/{k}"] for k in ("points", "distance", "direction")} if m else {}
+    inputs = model_inputs(
+        manifest.stats,
+        a["surface/points"],
+        a["surface/normals"],
+        volume.get("points"),
+        volume.get("distance"),
+        volume.get("direction"),
+    )
+    points = np.concatenate([a["surface/points"], *([volume["points"]] if m else [])])
+    order = np.asarray(a["order"]) if "order" in a and m == sample.num_volume else None  # the tree of prepare
+    (pred,) = predict_clouds(model, [points], [inputs], orders=[order], device=device, bf16=bf16)
+
+    true = {part: {name: a[f"{part}/{name}"] for name, _ in getattr(channels, part)} for part in ("surface", "volume")}
+    targets, mask = model_targets(manifest.stats, channels, true["surface"], true["volume"] if m else {}, n, m)
+    out: dict[str, float] = {"loss": float(np.mean(((pred - targets) ** 2)[mask]))}
+    phys = to_physical(manifest.stats, channels, pred, n)
+    for part in ("surface", "volume") if m else ("surface",):
+        for name, values in phys[part].items():
+            out[f"rel_l2/{part}/{name}"] = relative_l2(values, true[part][name])
+    area = sample.meta.get("reference_area") or reference.get("reference_area")
+    if area:
+        predicted = drag_lift(a["surface/area"], a["surface/area_norm"], phys["surface"], reference, ref_area=area)
+        solver = drag_lift(a["surface/area"], a["surface/area_norm"], true["surface"], reference, ref_area=area)
+        if predicted is not None and solver is not None:
+            (cd_p, cl_p), (cd_t, cl_t) = predicted, solver
+            out.update(
+                cd_pred=cd_p, cd_true=cd_t, cd_abs_error=abs(cd_p - cd_t),
+                cl_pred=cl_p, cl_true=cl_t, cl_abs_error=abs(cl_p - cl_t),
+            )  # fmt: skip
+    return out

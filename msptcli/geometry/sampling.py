@@ -1,0 +1,106 @@
+"""Points in the fluid around a closed body: which points lie outside it, and uniform samples of the box around it.
+
+Inside and outside are decided by ray parity on the triangulated surface (VTK's
+``vtkSelectEnclosedPoints``), which needs a closed surface: every edge shared by exactly
+two triangles, after merging points with equal coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from msptcli.errors import InvalidInputError
+from msptcli.geometry.faces import check_points, fan_triangulation, merged_ids, parse_faces
+from msptcli.geometry.orientation import edge_groups
+
+if TYPE_CHECKING:
+    import pyvista as pv
+
+__all__ = ["open_edge_count", "outside_body", "sample_points_around"]
+
+#: Rounds of rejection sampling before giving up (the body fills almost all of the box).
+_MAX_DRAWS = 1000
+
+
+def outside_body(points: np.ndarray, surface: pv.DataSet) -> np.ndarray:
+    """``(m,)`` bool: which points lie outside the closed body (in the fluid), by ray parity."""
+    x = check_points(points)
+    faces = parse_faces(surface)
+    tri, _ = fan_triangulation(faces)
+    return ~_enclosure_test(faces.points, tri)(x) if len(x) else np.zeros(0, dtype=bool)
+
+
+def sample_points_around(
+    surface: pv.DataSet,
+    n: int,
+    *,
+    margin: float = 0.5,
+    seed: int = 0,
+    ground_z: float | None = None,
+) -> np.ndarray:
+    """``n`` points drawn uniformly from the fluid around a closed body, ``(n, 3)`` float64.
+
+    The box is the body's bounding box enlarged on every side by ``margin`` times the body's
+    extent along that axis; with ``ground_z`` its bottom is raised to ``z = ground_z`` (the ground
+    plane, e.g. 0 for the Ahmed cases). Points inside the body are rejected (VTK's
+    ``vtkSelectEnclosedPoints``, ray parity on the triangulated surface), so the points are uniform
+    over box minus body. The same ``seed`` gives the same points.
+
+    Raises:
+        InvalidInputError: ``n < 0``, a negative or non-finite margin, a ground above the box,
+            a surface that is not closed (an edge not shared by exactly two faces).
+    """
+    if n < 0:
+        raise InvalidInputError(f"n must be non-negative, got {n}")
+    if not np.isfinite(margin) or margin < 0:
+        raise InvalidInputError(f"margin must be a non-negative number, got {margin}")
+    faces = parse_faces(surface)
+    tri, _ = fan_triangulation(faces)
+    open_edges = open_edge_count(merged_ids(faces.points)[0][tri])
+    if open_edges:
+        raise InvalidInputError(f"the surface is not closed ({open_edges} edges not shared by exactly two faces)")
+    used = faces.points[np.unique(tri)]
+    lo, hi = used.min(axis=0), used.max(axis=0)
+    lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
+    if ground_z is not None:
+        if not ground_z < hi[2]:
+            raise InvalidInputError(f"ground_z={ground_z} is not below the top of the sampling box ({hi[2]:.6g})")
+        lo[2] = max(lo[2], ground_z)
+    rng = np.random.default_rng(seed)
+    enclosed = _enclosure_test(faces.points, tri)
+    kept = [np.zeros((0, 3))]
+    found, draws = 0, 0
+    while found < n:
+        if draws == _MAX_DRAWS:
+            raise InvalidInputError(f"found only {found} of {n} points outside the body: enlarge the margin")
+        batch = rng.uniform(lo, hi, size=(max(2 * (n - found), 1024), 3))
+        kept.append(batch[~enclosed(batch)])
+        found, draws = found + len(kept[-1]), draws + 1
+    return np.concatenate(kept)[:n]
+
+
+def open_edge_count(t: np.ndarray) -> int:
+    """Edges of triangles ``t`` ``(T, 3)`` (merged point ids) not shared by exactly two triangles; 0 when closed."""
+    _, _, sizes, _ = edge_groups(t)
+    return int((sizes != 2).sum())
+
+
+def _enclosure_test(points: np.ndarray, tri: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A function ``(k, 3) -> (k,) bool``: which points lie inside the closed triangulated surface."""
+    import pyvista as pv
+    from vtkmodules.vtkFiltersModeling import vtkSelectEnclosedPoints
+
+    body = pv.PolyData.from_regular_faces(points, tri)
+    selector = vtkSelectEnclosedPoints()
+    selector.SetSurfaceData(body)
+    selector.SetTolerance(1e-9)
+
+    def inside(x: np.ndarray) -> np.ndarray:
+        selector.SetInputData(pv.PolyData(x))
+        selector.Update()
+        return np.asarray(pv.wrap(selector.GetOutput()).point_data["SelectedPoints"], dtype=bool)
+
+    return inside

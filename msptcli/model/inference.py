@@ -1,0 +1,117 @@
+"""From clouds as the user has them to predictions in the same order: the one inference path.
+
+    clouds  --ball_tree_order-->  packed, tree-ordered features + PatchLayout  (pack_clouds)
+            --MSPT, in chunks of whole patches, no autograd-->  outputs in tree order
+            --unpack-->  outputs in each cloud's own row order                 (predict)
+
+``mspt predict``, validation during training and the verification of exported models all
+go through :func:`predict_clouds` / :func:`predict`, so what is validated is what is predicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from msptcli.errors import InvalidInputError
+from msptcli.geometry.balltree import ball_tree_order
+from msptcli.model.config import ModelConfig
+from msptcli.model.layout import PatchLayout, build_layout
+from msptcli.model.mspt import MSPT
+
+#: Default points per chunk of streaming inference: temporaries of a few hundred MB at width 128.
+DEFAULT_CHUNK_POINTS = 1 << 16
+
+
+@dataclass(frozen=True)
+class PackedClouds:
+    """Features of several clouds stacked in ball-tree order, with their layout.
+
+    ``order[r]`` is the row, in the concatenation of the clouds as given, of
+    packed row ``r``; :meth:`unpack` puts model outputs back in the given order.
+    """
+
+    features: Tensor  # (N, F) float32
+    layout: PatchLayout
+    order: np.ndarray  # (N,) int64
+
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """(N, ...) rows in tree order -> the same rows in the clouds' own order."""
+        out = np.empty_like(packed)
+        out[self.order] = packed
+        return out
+
+
+def pack_clouds(
+    points: Sequence[np.ndarray],
+    features: Sequence[np.ndarray | Tensor],
+    config: ModelConfig,
+    *,
+    orders: Sequence[np.ndarray | None] | None = None,
+) -> PackedClouds:
+    """Order each cloud by its ball tree and stack the features of all clouds.
+
+    Args:
+        points: per cloud, (n_b, 3) coordinates the tree is built on.
+        features: per cloud, (n_b, F) model inputs.
+        config: the model configuration (it decides the patches).
+        orders: per cloud, a ball-tree order already known (e.g. stored by ``prepare``), or None.
+    """
+    if len(points) != len(features):
+        raise InvalidInputError(f"{len(points)} point clouds but {len(features)} feature arrays")
+    for b, (p, f) in enumerate(zip(points, features, strict=True)):
+        if len(p) != len(f):
+            raise InvalidInputError(f"cloud {b}: {len(p)} points but {len(f)} rows of features")
+    orders = list(orders) if orders is not None else [None] * len(points)
+    missing = [b for b, o in enumerate(orders) if o is None]
+    built = ball_tree_order([points[b] for b in missing]) if missing else []
+    for b, perm in zip(missing, built, strict=True):
+        orders[b] = perm
+    sizes = [len(p) for p in points]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    order = np.concatenate([start + np.asarray(o, dtype=np.int64) for start, o in zip(starts, orders, strict=True)])
+    stacked = torch.cat([torch.as_tensor(f, dtype=torch.float32) for f in features])
+    return PackedClouds(features=stacked[torch.from_numpy(order)], layout=build_layout(sizes, config), order=order)
+
+
+@torch.no_grad()
+def predict(
+    model: MSPT,
+    packed: PackedClouds,
+    *,
+    device: torch.device | str = "cpu",
+    bf16: bool = True,
+    chunk_points: int | None = DEFAULT_CHUNK_POINTS,
+) -> np.ndarray:
+    """(N, out_features) float32 outputs of ``model`` on ``packed``, rows in the clouds' own order.
+
+    ``bf16``: autocast to bfloat16 on a GPU (``train.bf16``); ignored on the CPU.
+    ``chunk_points``: streaming chunk size (None: all patches at once).
+    """
+    device = torch.device(device)
+    model.eval()
+    layout = packed.layout.to(device)
+    features = packed.features.to(device, next(model.parameters()).dtype)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+        out = model(features, layout, chunk_points=chunk_points)
+    return packed.unpack(out.float().cpu().numpy())
+
+
+def predict_clouds(
+    model: MSPT,
+    points: Sequence[np.ndarray],
+    features: Sequence[np.ndarray | Tensor],
+    *,
+    orders: Sequence[np.ndarray | None] | None = None,
+    device: torch.device | str = "cpu",
+    bf16: bool = True,
+    chunk_points: int | None = DEFAULT_CHUNK_POINTS,
+) -> list[np.ndarray]:
+    """Per cloud, its (n_b, out_features) predictions in its own row order (see :func:`predict`)."""
+    packed = pack_clouds(points, features, model.config, orders=orders)
+    out = predict(model, packed, device=device, bf16=bf16, chunk_points=chunk_points)
+    return np.split(out, np.cumsum([len(p) for p in points])[:-1])

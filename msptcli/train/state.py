@@ -1,0 +1,71 @@
+"""What ``--resume`` needs beside the checkpoint, and the lock that keeps one ``mspt train`` per run directory.
+
+``train_state.pt`` holds the optimiser, scheduler, RNG and loop position as plain
+tensors, numbers and strings, read with ``torch.load(weights_only=True)``: a file
+with arbitrary Python objects is refused, never run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msptcli.errors import CheckpointError, InvalidInputError
+from msptcli.io.atomic import atomic_output
+
+STATE = "train_state.pt"
+LOCK = ".mspt-train.lock"
+
+
+def save_train_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Optimizer, scheduler, RNG and loop state: tensors, numbers and strings only."""
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``train_state.pt`` with ``weights_only=True``: a file with arbitrary objects is refused, not run."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no training state to resume from (train without --resume first)")
+    try:
+        with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        raise CheckpointError(
+            f"{p}: refusing to load training state: not a plain tensor file (it may hold arbitrary Python objects)"
+        ) from None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` for the whole run; a second ``mspt train`` there is refused at once.
+
+    The lock is an ``flock`` on ``RUN_DIR/.mspt-train.lock``, released by the kernel when the process ends
+    however it ends (a SIGKILL leaves no stale lock). The file names the holder's process id.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise InvalidInputError(
+                f"{run_dir}: another `mspt train` is writing to this run (process {holder}); "
+                "wait for it to end or choose another -o"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
