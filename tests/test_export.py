@@ -9,67 +9,64 @@ import pytest
 import torch
 
 from msptcli.errors import InvalidInputError, MsptError
-from msptcli.export import LAYOUT_INPUTS, export_model, layout_inputs, run_exported, verify_export
-from msptcli.model import MSPT, ModelConfig, PackedBatch, pack_clouds
+from msptcli.model import MSPT, ModelConfig, PackedClouds, pack_clouds
+from msptcli.model.portable import LAYOUT_INPUTS, export_model, layout_inputs, run_exported, verify_export
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-VARIANTS = {  # together: every pooling, both supernode variants, Q = 1, 2, 4, every patch rule, conditions
+VARIANTS = {  # together: every pooling, both supernode variants, Q = 1, 2, 4, every patch rule
     "mean-keys": {},
-    "max-keys-q2-cond": {"pooling": "max", "num_supernodes": 2, "condition_features": 2},
-    "linear-stream-q4": {"pooling": "linear", "supernodes": "stream", "num_supernodes": 4},
-    "mean-stream-q2-cond-l8": {"supernodes": "stream", "num_supernodes": 2, "condition_features": 3, "patch_size": 8},
-    "max-stream-k2": {"pooling": "max", "supernodes": "stream", "num_patches": 2},
-    "linear-keys-q4-k4-cond": {"pooling": "linear", "num_supernodes": 4, "num_patches": 4, "condition_features": 1},
+    "max-keys-q2": {"pooling": "max", "num_supernodes": 2},
+    "softmax-carried-q4": {"pooling": "softmax", "supernodes": "carried", "num_supernodes": 4},
+    "mean-carried-q2-l8": {"supernodes": "carried", "num_supernodes": 2, "patch_size": 8},
+    "max-carried-k2": {"pooling": "max", "supernodes": "carried", "num_patches": 2},
+    "softmax-keys-q4-k4": {"pooling": "softmax", "num_supernodes": 4, "num_patches": 4},
 }
 EXAMPLE_SIZES = [150, 40]  # the traced batch
 PADDED_SIZES = [700, 33, 1, 130]  # another N, several clouds of different sizes, a single point
 UNPADDED_SIZES = [256]  # a power of two: every patch and sub-run full, no key bias
 
 
-def make(seed: int = 0, **overrides) -> MSPT:
+def make(seed: int = 0, in_features: int = 3, **overrides) -> MSPT:
     torch.manual_seed(seed)
-    cfg = {"in_features": 3, "out_features": 2, "width": 32, "num_heads": 4, "depth": 2, **overrides}
-    return MSPT(ModelConfig(**cfg))
+    cfg = {"width": 32, "num_heads": 4, "depth": 2, **overrides}
+    return MSPT(ModelConfig(**cfg), in_features=in_features, out_features=2)
 
 
-def batch(model: MSPT, sizes: list[int], seed: int = 1) -> tuple[PackedBatch, torch.Tensor | None]:
-    """Random clouds of ``sizes`` points, packed for ``model``, and their conditions (if it takes any)."""
+def batch(model: MSPT, sizes: list[int], seed: int = 1) -> PackedClouds:
+    """Random clouds of ``sizes`` points, packed for ``model``."""
     rng = np.random.default_rng(seed)
     points = [rng.normal(size=(n, 3)) for n in sizes]
-    features = [rng.normal(size=(n, model.config.in_features)).astype(np.float32) for n in sizes]
-    f_c = model.config.condition_features
-    conditions = torch.from_numpy(rng.normal(size=(len(sizes), f_c)).astype(np.float32)) if f_c else None
-    return pack_clouds(points, features, model.config), conditions
+    features = [rng.normal(size=(n, model.in_features)).astype(np.float32) for n in sizes]
+    return pack_clouds(points, features, model.config)
 
 
 @pytest.fixture(scope="module", params=[(v, f) for f in ("onnx", "torchscript") for v in VARIANTS], ids="-".join)
 def exported(request, tmp_path_factory) -> tuple[MSPT, Path]:
     variant, fmt = request.param
     model = make(**VARIANTS[variant])
-    example, conditions = batch(model, EXAMPLE_SIZES, seed=0)
+    example = batch(model, EXAMPLE_SIZES, seed=0)
     path = tmp_path_factory.mktemp("export") / f"{variant}.{fmt}"
-    assert export_model(model, path, fmt=fmt, example=example, conditions=conditions) == path
+    assert export_model(model, path, fmt=fmt, example=example) == path
     return model, path
 
 
 @pytest.mark.parametrize("sizes", [PADDED_SIZES, UNPADDED_SIZES], ids=["padded", "unpadded"])
 def test_exported_graph_equals_pytorch_on_other_batches(exported, sizes):
     model, path = exported
-    packed, conditions = batch(model, sizes)
+    packed = batch(model, sizes)
     assert (packed.layout.whole.key_bias is None) == (sizes == UNPADDED_SIZES)
-    assert verify_export(path, model, packed, conditions, atol=1e-4, rtol=1e-4) < 1e-4
+    assert verify_export(path, model, packed, atol=1e-4, rtol=1e-4) < 1e-4
 
 
 @pytest.mark.parametrize("exported", [(v, "onnx") for v in VARIANTS], ids="-".join, indirect=True)
 def test_onnx_graph_has_named_symbolic_axes(exported):
     model, path = exported
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = ["features", *LAYOUT_INPUTS] + (["conditions"] if model.config.condition_features else [])
-    assert [i.name for i in session.get_inputs()] == names
+    assert [i.name for i in session.get_inputs()] == ["features", *LAYOUT_INPUTS]
     shapes = {i.name: i.shape for i in session.get_inputs()}
-    assert shapes["features"] == ["num_points", model.config.in_features]
+    assert shapes["features"] == ["num_points", model.in_features]
     assert shapes["patch_index"] == ["num_patches", "patch_len"]
     assert shapes["key_bias"] == ["num_patches", 1, 1, "num_keys"]
     assert [(o.name, o.shape) for o in session.get_outputs()] == [("prediction", ["num_points", 2])]
@@ -80,7 +77,7 @@ def test_verification_fails_for_another_model(tmp_path, fmt):
     # The comparison is real: the same architecture with other weights is refused.
     path = export_model(make(seed=0), tmp_path / f"m.{fmt}", fmt=fmt)
     other = make(seed=1)
-    packed, _ = batch(other, PADDED_SIZES)
+    packed = batch(other, PADDED_SIZES)
     with pytest.raises(MsptError, match="disagrees with PyTorch: max abs difference"):
         verify_export(path, other, packed)
     with torch.no_grad():  # and a small change of one weight too
@@ -91,32 +88,30 @@ def test_verification_fails_for_another_model(tmp_path, fmt):
 
 
 def test_layout_inputs_names_dtypes_and_zero_bias():
-    model = make(condition_features=2)
-    packed, conditions = batch(model, UNPADDED_SIZES)
-    arrays = layout_inputs(packed, conditions=conditions)
-    assert list(arrays) == ["features", *LAYOUT_INPUTS, "conditions"]
+    model = make()
+    packed = batch(model, UNPADDED_SIZES)
+    arrays = layout_inputs(packed)
+    assert list(arrays) == ["features", *LAYOUT_INPUTS]
     assert {k: a.dtype for k, a in arrays.items()} == {
-        k: np.dtype(np.float32 if k in ("features", "key_bias", "conditions") else np.int64) for k in arrays
+        k: np.dtype(np.float32 if k in ("features", "key_bias") else np.int64) for k in arrays
     }
     p, length = arrays["patch_index"].shape
     assert arrays["key_bias"].shape == (p, 1, 1, length + arrays["sub_index"].shape[1])
     assert not arrays["key_bias"].any()
-    same = layout_inputs(packed.layout, packed.features.double(), conditions)  # a bare layout and float64 features
+    same = layout_inputs(packed.layout, packed.features.double())  # a bare layout and float64 features
     assert all(np.array_equal(same[k], arrays[k]) for k in arrays)
     with pytest.raises(InvalidInputError, match="needs the features"):
         layout_inputs(packed.layout)
     with pytest.raises(InvalidInputError, match=r"features must be \(256, F\)"):
         layout_inputs(packed, features=packed.features[:10])
-    with pytest.raises(InvalidInputError, match=r"conditions must be \(1, F_c\)"):
-        layout_inputs(packed, conditions=torch.zeros(3, 2))
 
 
 def test_model_is_not_modified_and_float64_is_exported_as_float32(tmp_path):
-    model = make(pooling="linear").double().train()
+    model = make(pooling="softmax").double().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     path = export_model(model, tmp_path / "m.pt", fmt="torchscript")
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    packed, _ = batch(model, PADDED_SIZES)
+    packed = batch(model, PADDED_SIZES)
     assert run_exported(path, layout_inputs(packed)).dtype == np.float32
     assert verify_export(path, model, packed) < 1e-4  # float32 graph against the float64 model
 
@@ -138,7 +133,7 @@ def test_output_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary left behind
     export_model(make(), path, fmt="torchscript")
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
-    packed, _ = batch(make(), [64, 9])
+    packed = batch(make(), [64, 9])
     verify_export(path, make(), packed)
 
 
@@ -146,26 +141,22 @@ def test_errors_are_one_clear_line(tmp_path):
     model = make()
     with pytest.raises(InvalidInputError, match="unknown export format 'tflite'; choose one of onnx, torchscript"):
         export_model(model, tmp_path / "m.tflite", fmt="tflite")  # type: ignore[arg-type]
-    with pytest.raises(MsptError, match="cannot export attention='full'"):
-        export_model(make(attention="full"), tmp_path / "m.onnx")
     (tmp_path / "file").write_text("")
     with pytest.raises(MsptError, match=r"cannot write .*m\.pt"):
         export_model(model, tmp_path / "file" / "m.pt", fmt="torchscript")  # the parent is a file
     with pytest.raises(MsptError, match="cannot write"):
         export_model(model, tmp_path, fmt="torchscript")  # a directory
-    wrong, _ = batch(make(in_features=5), [20])
+    wrong = batch(make(in_features=5), [20])
     with pytest.raises(InvalidInputError, match="example features have 5 columns, the model takes 3"):
         export_model(model, tmp_path / "m.pt", fmt="torchscript", example=wrong)
-    with pytest.raises(InvalidInputError, match="example conditions have 2 columns, the model takes 0"):
-        export_model(model, tmp_path / "m.pt", fmt="torchscript", conditions=torch.zeros(3, 2))
     with pytest.raises(MsptError, match="no exported model at"):
         run_exported(tmp_path / "missing.onnx", {})
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(MsptError, match=r"cannot load .*junk\.onnx as ONNX"):
         run_exported(tmp_path / "junk.onnx", {})
-    conditioned = make(condition_features=2)
-    path = export_model(conditioned, tmp_path / "c.pt", fmt="torchscript")
-    packed, _ = batch(conditioned, [20])
-    with pytest.raises(InvalidInputError, match=r"missing \['conditions'\]"):
-        verify_export(path, conditioned, packed)
+    path = export_model(model, tmp_path / "c.pt", fmt="torchscript")
+    arrays = layout_inputs(batch(model, [20]))
+    del arrays["key_bias"]
+    with pytest.raises(InvalidInputError, match=r"missing \['key_bias'\]"):
+        run_exported(path, arrays)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "file", "junk.onnx"]

@@ -257,7 +257,7 @@ def exported_inputs(sidecar: dict, vtp, vtu):
     from msptcli.data.manifest import Stats
     from msptcli.data.prepare_case import surface_arrays, volume_arrays
     from msptcli.data.read import FieldMesh
-    from msptcli.export import layout_inputs
+    from msptcli.model.portable import layout_inputs
     from msptcli.geometry.balltree import ball_tree_order
     from msptcli.model import ModelConfig, build_layout
 

@@ -152,7 +152,7 @@ class MSPT(nn.Module):
         patch each), to bound memory on large meshes; only without autograd (``torch.no_grad()``).
         """
         n = layout.num_points
-        if features.shape[0] != n:
+        if not torch.jit.is_tracing() and features.shape[0] != n:  # traced: both are the same graph value
             raise ValueError(f"features have {features.shape[0]} rows but the layout has {n} points")
         chunks = [layout.whole] if chunk_points is None else list(layout.chunks(chunk_points))
         if len(chunks) > 1 and torch.is_grad_enabled():

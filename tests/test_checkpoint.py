@@ -1,0 +1,67 @@
+"""Checkpoints: a file of the first format (before the restructure) still predicts exactly what it did."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import pyvista as pv
+from helpers import EXAMPLES, ROOT, ok
+
+from msptcli.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+
+LEGACY = ROOT / "tests" / "data" / "checkpoint_v1"
+
+pytest_plugins = ["helpers"]
+
+
+def test_a_format_1_checkpoint_predicts_the_same_fields(tmp_path):
+    expected = np.load(LEGACY / "predicted.npz")
+    ok(
+        "predict",
+        LEGACY / "best.safetensors",
+        EXAMPLES / "case_0003" / "geometry.stl",
+        "--volume-points",
+        500,
+        "-o",
+        tmp_path,
+    )
+    surface = pv.read(tmp_path / "case_0003_geometry.vtp")
+    volume = pv.read(tmp_path / "case_0003_geometry_volume.vtu")
+    assert np.array_equal(np.asarray(volume.points), expected["volume_points"])
+    for key, got in (
+        ("surface_p", surface.point_data["p"]),
+        ("surface_wallShearStress", surface.point_data["wallShearStress"]),
+        ("volume_U", volume.point_data["U"]),
+        ("volume_p", volume.point_data["p"]),
+    ):
+        assert np.allclose(got, expected[key], rtol=1e-5, atol=1e-6 * np.abs(expected[key]).max()), key
+    summary = json.loads((tmp_path / "case_0003_geometry.json").read_text())
+    assert summary["coefficients"]["cd"] == pytest.approx(float(expected["cd"]), rel=1e-5)
+    assert summary["coefficients"]["cl"] == pytest.approx(float(expected["cl"]), rel=1e-5)
+
+
+def test_a_format_1_checkpoint_is_translated_and_saved_in_the_current_format(tmp_path):
+    old = load_checkpoint(LEGACY / "best.safetensors")
+    assert old.model.config.pooling == "softmax" and old.model.config.supernodes == "carried"  # renamed options
+    assert old.config.model == old.model.config
+    assert not any(k.endswith("score.bias") for k in old.model.state_dict())  # the dead bias is gone
+    path = save_checkpoint(
+        tmp_path / "new.safetensors",
+        old.model,
+        config=old.config,
+        channels=old.channels,
+        stats=old.stats,
+        surface_location=old.surface_location,
+        reference=old.reference,
+        epoch=old.epoch,
+        volume_template=old.volume_template,
+    )
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        assert f.metadata()["format"] == FORMAT
+    new = load_checkpoint(path)
+    assert all(np.array_equal(v, new.model.state_dict()[k]) for k, v in old.model.state_dict().items())
+    assert np.array_equal(new.volume_template, old.volume_template)
