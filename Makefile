@@ -26,6 +26,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --editable ".[test,bench]"
 	$(BIN)/python benchmarks/balltree.py
 	$(BIN)/python benchmarks/model.py
 	$(BIN)/python benchmarks/pipeline.py

@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-from msptcli.model import MSPT, ModelConfig, build_layout, stream_forward
+from msptcli.model import MSPT, ModelConfig, build_layout
 
 
 def rss_bytes() -> int:
@@ -41,8 +41,9 @@ def rss_bytes() -> int:
 def worker(n: int, variant: str, mode: str, device: str, chunk_points: int) -> dict:
     """One measurement in this (fresh) process."""
     torch.manual_seed(0)
-    cfg = ModelConfig(in_features=6, out_features=4, attention="full" if variant == "full" else "pmsa")
-    model = MSPT(cfg).to(device)
+    # Dense attention is MSPT with one patch (K = 1): every point attends to all N points (and one supernode).
+    cfg = ModelConfig(num_patches=1) if variant == "full" else ModelConfig()
+    model = MSPT(cfg, in_features=6, out_features=4).to(device)
     layout = build_layout([n], cfg).to(device)
     features = torch.randn(n, 6, device=device)
     use_bf16 = device == "cuda"
@@ -50,7 +51,8 @@ def worker(n: int, variant: str, mode: str, device: str, chunk_points: int) -> d
     def run() -> None:
         with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
             if mode == "stream":
-                stream_forward(model, features, layout, chunk_points=chunk_points)
+                with torch.no_grad():
+                    model(features, layout, chunk_points=chunk_points)
             elif mode == "forward":
                 with torch.no_grad():
                     model(features, layout)
@@ -129,8 +131,7 @@ def main() -> None:
     for variant in () if args.stream_only else ("mspt", "full"):
         last_time = 0.0
         for n in sizes:
-            cfg = ModelConfig(in_features=6, out_features=4)
-            k = 2 ** cfg.patch_level(n)
+            k = 2 ** ModelConfig().patch_level(n)
             shape = f"{k} x {math.ceil(n / k)}" if variant == "mspt" else "1 x N"
             if variant == "full" and last_time * 4.5 > args.full_budget:
                 print(f"| full attention | {n:,} | {shape} | skipped: projected over {args.full_budget:.0f} s | | | |")

@@ -45,8 +45,8 @@ def predict_worker(run: str, geometry: str, out: str, volume: str | None, volume
     """In a fresh process: one prediction, then its time and peak memory as JSON."""
     import torch
 
+    from msptcli.checkpoint import load_checkpoint
     from msptcli.predict import predict_geometry
-    from msptcli.train.checkpoint import load_checkpoint
 
     torch.set_num_threads(os.cpu_count() or 1)
     ckpt = load_checkpoint(run)

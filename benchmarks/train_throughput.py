@@ -35,8 +35,8 @@ def rss_bytes() -> int:
 
 def worker(n: int, device: str, compiled: bool, steps: int) -> dict:
     torch.manual_seed(0)
-    cfg = ModelConfig(in_features=11, out_features=8)
-    model = MSPT(cfg).to(device)
+    cfg = ModelConfig()
+    model = MSPT(cfg, in_features=11, out_features=8).to(device)
     net = torch.compile(model, dynamic=False) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     layout = build_layout([n], cfg).to(device)

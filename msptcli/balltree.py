@@ -14,8 +14,8 @@ import numpy as np
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order, default_num_threads, tree_depth
 from msptcli.geometry.patches import PatchSummary, patch_ids, patch_level, summarize_patches
-from msptcli.io.atomic import atomic_output
 from msptcli.io.meshes import read_mesh, write_mesh
+from msptcli.io.render import render_png
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,6 @@ def write_patch_mesh(report: PatchReport, *, output: Path | None, screenshot: Pa
 
 
 def _screenshot(mesh: Any, path: Path, num_patches: int) -> Path:
-    if not os.environ.get("DISPLAY"):
-        # Render through EGL without an X server (VTK would otherwise try X first and warn).
-        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     import pyvista as pv
 
     # Neighbouring patches get distant colours: shuffle the ids before the colour map.
@@ -100,10 +97,4 @@ def _screenshot(mesh: Any, path: Path, num_patches: int) -> Path:
     surface.point_data["patch_colour"] = shuffle[surface.point_data["patch"]].astype(np.float64)
     # Colour cells, not points: interpolating ids between patches would paint stripes of other colours.
     surface = surface.point_data_to_cell_data(pass_point_data=False)
-    plotter = pv.Plotter(off_screen=True, window_size=(1280, 800))
-    plotter.add_mesh(surface, scalars="patch_colour", cmap="tab20", show_scalar_bar=False)
-    plotter.view_isometric()
-    with atomic_output(path) as tmp:
-        plotter.screenshot(str(tmp))
-    plotter.close()
-    return path
+    return render_png(surface, path, scalars="patch_colour", cmap="tab20", show_scalar_bar=False)

@@ -28,6 +28,7 @@ from msptcli.errors import InvalidInputError, OutputError
 from msptcli.evaluate import drag_lift, relative_l2
 from msptcli.io.atomic import atomic_output
 from msptcli.io.meshes import as_polydata, is_surface, read_mesh, same_file, write_mesh
+from msptcli.io.render import render_png
 from msptcli.model import DEFAULT_CHUNK_POINTS, predict_clouds
 
 #: Volume points sampled around the body when no volume mesh is given.
@@ -277,20 +278,11 @@ def _params_beside(geometry: Path) -> dict[str, Any]:
 
 
 def _preview(surface: Any, field_name: str, path: Path, at_cells: bool) -> Path:
-    if not os.environ.get("DISPLAY"):
-        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-    import pyvista as pv
-
-    plotter = pv.Plotter(off_screen=True, window_size=(1280, 800))
-    plotter.add_mesh(
+    return render_png(
         surface,
+        path,
         scalars=field_name,
         preference="cell" if at_cells else "point",
         cmap="coolwarm",
         scalar_bar_args={"title": f"predicted {field_name}"},
     )
-    plotter.view_isometric()
-    with atomic_output(path) as tmp:
-        plotter.screenshot(str(tmp))
-    plotter.close()
-    return path
