@@ -69,14 +69,6 @@ inline void install_fork_guard() {
 #endif
 }
 
-inline bool has_openmp() {
-#ifdef _OPENMP
-  return true;
-#else
-  return false;
-#endif
-}
-
 inline int max_threads() {
   if (in_forked_child().load()) return 1;
 #ifdef _OPENMP

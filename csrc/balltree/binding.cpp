@@ -37,6 +37,4 @@ NB_MODULE(_balltree, m) {
   m.def("build_order", &build_order<double>, nb::arg("points"), nb::arg("offsets"), nb::arg("rotation").none(),
         nb::arg("num_threads"), nb::arg("global_indices"), nb::arg("perm"));
   m.def("max_threads", &bt::max_threads, "OpenMP's default thread count (1 without OpenMP or after a fork).");
-  m.def("has_openmp", &bt::has_openmp, "Whether the extension was compiled with OpenMP.");
-  m.def("task_cutoff", [] { return bt::kTaskCutoff; });
 }

@@ -13,7 +13,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from msptcli.data.template import volume_template
 from msptcli.device import pick_device
 from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
-from msptcli.io.atomic import atomic_output
+from msptcli.io.atomic import atomic_output, make_dirs
 from msptcli.model import MSPT
 from msptcli.train.dataset import TrainClouds, collate
 from msptcli.train.distributed import World, join, leave, rank_batches
@@ -56,8 +56,6 @@ class Reporter(Protocol):
 class TrainSummary:
     run_dir: Path
     epochs_done: int
-    best_val: float | None
-    last_row: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
     model: MSPT | None = None  # the trained network of this process (under torchrun: of this rank)
     main: bool = True  # this process speaks for the run (rank 0 under torchrun)
@@ -79,14 +77,14 @@ def train_model(
     tc = config.train
     if not manifest.split("train"):
         raise DatasetError(f"{data_dir}: the split has no training samples")
+    manifest.check_samples(data_dir, [*manifest.split("train"), *manifest.split("val")])
     _check_run_dir(run_dir, data_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    if not resume and (ckpt_dir / "last.safetensors").exists():
-        raise InvalidInputError(f"{run_dir}: already holds a run; use --resume to continue it or another -o")
     world, device = join(tc.device)
     try:
         lock = run_lock(run_dir) if world.main else contextlib.nullcontext()
-        with lock:
+        with lock:  # first: a run another process is writing is refused as such, whatever it holds yet
+            if not resume and (run_dir / "checkpoints" / "last.safetensors").exists():
+                raise InvalidInputError(f"{run_dir}: already holds a run; use --resume to continue it or another -o")
             return _train(
                 data_dir,
                 run_dir,
@@ -127,9 +125,7 @@ def _train(
     train_entries, val_entries = manifest.split("train"), manifest.split("val")
     ckpt_dir = run_dir / "checkpoints"
     if world.main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_output(run_dir / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        make_dirs(ckpt_dir)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
@@ -187,6 +183,9 @@ def _train(
         best = None if float(state["best"]) != float(state["best"]) else float(state["best"])  # NaN: none yet
         loss_sum, loss_count = float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0))
         truncate_metrics(run_dir / "metrics.csv", epoch)
+    if world.main:  # after the resume checks: a refused --resume leaves the run's config as it was
+        with atomic_output(run_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if reporter:
         reporter.start(total_steps, epoch * steps_per_epoch + step_in_epoch)
 
@@ -237,7 +236,7 @@ def _train(
                 loss_sum += float(torch.stack(losses).double().sum()) if losses else 0.0
                 loss_count += len(losses)
                 save_state(epoch, step)
-                return TrainSummary(run_dir, epoch, best, row, interrupted=True, model=model, main=world.main)
+                return TrainSummary(run_dir, epoch, interrupted=True, model=model, main=world.main)
             batch = cpu_batch.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda"):
                 pred = net(batch.features, batch.layout)
@@ -283,7 +282,7 @@ def _train(
         if not val_entries:  # no validation split: the last model is the best we know
             save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
         plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
-    return TrainSummary(run_dir, epoch, best, row, model=model, main=world.main)
+    return TrainSummary(run_dir, epoch, model=model, main=world.main)
 
 
 def _validate(model, data_dir, manifest, entries, device, reference, *, bf16) -> dict[str, float]:  # type: ignore[no-untyped-def]
