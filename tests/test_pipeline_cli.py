@@ -23,8 +23,10 @@ from helpers import (
     CASES,
     MAX_VOLUME_POINTS,
     distinct_colours,
+    invoke,
     is_png,
     ok,
+    one_line_error,
     temp_files,
     tree_digest,
 )
@@ -257,9 +259,9 @@ def exported_inputs(sidecar: dict, vtp, vtu):
     from msptcli.data.manifest import Stats
     from msptcli.data.prepare_case import surface_arrays, volume_arrays
     from msptcli.data.read import FieldMesh
-    from msptcli.model.portable import layout_inputs
     from msptcli.geometry.balltree import ball_tree_order
     from msptcli.model import ModelConfig, build_layout
+    from msptcli.model.portable import layout_inputs
 
     surface = pv.read(vtp)
     points = np.asarray(surface.points, dtype=np.float64)
@@ -325,3 +327,38 @@ def test_export_reproduces_predict_from_the_sidecar(trained, predicted_stl, tmp_
 def test_no_command_modified_its_inputs(input_digests, prepared, trained, predicted_stl, predicted_with_truth):
     for folder, before in input_digests.items():
         assert tree_digest(Path(folder)) == before  # same files, same bytes, nothing added
+
+
+# --- one spelling of every option ----------------------------------------------------------------------
+
+
+def test_overrides_are_spelled_the_same_in_every_command(prepared, tmp_path):
+    """``--set KEY=VALUE`` in prepare and train, and train's positional form is the same thing."""
+    import yaml
+
+    ok("prepare", *prepared.cases[:2], "-o", tmp_path / "data", "-c", prepared.config, "--set", "data.split.val=[]",
+       "--set", "data.split.fractions=[1, 0, 0]")  # fmt: skip
+    saved = yaml.safe_load((tmp_path / "data" / "config.yaml").read_text())
+    assert saved["data"]["split"]["fractions"] == [1, 0, 0]
+    runs = {}
+    for form, args in (("set", ["--set", "model.width=8", "--set", "train.epochs=1"]),
+                       ("positional", ["model.width=8", "train.epochs=1"])):  # fmt: skip
+        run = tmp_path / form
+        ok("train", tmp_path / "data", *args, "-o", run, "-c", prepared.config)
+        runs[form] = yaml.safe_load((run / "config.yaml").read_text())
+        assert load_checkpoint(run).model.config.width == 8
+    assert runs["set"] == runs["positional"]
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_device_is_one_option(command, trained, tmp_path):
+    """The same ``--device`` in train and predict: its help, its choices and its error are the same."""
+    help_text = invoke(command, "--help").output
+    assert "--device" in help_text and "auto" in help_text and "mps" in help_text
+    bad = invoke(command, "x", *(["y"] if command == "predict" else []), "--device", "tpu")
+    assert bad.exit_code == 2 and "tpu" in bad.output
+    if not torch.cuda.is_available():
+        args = ["train", trained.prepared.data, "-o", tmp_path / "run"] if command == "train" else []
+        args = args or ["predict", trained.run, trained.prepared.cases[0] / "surface.vtu", "-o", tmp_path / "out"]
+        one_line_error(invoke(*args, "--device", "cuda"), "no CUDA device")
+        assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "out").exists()
