@@ -87,23 +87,23 @@ class MSPTBlock(nn.Module):
         With several chunks ``x`` and ``z`` are updated in place (inference only).
         """
         chunks = [layout.whole] if chunks is None else chunks
-        q = self.num_supernodes
+        q = self.num_supernodes  # Q supernodes per patch
 
-        def subs(c: PatchChunk) -> slice:
-            return slice(c.p0 * q, c.p1 * q)
+        def subs(ch: PatchChunk) -> slice:
+            return slice(ch.p0 * q, ch.p1 * q)
 
         # Eq. 4: the supernodes of every patch, from this block's input (a sub-run never crosses a patch).
         if self.carried:
             s = self.norm1(z)  # (P * Q, C)
         else:
-            s = over_chunks(chunks, subs, lambda c: self.pool(self.norm1(x[_points(c)]), c.sub_slots, c.sub_count))
+            s = over_chunks(chunks, subs, lambda ch: self.pool(self.norm1(x[_points(ch)]), ch.sub_slots, ch.sub_count))
         sn_kv = self.attn.supernode_kv(s, layout)  # 2 x (B, S, C)
 
         # Eq. 5-7: every point attends to its patch and all supernodes of its cloud.
-        def update(c: PatchChunk) -> tuple[Tensor, Tensor | None]:
-            xc = x[_points(c)]
-            zc = z[subs(c)] if self.carried else None
-            a, az = self.attn(self.norm1(xc), c, sn_kv, self.norm1(zc) if self.carried else None)
+        def update(ch: PatchChunk) -> tuple[Tensor, Tensor | None]:
+            xc = x[_points(ch)]
+            zc = z[subs(ch)] if self.carried else None
+            a, az = self.attn(self.norm1(xc), ch, sn_kv, self.norm1(zc) if self.carried else None)
             xc = xc + a
             xc = xc + self.mlp(self.norm2(xc))
             if self.carried:
@@ -114,11 +114,11 @@ class MSPTBlock(nn.Module):
         if len(chunks) == 1:
             return update(chunks[0])
         z_next = torch.empty_like(z) if self.carried else None
-        for c in chunks:
-            xc, zc = update(c)
-            x[_points(c)] = xc  # in place: later chunks read only their own rows and sn_kv
+        for ch in chunks:
+            xc, zc = update(ch)
+            x[_points(ch)] = xc  # in place: later chunks read only their own rows and sn_kv
             if self.carried:
-                z_next[subs(c)] = zc
+                z_next[subs(ch)] = zc
         return x, z_next
 
 
@@ -157,21 +157,21 @@ class MSPT(nn.Module):
         chunks = [layout.whole] if chunk_points is None else list(layout.chunks(chunk_points))
         if len(chunks) > 1 and torch.is_grad_enabled():
             raise ValueError("a forward pass in chunks updates features in place: run it under torch.no_grad()")
-        q = self.config.num_supernodes
-        x = over_chunks(chunks, _points, lambda c: self.embed(features[_points(c)]))  # (N, C)
+        q = self.config.num_supernodes  # Q supernodes per patch
+        x = over_chunks(chunks, _points, lambda ch: self.embed(features[_points(ch)]))  # (N, C)
         z = None
         if self.carried_pool is not None:  # (P * Q, C)
             z = over_chunks(
                 chunks,
-                lambda c: slice(c.p0 * q, c.p1 * q),
-                lambda c: self.carried_pool(x[_points(c)], c.sub_slots, c.sub_count),
+                lambda ch: slice(ch.p0 * q, ch.p1 * q),
+                lambda ch: self.carried_pool(x[_points(ch)], ch.sub_slots, ch.sub_count),
             )
         for block in self.blocks:
             if self.config.checkpointing and torch.is_grad_enabled():
                 x, z = checkpoint(block, x, layout, z, use_reentrant=False)
             else:
                 x, z = block(x, layout, z, chunks)
-        return over_chunks(chunks, _points, lambda c: self.head(self.norm(x[_points(c)])))  # (N, out_features)
+        return over_chunks(chunks, _points, lambda ch: self.head(self.norm(x[_points(ch)])))  # (N, out_features)
 
 
 def _init_weights(module: nn.Module) -> None:
