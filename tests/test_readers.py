@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pyvista as pv
-from helpers import invoke, one_line_error
+from helpers import box_surface, invoke, one_line_error, roundtrip
 
 from msptcli.data.prepare_case import surface_arrays, volume_arrays
 from msptcli.data.read import read_fields
@@ -103,3 +103,27 @@ def test_prepare_refuses_a_surface_without_area(tmp_path, name, mesh):
     mesh().save(path)
     result = invoke("prepare", path, "-o", tmp_path / "out", "--surface-fields", "", "--volume-fields", "")
     one_line_error(result, str(path), "the surface has")
+
+
+# --- write -> read round trips -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".vtp", ".vtu", ".vtk"])
+def test_surfaces_round_trip_through_our_writer_and_reader(tmp_path, suffix):
+    box = box_surface()
+    box.point_data["p"] = np.arange(box.n_points, dtype=np.float32)
+    back = roundtrip(box, tmp_path / f"box{suffix}")
+    assert np.allclose(np.asarray(back.points), np.asarray(box.points))
+    assert np.array_equal(np.asarray(back.point_data["p"]), np.asarray(box.point_data["p"]))
+
+
+def test_a_volume_round_trips_and_is_refused_as_a_surface_file(tmp_path):
+    from msptcli.io.meshes import write_mesh
+
+    grid = pv.ImageData(dimensions=(4, 3, 2)).cast_to_unstructured_grid()
+    grid.point_data["U"] = np.ones((grid.n_points, 3), dtype=np.float32)
+    back = roundtrip(grid, tmp_path / "volume.vtu")
+    assert back.n_cells == grid.n_cells and np.array_equal(np.asarray(back.point_data["U"]), grid.point_data["U"])
+    with pytest.raises(InvalidInputError, match=r"a volume mesh is written as one of \.vtu, \.vtk"):
+        write_mesh(grid, tmp_path / "volume.vtp")
+    assert not (tmp_path / "volume.vtp").exists()
