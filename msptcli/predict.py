@@ -112,7 +112,7 @@ def predict_geometry(
             volume = pv.PolyData(v_points).cast_to_unstructured_grid()
         v_arrays = volume_arrays(v_points, surface, source=geometry)
     params = _params_beside(geometry)
-    area, area_source = _reference_area(ckpt, params, reference_area)
+    area, area_source = _reference_area(ckpt, params, reference_area, geometry)
 
     # --- the model, on the whole cloud [surface ; volume] ----------------------------------------------
     n = len(s_arrays["surface/points"])
@@ -210,7 +210,9 @@ def _attach(data: Any, predicted: dict[str, np.ndarray], part: str) -> dict[str,
     return errors
 
 
-def _reference_area(ckpt: Checkpoint, params: dict[str, Any], given: float | None) -> tuple[float | None, str]:
+def _reference_area(
+    ckpt: Checkpoint, params: dict[str, Any], given: float | None, geometry: Path
+) -> tuple[float | None, str]:
     """A_ref and where it comes from: the option, else params.json beside the geometry, else the config, else
     the median of the training cases; (None, reason) when nothing gives one or no pressure is predicted."""
     ref = ckpt.reference
@@ -219,7 +221,8 @@ def _reference_area(ckpt: Checkpoint, params: dict[str, Any], given: float | Non
         return given, "--reference-area"
     if key and key in params:
         if not (_is_number(params[key]) and params[key] > 0):
-            raise InvalidInputError(f"params.json: {key} must be a positive number, got {params[key]}")
+            params_file = geometry.parent / "params.json"
+            raise InvalidInputError(f"{params_file}: {key} must be a positive number, got {params[key]}")
         return float(params[key]), f"params.json {key}"
     if ref.get("reference_area"):
         return float(ref["reference_area"]), "config data.reference_area"

@@ -22,8 +22,8 @@ from msptcli.data.cases import CaseFiles, find_cases
 from msptcli.data.manifest import Manifest, SampleEntry, assign_split, compute_stats, new_manifest, write_manifest
 from msptcli.data.prepare_case import case_fingerprint, prepare_case
 from msptcli.data.sample import read_sample_meta, save_sample
-from msptcli.errors import DatasetError, InvalidInputError, MsptError
-from msptcli.io.atomic import atomic_output
+from msptcli.errors import DatasetError, InvalidInputError, MsptError, OutputError
+from msptcli.io.atomic import atomic_output, make_dirs
 
 SAMPLES = "samples"
 
@@ -55,12 +55,13 @@ def prepare_dataset(
 
     Raises the case's :class:`MsptError` (one line naming the file) on the first
     bad case with ``on_error="fail"``; with ``"skip"`` the case is left out and
-    reported in ``PrepareReport.failed`` and the manifest.
+    reported in ``PrepareReport.failed`` and the manifest. An output that cannot be
+    written (:class:`OutputError`: a full disk) is no bad case and always stops the run.
     """
     cases = find_cases(inputs, config.data)
     out = Path(out_dir)
     _check_output_dir(out, cases)
-    (out / SAMPLES).mkdir(parents=True, exist_ok=True)
+    make_dirs(out / SAMPLES)
     for leftover in [*out.glob(".*.tmp*"), *(out / SAMPLES).glob(".*.tmp*")]:  # from a killed run
         leftover.unlink(missing_ok=True)
     with atomic_output(out / "config.yaml") as tmp:
@@ -70,7 +71,7 @@ def prepare_dataset(
     report = PrepareReport(manifest=None)  # type: ignore[arg-type]
     for name, status, payload in _run_all(cases, config.data, out, workers):
         if status == "failed":
-            if on_error == "fail":
+            if on_error == "fail" or isinstance(payload, OutputError):  # a full disk is not a bad case: stop
                 raise InvalidInputError(payload) if not isinstance(payload, MsptError) else payload
             report.failed.append((name, str(payload)))
         else:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from msptcli import __version__
 from msptcli.config import MsptConfig, SplitConfig, validate_config
-from msptcli.data.sample import load_sample
+from msptcli.data.sample import Sample, load_sample, map_sample
 from msptcli.errors import DatasetError
 from msptcli.io.atomic import atomic_output
 
@@ -91,6 +91,32 @@ class Manifest(BaseModel):
     @property
     def mspt_config(self) -> MsptConfig:
         return validate_config(self.config, source="manifest")
+
+    def check_samples(self, data_dir: Path, entries: list[SampleEntry]) -> None:
+        """:meth:`check_sample` for each of ``entries``; only the files' headers are read."""
+        for entry in entries:
+            path = data_dir / entry.file
+            self.check_sample(map_sample(path), path)
+
+    def check_sample(self, sample: Sample, path: Path) -> None:
+        """Raise :class:`DatasetError` (naming ``path``) unless ``sample`` holds every field of the manifest,
+        one row per point, with the manifest's number of components: an edited manifest or a sample of
+        another dataset would otherwise be trained on (broadcast) or fail deep inside training."""
+        points = {part: sample.arrays.get(f"{part}/points") for part in ("surface", "volume")}
+        for part, names in self.fields.items():
+            for name, k in names.items():
+                values, cloud = sample.arrays.get(f"{part}/{name}"), points.get(part)
+                if values is None or cloud is None:
+                    raise DatasetError(f"{path}: no {part} field {name!r}, which the manifest lists")
+                n = len(cloud)
+                if values.ndim != 2 or len(values) != n:
+                    raise DatasetError(
+                        f"{path}: {part} field {name!r} has shape {values.shape}, expected ({n}, {k}) for {n} points"
+                    )
+                if values.shape[1] != k:
+                    raise DatasetError(
+                        f"{path}: {part} field {name!r} has {values.shape[1]} components, the manifest says {k}"
+                    )
 
 
 def assign_split(names: list[str], split: SplitConfig) -> dict[str, str]:

@@ -1,19 +1,22 @@
 """Outputs appear whole or not at all: write to a temporary name, then rename.
 
-Every file mspt writes goes through :func:`atomic_output`, so every write failure — a
-read-only or missing directory, a full disk, a path that is a directory — becomes one
-:class:`~msptcli.errors.OutputError` naming the file, and no temporary file is left.
+Every file mspt writes goes through :func:`atomic_output` (and every output folder through
+:func:`make_dirs`), so every write failure — a read-only or missing directory, a full disk, a
+path that is a directory — becomes one :class:`~msptcli.errors.OutputError` naming the file, and
+no temporary file is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from msptcli.errors import OutputError
+from msptcli.errors import MsptError, OutputError
 
 
 @contextlib.contextmanager
@@ -22,32 +25,76 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     The temporary file keeps the suffix of ``path`` (writers choose the format
     by it) and is removed if the block raises, so an interrupted write never
-    leaves a half-written ``path`` behind. An ``OSError`` (or a writer's own error
-    wrapping one, as torch and VTK raise) becomes an :class:`OutputError`.
+    leaves a half-written ``path`` behind. An ``OSError``, or a writer's own error
+    wrapping a failed write (torch's ``RuntimeError``, safetensors' error), becomes
+    an :class:`OutputError`.
     """
     final = Path(path)
     if final.is_dir():
         raise OutputError(f"cannot write {final}: it is a directory")
+    make_dirs(final.parent)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
         os.close(fd)
     except OSError as exc:
-        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise output_error(final, exc) from None
     tmp = Path(tmp_name)
     try:
         yield tmp
         if tmp.stat().st_size == 0 and final.suffix not in (".csv", ".txt"):
-            raise OutputError(f"cannot write {final}: nothing was written (is the disk full?)")
+            full = _disk_full(tmp.parent)
+            raise OutputError(f"cannot write {final}: " + (full or "nothing was written (is the disk full?)"))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, final)
-    except OSError as exc:
-        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
-    except RuntimeError as exc:  # torch.save reports a failed write (e.g. a full disk) as a RuntimeError
-        if "writ" not in str(exc).lower():
+    except MsptError:
+        raise
+    except Exception as exc:
+        reason = _write_failure(exc, tmp.parent)
+        if reason is None:  # not a failed write: a bug, shown as such
             raise
-        raise OutputError(f"cannot write {final}: {str(exc).splitlines()[0]}") from None
+        raise OutputError(f"cannot write {final}: {reason}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def make_dirs(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` and its parents if missing; :class:`OutputError` naming it if they cannot be."""
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(p, exc) from None
+    return p
+
+
+def output_error(path: str | os.PathLike[str], exc: OSError) -> OutputError:
+    """``cannot write PATH: REASON`` for an ``OSError`` met while writing ``path``."""
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _write_failure(exc: Exception, folder: Path) -> str | None:
+    """Why a write failed, if ``exc`` is a failed write: an ``OSError``; a Rust I/O error (safetensors:
+    ``... (os error 28)``); any writer error while the file system is full (torch reports a short write
+    as ``unexpected pos ...``); torch's ``RuntimeError`` about a failed write. Else None."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    code = re.search(r"\(os error (\d+)\)", str(exc))
+    if code:
+        return os.strerror(int(code.group(1)))
+    full = _disk_full(folder)
+    if full:
+        return full
+    if isinstance(exc, RuntimeError) and "writ" in str(exc).lower():
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
+def _disk_full(folder: Path) -> str | None:
+    """``No space left on device`` when the file system of ``folder`` has no free block left, else None."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return os.strerror(errno.ENOSPC) if st.f_bavail == 0 else None

@@ -68,9 +68,36 @@ def write_mesh(mesh: pv.DataSet, path: str | os.PathLike[str], *, inputs: tuple[
         raise InvalidInputError(f"{p}: a {kind} mesh is written as one of {', '.join(allowed)}, not {p.suffix!r}")
     if surface and not isinstance(mesh, pv.PolyData) and p.suffix.lower() != ".vtu":
         mesh = as_polydata(mesh)
+    data = _vtk_bytes(mesh, p)
     with atomic_output(p) as tmp:
-        mesh.save(tmp)
+        tmp.write_bytes(data)
     return p
+
+
+def _vtk_bytes(mesh: pv.DataSet, path: Path) -> bytes:
+    """The file VTK writes for ``mesh`` (binary, zlib: what ``mesh.save`` writes), made in memory.
+
+    VTK's writers do not survive a failed write: on a full disk they abort the process (``free():
+    invalid pointer``) or crash. Written by Python, the same bytes fail with an ``OSError`` instead.
+    """
+    import pyvista as pv
+    import vtk
+
+    if path.suffix.lower() == ".vtk":
+        writer: Any = vtk.vtkDataSetWriter()
+        writer.SetFileTypeToBinary()
+    else:
+        if path.suffix.lower() == ".vtu" and not isinstance(mesh, pv.UnstructuredGrid):
+            mesh = mesh.cast_to_unstructured_grid()
+        writer = vtk.vtkXMLPolyDataWriter() if path.suffix.lower() == ".vtp" else vtk.vtkXMLUnstructuredGridWriter()
+        writer.SetDataModeToBinary()
+        writer.SetCompressorTypeToZLib()
+    writer.SetInputData(mesh)
+    writer.SetWriteToOutputString(True)
+    if writer.Write() != 1:
+        raise InvalidInputError(f"{path}: VTK could not write this mesh")
+    data = writer.GetOutputStdString() if isinstance(writer, vtk.vtkDataWriter) else writer.GetOutputString()
+    return data if isinstance(data, bytes) else data.encode("utf-8")
 
 
 def as_polydata(mesh: pv.DataSet) -> pv.PolyData:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from msptcli.errors import CheckpointError, InvalidInputError
-from msptcli.io.atomic import atomic_output
+from msptcli.io.atomic import atomic_output, make_dirs, output_error
 
 STATE = "train_state.pt"
 LOCK = ".mspt-train.lock"
@@ -52,9 +52,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     The lock is an ``flock`` on ``RUN_DIR/.mspt-train.lock``, released by the kernel when the process ends
     however it ends (a SIGKILL leaves no stale lock). The file names the holder's process id.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    path = make_dirs(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise output_error(path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -64,8 +66,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                 f"{run_dir}: another `mspt train` is writing to this run (process {holder}); "
                 "wait for it to end or choose another -o"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk
+            raise output_error(path, exc) from None
         yield
     finally:
         os.close(fd)
