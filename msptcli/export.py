@@ -37,7 +37,11 @@ def format_of(output: str | os.PathLike[str], fmt: str | None = None) -> Format:
 def export_run(
     run: str | os.PathLike[str], output: str | os.PathLike[str], *, fmt: Format | None = None
 ) -> tuple[Path, Format, float]:
-    """Export the checkpoint of ``run`` to ``output``; return the path, the format and the verified max |difference|."""
+    """Export the checkpoint of ``run`` to ``output``; return the path, the format and the verified max |difference|.
+
+    The graph is written under a temporary name and verified there; ``output`` and its sidecar appear only
+    when the exported model agrees with PyTorch.
+    """
     fmt = format_of(output, fmt)
     ckpt = load_checkpoint(run)
     sidecar = Path(f"{output}.json")
@@ -45,14 +49,15 @@ def export_run(
         if ckpt.path is not None and same_file(path, ckpt.path):
             raise InvalidInputError(f"{path}: refusing to overwrite the checkpoint being exported; choose another -o")
     model = ckpt.model.float().eval()
-    path = export_model(model, output, fmt=fmt)
     rng = np.random.default_rng(0)
     points = [rng.normal(size=(n, 3)) for n in VERIFY_SIZES]
     features = [rng.normal(size=(n, IN_FEATURES)).astype(np.float32) for n in VERIFY_SIZES]
-    diff = verify_export(path, model, pack_clouds(points, features, model.config))
+    with atomic_output(output) as tmp:
+        export_model(model, tmp, fmt=fmt)
+        diff = verify_export(tmp, model, pack_clouds(points, features, model.config))
     with atomic_output(sidecar) as tmp:
         tmp.write_text(json.dumps(_sidecar(ckpt), indent=1))
-    return path, fmt, diff
+    return Path(output), fmt, diff
 
 
 def _sidecar(ckpt: Checkpoint) -> dict:

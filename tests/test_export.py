@@ -142,7 +142,7 @@ def test_errors_are_one_clear_line(tmp_path):
     with pytest.raises(InvalidInputError, match="unknown export format 'tflite'; choose one of onnx, torchscript"):
         export_model(model, tmp_path / "m.tflite", fmt="tflite")  # type: ignore[arg-type]
     (tmp_path / "file").write_text("")
-    with pytest.raises(MsptError, match=r"cannot write .*m\.pt"):
+    with pytest.raises(MsptError, match=r"cannot write into .*file: .*file is a file, not a directory"):
         export_model(model, tmp_path / "file" / "m.pt", fmt="torchscript")  # the parent is a file
     with pytest.raises(MsptError, match="cannot write"):
         export_model(model, tmp_path, fmt="torchscript")  # a directory
@@ -160,3 +160,24 @@ def test_errors_are_one_clear_line(tmp_path):
     with pytest.raises(InvalidInputError, match=r"missing \['key_bias'\]"):
         run_exported(path, arrays)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "file", "junk.onnx"]
+
+
+def test_export_run_writes_nothing_when_verification_fails(tmp_path, monkeypatch):
+    """``mspt export``: the graph is verified under a temporary name; a failure leaves neither file behind."""
+    import msptcli.export as command
+
+    checkpoint = Path(__file__).parent / "data" / "checkpoint_v1" / "best.safetensors"
+
+    def disagree(path, model, batch, **kw):
+        assert Path(path).is_file() and Path(path).name.startswith(".model.")  # the temporary graph
+        raise MsptError(f"exported model {path} disagrees with PyTorch")
+
+    monkeypatch.setattr(command, "verify_export", disagree)
+    with pytest.raises(MsptError, match="disagrees"):
+        command.export_run(checkpoint, tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    path, fmt, diff = command.export_run(checkpoint, tmp_path / "model.pt")
+    assert path == tmp_path / "model.pt"
+    assert fmt == "torchscript" and diff < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.json"]

@@ -62,6 +62,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 def make_dirs(folder: str | os.PathLike[str]) -> Path:
     """Create ``folder`` and its parents if missing; :class:`OutputError` naming it if they cannot be."""
     p = Path(folder)
+    blocking = next((q for q in (p, *p.parents) if q.exists() and not q.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"cannot write into {p}: {blocking} is a file, not a directory")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
