@@ -11,7 +11,7 @@ from msptcli.geometry.distance import distance_to_surface
 from msptcli.geometry.faces import cell_centers, fan_triangles, point_to_cell_average, polygon_area_vectors
 from msptcli.geometry.orientation import cell_normals, outward_area_vectors, point_normals
 from msptcli.geometry.patches import patch_level
-from msptcli.geometry.sampling import outside_body, sample_points_around
+from msptcli.geometry.sampling import outside_body, sample_on_surface, sample_points_around
 
 
 def reversed_cells(mesh: pv.DataSet, which: np.ndarray | None = None) -> pv.UnstructuredGrid:
@@ -273,3 +273,46 @@ def test_clear_errors(fine_sphere):
         sample_points_around(fine_sphere, 10, ground_z=5.0)
     with pytest.raises(InvalidInputError, match="pyvista mesh"):
         point_normals(np.zeros((3, 3)))
+
+
+# --- points drawn on a surface by area -----------------------------------------------------------------------
+
+
+def test_surface_samples_follow_the_face_areas():
+    """Two triangles of areas 1 and 3: a quarter of the points on the first (a binomial test that can fail)."""
+    points = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [3, 0, 1], [4, 0, 1], [3, 6, 1]], dtype=float)
+    mesh = pv.PolyData.from_regular_faces(points, np.array([[0, 1, 2], [3, 4, 5]]))
+    n = 40_000
+    x, normals = sample_on_surface(mesh, n, seed=3)
+    on_first = int((x[:, 2] < 0.5).sum())
+    assert abs(on_first - n / 4) < 4 * np.sqrt(n * 0.25 * 0.75), on_first  # 4 sigma
+    assert np.allclose(np.abs(normals[:, 2]), 1)  # both triangles lie in z = const planes
+    # uniform inside a triangle: the mean is its centroid
+    assert np.allclose(x[x[:, 2] < 0.5].mean(axis=0), points[:3].mean(axis=0), atol=0.02)
+
+
+def test_surface_samples_do_not_depend_on_the_tessellation():
+    """A box and the same box with every triangle split into 16: the same share of points on each face."""
+    box = pv.Box(bounds=(0, 4, 0, 2, 0, 1)).triangulate().clean()
+    fine = box.subdivide(2)
+    assert fine.n_cells == 16 * box.n_cells
+    n = 30_000
+    shares = []
+    for mesh in (box, fine):
+        x, normals = sample_on_surface(mesh, n, seed=0)
+        assert np.allclose(np.linalg.norm(normals, axis=1), 1)
+        assert (np.einsum("ij,ij->i", normals, x - np.array([2, 1, 0.5])) > 0).all()  # outward
+        shares.append(
+            [int((np.round(normals) == axis).all(axis=1).sum()) / n for axis in np.vstack([np.eye(3), -np.eye(3)])]
+        )
+    area = np.array([2, 4, 8, 2, 4, 8]) / 28  # faces normal to +x, +y, +z, -x, -y, -z
+    for share in shares:
+        assert np.allclose(share, area, atol=4 * np.sqrt(0.25 / n))
+    a, b = sample_on_surface(box, 100, seed=7), sample_on_surface(box, 100, seed=7)
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], sample_on_surface(box, 100, seed=8)[0])
+
+
+def test_surface_samples_refuse_zero_area():
+    flat = pv.PolyData.from_regular_faces(np.zeros((3, 3)), np.array([[0, 1, 2]]))
+    with pytest.raises(InvalidInputError, match="zero area"):
+        sample_on_surface(flat, 10)

@@ -1,4 +1,5 @@
-"""Points in the fluid around a closed body: which points lie outside it, and uniform samples of the box around it.
+"""Points on and around a body: uniform samples of its surface by area, which points lie outside it, and
+uniform samples of the fluid in a box around it.
 
 Inside and outside are decided by ray parity on the triangulated surface (VTK's
 ``vtkSelectEnclosedPoints``), which needs a closed surface: every edge shared by exactly
@@ -13,16 +14,56 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from msptcli.errors import InvalidInputError
-from msptcli.geometry.faces import check_points, fan_triangulation, merged_ids, parse_faces
-from msptcli.geometry.orientation import edge_groups
+from msptcli.geometry.faces import (
+    check_points,
+    fan_triangulation,
+    merged_ids,
+    parse_faces,
+    triangle_area_vectors,
+    unit_rows,
+)
+from msptcli.geometry.orientation import edge_groups, outward_area_vectors
 
 if TYPE_CHECKING:
     import pyvista as pv
 
-__all__ = ["open_edge_count", "outside_body", "sample_points_around"]
+__all__ = ["open_edge_count", "outside_body", "sample_on_surface", "sample_points_around"]
 
 #: Rounds of rejection sampling before giving up (the body fills almost all of the box).
 _MAX_DRAWS = 1000
+
+
+def sample_on_surface(surface: pv.DataSet, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points drawn uniformly by area from the surface, with the outward unit normal at each.
+
+    A fan triangle ``t`` is drawn with probability ``|a_t| / sum |a|``, then a point uniformly inside it
+    (``v0 + u (v1 - v0) + w (v2 - v0)``, ``(u, w)`` reflected into the triangle when ``u + w > 1``); its
+    normal is the outward normal of the triangle's cell (``geometry.orientation``). So any tessellation
+    of the same body gives the same distribution of points, and the same ``seed`` the same points.
+
+    Returns:
+        points ``(n, 3)`` and normals ``(n, 3)``, float64.
+
+    Raises:
+        InvalidInputError: ``n < 0``, a surface without faces or of zero area.
+    """
+    if n < 0:
+        raise InvalidInputError(f"n must be non-negative, got {n}")
+    faces = parse_faces(surface)
+    tri, cell = fan_triangulation(faces)
+    area = np.linalg.norm(triangle_area_vectors(faces.points, tri), axis=1)  # (T,)
+    total = float(area.sum())
+    if not total > 0:
+        raise InvalidInputError("the surface has zero area: no point can be drawn on it")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(tri), size=n, p=area / total)  # (n,)
+    u, w = rng.random(n), rng.random(n)
+    outside = u + w > 1
+    u[outside], w[outside] = 1 - u[outside], 1 - w[outside]
+    v0, v1, v2 = (faces.points[tri[pick, k]] for k in range(3))
+    points = v0 + u[:, None] * (v1 - v0) + w[:, None] * (v2 - v0)
+    normals = unit_rows(outward_area_vectors(surface))[cell[pick]]
+    return points, normals
 
 
 def outside_body(points: np.ndarray, surface: pv.DataSet) -> np.ndarray:

@@ -121,6 +121,15 @@ class MSPTBlock(nn.Module):
                 z_next[subs(ch)] = zc
         return x, z_next
 
+    def query_update(self, xq: Tensor, x: Tensor, layout: PatchLayout, z: Tensor | None, groups) -> Tensor:  # type: ignore[no-untyped-def]
+        """The block on query points ``xq`` (M, C) that read the anchors ``x`` (N, C), this block's input, and
+        ``z``, its carried supernodes, without changing them (``model/queries.py``)."""
+        whole = layout.whole
+        s = self.norm1(z) if self.carried else self.pool(self.norm1(x), whole.sub_slots, whole.sub_count)  # Eq. 4
+        sn_kv = self.attn.supernode_kv(s, layout)
+        xq = xq + self.attn.attend_queries(self.norm1(xq), self.norm1(x), whole, sn_kv, groups)
+        return xq + self.mlp(self.norm2(xq))
+
 
 class MSPT(nn.Module):
     """The Multi-Scale Patch Transformer (see the module docstring).
@@ -172,6 +181,24 @@ class MSPT(nn.Module):
             else:
                 x, z = block(x, layout, z, chunks)
         return over_chunks(chunks, _points, lambda ch: self.head(self.norm(x[_points(ch)])))  # (N, out_features)
+
+    def forward_queries(
+        self, features: Tensor, layout: PatchLayout, query_features: Tensor, groups
+    ) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
+        """Anchors (N, F) in tree order run the blocks as in :meth:`forward`; queries (M, F), grouped by the
+        anchor patch they fall into (``model/queries.py``), read them block by block.
+
+        Returns:
+            (N, out_features) outputs of the anchors (tree order) and (M, out_features) of the queries.
+        """
+        x = self.embed(features)  # (N, C)
+        xq = self.embed(query_features)  # (M, C)
+        whole = layout.whole
+        z = None if self.carried_pool is None else self.carried_pool(x, whole.sub_slots, whole.sub_count)
+        for block in self.blocks:
+            xq = block.query_update(xq, x, layout, z, groups)  # reads the block's input
+            x, z = block(x, layout, z)
+        return self.head(self.norm(x)), self.head(self.norm(xq))
 
 
 def _init_weights(module: nn.Module) -> None:

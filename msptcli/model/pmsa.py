@@ -107,24 +107,50 @@ class PMSA(nn.Module):
         """
         c = h.shape[1]
         p, length = chunk.patch_index.shape
-        heads, d = self.num_heads, c // self.num_heads
         qkv = gather_rows(self.qkv(h), chunk.patch_index)  # (p, L, 3C)
         q, k, v = qkv.split(c, dim=-1)  # 3 x (p, L, C)
-        k_sn, v_sn = (gather_rows(t, chunk.patch_cloud) for t in sn_kv)  # 2 x (p, S, C)
-        k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
-        v = torch.cat([v, v_sn.to(v.dtype)], dim=1)
-        num_q = length
         if self.carried:
             qz = F.linear(hz, self.qkv.weight[:c], self.qkv.bias[:c]).view(p, -1, c)  # (p, Q, C)
             q = torch.cat([q, qz.to(q.dtype)], dim=1)  # (p, L + Q, C)
-            num_q = q.shape[1]
+        o = self.attend(q, k, v, chunk, sn_kv)  # (p, L [+ Q], C)
+        out_points = gather_rows(o[:, :length].reshape(p * length, c), chunk.point_slot)  # (n, C), padding dropped
+        out_sn = o[:, length:].reshape(-1, c) if self.carried else None  # (p * Q, C)
+        return out_points, out_sn
+
+    def attend_queries(self, hq: Tensor, h: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor], groups) -> Tensor:  # type: ignore[no-untyped-def]
+        """Attention output of query points that read the chunk's points (anchors) without being read.
+
+        Each query attends, in one softmax, to the points of its patch and the supernodes of its
+        cloud: the keys of a point of that patch, with the query's own projection (``model/queries.py``).
+
+        Args:
+            hq: (m, C) normalised features of the queries.
+            h: (n, C) normalised features of the chunk's points, the anchors.
+            chunk: the anchors' patches.
+            sn_kv: the supernode keys and values of every cloud, from ``supernode_kv``.
+            groups: the queries grouped by patch (``QueryGroups``).
+
+        Returns:
+            (m, C) outputs of the queries.
+        """
+        c = h.shape[1]
+        q = gather_rows(F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]), groups.slots)  # (p, Lq, C)
+        kv = gather_rows(F.linear(h, self.qkv.weight[c:], self.qkv.bias[c:]), chunk.patch_index)  # (p, L, 2C)
+        k, v = kv.split(c, dim=-1)
+        o = self.attend(q, k, v, chunk, sn_kv)  # (p, Lq, C)
+        return gather_rows(o.reshape(-1, c), groups.query_slot)  # (m, C), padded slots dropped
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor]) -> Tensor:
+        """Eq. 6 for all patches at once: queries (p, T, C) over [patch keys (p, L, C) ; supernodes of the cloud]."""
+        p, num_q, c = q.shape
+        heads, d = self.num_heads, c // self.num_heads
+        k_sn, v_sn = (gather_rows(t, chunk.patch_cloud) for t in sn_kv)  # 2 x (p, S, C)
+        k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
+        v = torch.cat([v, v_sn.to(v.dtype)], dim=1)
 
         def heads_first(t: Tensor) -> Tensor:  # (p, T, C) -> (p, H, T, d)
             return t.view(p, t.shape[1], heads, d).transpose(1, 2)
 
         bias = None if chunk.key_bias is None else chunk.key_bias.to(q.dtype)
         o = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), attn_mask=bias)
-        o = self.proj(o.transpose(1, 2).reshape(p, num_q, c))  # (p, L [+ Q], C)
-        out_points = gather_rows(o[:, :length].reshape(p * length, c), chunk.point_slot)  # (n, C), padding dropped
-        out_sn = o[:, length:].reshape(-1, c) if self.carried else None  # (p * Q, C)
-        return out_points, out_sn
+        return self.proj(o.transpose(1, 2).reshape(p, num_q, c))  # (p, T, C)
