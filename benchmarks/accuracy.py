@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from msptcli.checkpoint import load_checkpoint
 from msptcli.config import load_config
@@ -55,16 +56,6 @@ from msptcli.train.loop import train_model
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ahmed"
 TEST = ["case_0003", "case_0009", "case_0015", "case_0021"]
 FIELDS = ["surface/p", "surface/wallShearStress", "volume/U", "volume/p"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def prepare(data: Path, work: Path, workers: int) -> Path:

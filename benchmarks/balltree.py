@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from msptcli.geometry import ball_tree_order, default_num_threads
 
@@ -65,16 +65,6 @@ def surface_like(n: int, rng: np.random.Generator) -> np.ndarray:
     u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
     c = corners[pick]
     return (c[:, 0] + u[:, None] * (c[:, 1] - c[:, 0]) + v[:, None] * (c[:, 2] - c[:, 0])).astype(np.float32)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def median_seconds(fn: Callable[[], object], *, min_repeats: int, budget: float) -> float:
