@@ -1,6 +1,6 @@
 """Drag, lift and side force of a body from its surface pressure and wall shear stress.
 
-The definition is that of the OpenFOAM data (``data/README.md``)::
+The definition is that of the OpenFOAM data the project trains on (the Ahmed cases, docs/physics.md)::
 
     F = sum over surface cells c of (p_c a_c - tau_c |a_c|)
     Cd = F_x / q,   Cs = F_y / q,   Cl = F_z / q,   q = 1/2 rho U^2 A_ref
