@@ -1,0 +1,77 @@
+"""Do predictions jump where the ball-tree patches meet? Edge gradients across and within patches.
+
+    python benchmarks/patch_boundaries.py out/accuracy/run-default ../shared/data/ahmed/case_0003
+
+Runs the checkpoint on a case's CFD surface (``surface.vtu``) with the default volume points (as
+``mspt predict`` does), and for every edge (i, j) of the surface's triangles takes the gradient
+estimate ``|p_i - p_j| / |x_i - x_j|`` of the predicted and of the solver's pressure. Edges whose
+two points fall in different patches of the model's ball tree are *crossing*, the others
+*within*. If the patches leave marks, the predicted gradient across patch boundaries is larger
+than within patches by more than the solver's is (the solver has no patches: its ratio says how
+the boundary edges differ by geometry alone). Prints one Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from msptcli.checkpoint import load_checkpoint
+from msptcli.data.features import model_inputs, to_physical
+from msptcli.data.prepare_case import surface_arrays, volume_arrays
+from msptcli.data.read import read_fields
+from msptcli.data.template import place_template
+from msptcli.geometry.faces import fan_triangulation, parse_faces
+from msptcli.io.meshes import as_polydata
+from msptcli.model import pack_clouds, predict
+
+
+def across_over_within(values: np.ndarray, i: np.ndarray, j: np.ndarray, length: np.ndarray, crossing) -> float:  # type: ignore[no-untyped-def]
+    """Mean edge gradient |v_i - v_j| / |x_i - x_j| over crossing edges, divided by that over the others."""
+    grad = np.abs(values[i] - values[j]) / length
+    return float(grad[crossing].mean() / grad[~crossing].mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a run directory or checkpoint")
+    parser.add_argument("cases", type=Path, nargs="+", help="case folders with surface.vtu")
+    parser.add_argument("--field", default="p")
+    args = parser.parse_args()
+    ckpt = load_checkpoint(args.run)
+    print("| case | edges crossing | predicted across / within | solver across / within | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for case in args.cases:
+        surface = read_fields(case / "surface.vtu", [args.field])  # at the points (the file has point data)
+        poly = as_polydata(surface.mesh)
+        s = surface_arrays(surface)
+        v = volume_arrays(place_template(ckpt.volume_template, poly), poly)
+        inputs = model_inputs(
+            ckpt.stats, s["surface/points"], s["surface/normals"], v["volume/points"], v["volume/distance"],
+            v["volume/direction"],
+        )  # fmt: skip
+        cloud = np.concatenate([s["surface/points"], v["volume/points"]])
+        packed = pack_clouds([cloud], [inputs], ckpt.model.config)
+        pred = to_physical(ckpt.stats, ckpt.channels, predict(ckpt.model, packed), len(s["surface/points"]))
+        predicted = pred["surface"][args.field][:, 0]
+        true = surface.fields[args.field][:, 0]
+        patch_of_row = np.repeat(np.arange(packed.layout.num_patches), np.diff(packed.layout.patch_start))
+        patch = np.empty(len(cloud), dtype=np.int64)
+        patch[packed.order] = patch_of_row  # patch of each point of [surface ; volume]
+        faces = parse_faces(poly)
+        tri, _ = fan_triangulation(faces)
+        edges = np.unique(np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1), axis=0)
+        i, j = edges[:, 0], edges[:, 1]
+        length = np.linalg.norm(faces.points[i] - faces.points[j], axis=1)
+        keep = length > 0
+        i, j, length = i[keep], j[keep], length[keep]
+        crossing = patch[i] != patch[j]
+        r_pred, r_true = (across_over_within(x, i, j, length, crossing) for x in (predicted, true))
+        share = f"{crossing.sum():,} of {len(crossing):,}"
+        print(f"| {case.name} | {share} | {r_pred:.2f} | {r_true:.2f} | {r_pred / r_true:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
