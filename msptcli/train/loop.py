@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import time
 from collections.abc import Callable
@@ -299,8 +300,6 @@ def _check_same_model(state: dict[str, Any], model: MSPT, run_dir: Path) -> None
     """``--resume`` continues the network the run trained: refuse another ``model:`` config in one line."""
     saved = state.get("model_config")
     if saved is not None and saved != model.config.model_dump_json():
-        import json
-
         old, new = json.loads(saved), model.config.model_dump(mode="json")
         diff = ", ".join(f"model.{k} {old.get(k)} there, {new.get(k)} now" for k in new if old.get(k) != new.get(k))
         raise InvalidInputError(f"{run_dir}: cannot resume with another network ({diff})")
