@@ -128,6 +128,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         if fmt != FORMAT:
             meta, state = _upgrade_v1(meta, state)
+        meta = _without_anchors_if_older(meta)
         template = state.pop(TEMPLATE_KEY, None)
         channels_json = json.loads(meta["channels"])
         channels = Channels(
@@ -234,3 +235,14 @@ def _upgrade_v1(meta: dict[str, str], state: dict[str, torch.Tensor]) -> tuple[d
         "out_features": str(out_features),
     }
     return meta, state
+
+
+def _without_anchors_if_older(meta: dict[str, str]) -> dict[str, str]:
+    """A network saved before anchor-query MSPT (no ``anchors`` key) ran every point through the blocks: say so
+    explicitly, since the default is now anchors."""
+    net, config = json.loads(meta["model_config"]), json.loads(meta["config"])
+    if "anchors" in net:
+        return meta
+    net["anchors"] = None
+    config.setdefault("model", {})["anchors"] = None
+    return {**meta, "model_config": json.dumps(net), "config": json.dumps(config)}

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from msptcli.data.anchors import sample_anchors
 from msptcli.data.features import Channels, model_inputs, model_targets, to_physical
 from msptcli.data.manifest import Manifest
 from msptcli.data.sample import Sample
-from msptcli.model import MSPT, predict_clouds
+from msptcli.model import MSPT, predict_clouds, predict_queries
 from msptcli.physics import coefficients, force_from_points
 
 
@@ -74,8 +75,13 @@ def evaluate_sample(
         volume.get("direction"),
     )
     points = np.concatenate([a["surface/points"], *([volume["points"]] if m else [])])
-    order = np.asarray(a["order"]) if "order" in a and m == sample.num_volume else None  # the tree of prepare
-    (pred,) = predict_clouds(model, [points], [inputs], orders=[order], device=device, bf16=bf16)
+    anchors = model.config.anchors
+    if anchors is not None:  # every point a query of anchors drawn from the sample's geometry, seeded
+        a_points, a_inputs = sample_anchors(sample, manifest.stats, anchors, np.random.default_rng(anchors.seed))
+        (pred,) = predict_queries(model, [a_points], [a_inputs], [points], [inputs], device=device, bf16=bf16)
+    else:
+        order = np.asarray(a["order"]) if "order" in a and m == sample.num_volume else None  # the tree of prepare
+        (pred,) = predict_clouds(model, [points], [inputs], orders=[order], device=device, bf16=bf16)
 
     true = {part: {name: a[f"{part}/{name}"] for name, _ in getattr(channels, part)} for part in ("surface", "volume")}
     targets, mask = model_targets(manifest.stats, channels, true["surface"], true["volume"] if m else {}, n, m)

@@ -4,6 +4,9 @@ The geometry (STL/OBJ/PLY or a VTK surface) gets the same features as the
 training data; the surface fields are predicted on it and the volume fields on
 a given volume mesh or on points sampled around the body. Every mesh goes
 through streaming inference, so meshes far larger than a training sample fit.
+With anchor-query MSPT (``model.anchors``, the default) the network reads anchors
+drawn from the body alone and every mesh point is a query: the prediction at a
+point does not depend on which other points are asked about.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from msptcli.checkpoint import Checkpoint
+from msptcli.data.anchors import geometry_anchors
 from msptcli.data.features import model_inputs, to_physical
 from msptcli.data.prepare_case import surface_arrays, volume_arrays
 from msptcli.data.read import FieldMesh
@@ -29,7 +33,7 @@ from msptcli.evaluate import drag_lift, relative_l2
 from msptcli.io.atomic import atomic_output
 from msptcli.io.meshes import as_polydata, is_surface, read_mesh, same_file, write_mesh
 from msptcli.io.render import render_png
-from msptcli.model import DEFAULT_CHUNK_POINTS, predict_clouds
+from msptcli.model import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries
 
 #: Volume points sampled around the body when no volume mesh is given.
 DEFAULT_VOLUME_POINTS = 50_000
@@ -125,9 +129,15 @@ def predict_geometry(
         v_arrays.get("volume/direction"),
     )
     cloud = np.concatenate([s_arrays["surface/points"], v_arrays.get("volume/points", np.zeros((0, 3), np.float32))])
-    (pred,) = predict_clouds(
-        ckpt.model.to(device), [cloud], [inputs], device=device, bf16=ckpt.config.train.bf16, chunk_points=chunk_points
-    )
+    model, bf16 = ckpt.model.to(device), ckpt.config.train.bf16
+    anchors = model.config.anchors
+    if anchors is not None:  # anchor-query MSPT: anchors from the body alone, every point a query
+        a_points, a_inputs = geometry_anchors(surface, stats, anchors, ckpt.volume_template)
+        (pred,) = predict_queries(
+            model, [a_points], [a_inputs], [cloud], [inputs], device=device, bf16=bf16, chunk_points=chunk_points
+        )
+    else:
+        (pred,) = predict_clouds(model, [cloud], [inputs], device=device, bf16=bf16, chunk_points=chunk_points)
     phys = to_physical(stats, channels, pred, n)
 
     # --- outputs -----------------------------------------------------------------------------------------

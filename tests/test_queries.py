@@ -7,81 +7,128 @@ import pytest
 import torch
 
 from msptcli.errors import InvalidInputError
-from msptcli.model import MSPT, ModelConfig, build_layout, pack_clouds
-from msptcli.model.queries import group_queries, query_patches
+from msptcli.model import MSPT, ModelConfig, predict_queries
+from msptcli.model.queries import group_queries, nearest_anchors, pack_anchors, place_queries
 
 SIZES = [300, 45]  # two clouds of anchors, none a power of two
 
 
 def make(dtype=torch.float64, **overrides) -> MSPT:
     torch.manual_seed(0)
-    cfg = {"width": 24, "num_heads": 3, "depth": 2, **overrides}
+    cfg = {"width": 24, "num_heads": 3, "depth": 3, **overrides}
     return MSPT(ModelConfig(**cfg), in_features=4, out_features=2).to(dtype)
 
 
-def clouds(seed: int = 0):
+def clouds(seed: int = 0, sizes=SIZES):
     rng = np.random.default_rng(seed)
-    points = [rng.random((n, 3)) for n in SIZES]
+    points = [rng.random((n, 3)) for n in sizes]
     features = [np.concatenate([p, np.sin(5 * p[:, :1])], axis=1).astype(np.float32) for p in points]
-    return points, features  # float32 features, as pack_clouds stores them
+    return points, features  # float32 features, as the packers store them
 
 
-def run(model, packed, anchors_sorted, query_points, query_features):
-    patches = query_patches(anchors_sorted, packed.layout, query_points)
-    groups = group_queries(patches, packed.layout.num_patches)
-    feats = torch.from_numpy(np.concatenate(query_features)).to(torch.float64)
+def featurise(queries):
+    return [np.concatenate([q, np.cos(3 * q[:, :1])], axis=1).astype(np.float32) for q in queries]
+
+
+def run(model, anchors, query_points, query_features, *, outputs=False):
+    """Queries' outputs (and, with ``outputs``, the anchors' in the packed order)."""
+    queries = place_queries(anchors, nearest_anchors(anchors, query_points), np.concatenate(query_features))
+    queries = type(queries)(queries.features.to(torch.float64), queries.groups)
     with torch.no_grad():
-        return model.forward_queries(packed.features.double(), packed.layout, feats, groups)
+        keys, anchor_out = model.read_anchors(anchors.features.double(), anchors.layout, anchors.trees, outputs=outputs)
+        out = model.answer_queries(keys, anchors.layout, queries)
+    return (anchor_out, out) if outputs else out
 
 
-@pytest.mark.parametrize(
-    "variant", [{}, {"num_supernodes": 2, "pooling": "softmax"}, {"supernodes": "carried", "num_supernodes": 2}]
-)
+VARIANTS = [
+    {},
+    {"num_supernodes": 2, "pooling": "softmax"},
+    {"supernodes": "carried", "num_supernodes": 2},
+    {"rotate_trees": True, "num_supernodes": 2},
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_a_query_on_an_anchor_gets_the_anchors_output(variant):
     model = make(**variant)
     points, features = clouds()
-    packed = pack_clouds(points, features, model.config)
-    sorted_points = np.split(np.concatenate(points)[packed.order], np.cumsum(SIZES)[:-1])
-    anchors_out, queries_out = run(model, packed, sorted_points, points, features)
-    with torch.no_grad():
-        assert torch.allclose(anchors_out, model(packed.features.double(), packed.layout), rtol=0, atol=1e-12)
-    # queries in the clouds' own order; anchors in tree order
-    assert np.allclose(queries_out.numpy(), packed.unpack(anchors_out.numpy()), rtol=0, atol=1e-10)
+    anchors = pack_anchors(points, features, model.config)
+    anchors_out, queries_out = run(model, anchors, points, features, outputs=True)
+    if not variant.get("rotate_trees"):  # one tree: the anchors run exactly the plain MSPT forward pass
+        with torch.no_grad():
+            plain = model(anchors.features.double(), anchors.layout)
+        assert torch.allclose(anchors_out, plain, rtol=0, atol=1e-12)
+    order = np.concatenate([start + np.arange(n) for start, n in zip([0, SIZES[0]], SIZES, strict=True)])
+    given = np.concatenate(points)
+    packed_rows = nearest_anchors(anchors, points)  # every query is an anchor: its own packed row
+    assert np.allclose(np.concatenate(anchors.points)[packed_rows], given[order], rtol=0, atol=0)
+    assert np.allclose(queries_out.numpy(), anchors_out.numpy()[packed_rows], rtol=0, atol=1e-10)
 
 
-def test_a_query_does_not_depend_on_the_other_queries_or_their_chunks():
-    model = make(num_supernodes=2)
+def test_rotated_trees_cut_the_anchors_into_other_patches():
+    model = make(rotate_trees=True, num_patches=8)
     points, features = clouds()
-    packed = pack_clouds(points, features, model.config)
-    sorted_points = np.split(np.concatenate(points)[packed.order], np.cumsum(SIZES)[:-1])
+    anchors = pack_anchors(points, features, model.config)
+    assert anchors.trees.count == 2
+    reorder, restore = anchors.trees.reorder[1], anchors.trees.restore[1]
+    assert torch.equal(reorder[restore], torch.arange(sum(SIZES)))  # a permutation and its inverse
+    patch = np.repeat(np.arange(anchors.layout.num_patches), np.diff(anchors.layout.patch_start))
+    same = patch[anchors.tree_rank[0]] == patch[anchors.tree_rank[1]]
+    assert same.mean() < 0.5  # most anchors change patch between the two trees
+    model_one = make(num_patches=8)  # the same weights without the rotated tree give other outputs
+    model_one.load_state_dict(model.state_dict())
+    q = [np.random.default_rng(3).random((50, 3)), np.zeros((0, 3))]
+    a_one = pack_anchors(points, features, model_one.config)
+    assert not torch.allclose(run(model, anchors, q, featurise(q)), run(model_one, a_one, q, featurise(q)))
+
+
+@pytest.mark.parametrize("variant", [{"num_supernodes": 2}, {"rotate_trees": True}])
+def test_a_query_does_not_depend_on_the_other_queries_or_their_chunks(variant):
+    model = make(**variant)
+    points, features = clouds()
+    anchors = pack_anchors(points, features, model.config)
     rng = np.random.default_rng(1)
-    queries = [rng.random((m, 3)) for m in (500, 80)]
-    q_features = [np.concatenate([q, np.cos(3 * q[:, :1])], axis=1) for q in queries]
-    _, together = run(model, packed, sorted_points, queries, q_features)
+    queries = [rng.random((500, 3)), rng.random((80, 3))]
+    q_features = featurise(queries)
+    together = run(model, anchors, queries, q_features)
     assert not torch.allclose(together[0], together[1])
-    for chunk in (1, 7, 128):  # the same queries a few at a time: cloud 0's first 256, cloud 1's first 40
+    for chunk in (1, 7, 128):  # the same queries a few at a time: cloud 0's first 256
         parts = []
         for start in range(0, 256, chunk):
             stop = min(start + chunk, 256)
             qs = [queries[0][start:stop], queries[1][:0]]
             fs = [q_features[0][start:stop], q_features[1][:0]]
-            parts.append(run(model, packed, sorted_points, qs, fs)[1])
+            parts.append(run(model, anchors, qs, fs))
         assert torch.allclose(torch.cat(parts), together[:256], rtol=0, atol=1e-10)
-    alone = run(
-        model, packed, sorted_points, [queries[0][:0], queries[1][:40]], [q_features[0][:0], q_features[1][:40]]
-    )
-    assert torch.allclose(alone[1], together[500:540], rtol=0, atol=1e-10)
+    alone = run(model, anchors, [queries[0][:0], queries[1][:40]], [q_features[0][:0], q_features[1][:40]])
+    assert torch.allclose(alone, together[500:540], rtol=0, atol=1e-10)
 
 
-def test_queries_train_the_network():
-    model = make(torch.float32)
+def test_streaming_predict_in_float32_does_not_depend_on_chunks_or_other_queries():
+    model = make(torch.float32, rotate_trees=True)
     points, features = clouds()
-    packed = pack_clouds(points, features, model.config)
-    sorted_points = np.split(np.concatenate(points)[packed.order], np.cumsum(SIZES)[:-1])
-    patches = query_patches(sorted_points, packed.layout, points)
-    groups = group_queries(patches, packed.layout.num_patches)
-    feats = torch.from_numpy(np.concatenate(features)).float()
-    _, out = model.forward_queries(packed.features, packed.layout, feats, groups)
+    rng = np.random.default_rng(2)
+    queries = [rng.random((3000, 3)), rng.random((700, 3))]
+    q_features = featurise(queries)
+    whole = predict_queries(model, points, features, queries, q_features, chunk_points=None)
+    for chunk in (1000, 333):
+        parts = predict_queries(model, points, features, queries, q_features, chunk_points=chunk)
+        for a, b in zip(parts, whole, strict=True):
+            assert np.allclose(a, b, rtol=0, atol=1e-5)
+    few = predict_queries(model, points, features, [queries[0][:5], queries[1][:2]], [q_features[0][:5],
+                          q_features[1][:2]])  # fmt: skip
+    assert np.allclose(few[0], whole[0][:5], rtol=0, atol=1e-5)
+    assert np.allclose(few[1], whole[1][:2], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [{}, {"rotate_trees": True, "checkpointing": True}])
+def test_queries_train_the_network(variant):
+    model = make(torch.float32, **variant)
+    points, features = clouds()
+    anchors = pack_anchors(points, features, model.config)
+    queries = place_queries(anchors, nearest_anchors(anchors, points), np.concatenate(features))
+    out = model(anchors.features, anchors.layout, queries=queries, trees=anchors.trees)
+    assert out.shape == (sum(SIZES), 2)
     out.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
@@ -92,6 +139,20 @@ def test_grouping_and_its_errors():
     assert groups.query_slot.tolist() == [6, 0, 7, 8]
     with pytest.raises(InvalidInputError, match=r"lie in \[0, 4\)"):
         group_queries(np.array([4]), 4)
-    layout = build_layout([10], ModelConfig(num_patches=2))
-    with pytest.raises(InvalidInputError, match="anchor clouds"):
-        query_patches([np.zeros((10, 3))], layout, [])
+    points, features = clouds(sizes=[10])
+    anchors = pack_anchors(points, features, ModelConfig(num_patches=2))
+    with pytest.raises(InvalidInputError, match="query clouds"):
+        nearest_anchors(anchors, [])
+    with pytest.raises(InvalidInputError, match="anchor cloud 0"):
+        pack_anchors([np.zeros((10, 3))], [np.zeros((9, 4))], ModelConfig())
+
+
+def test_config_refuses_what_cannot_work():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="rotate_trees needs anchors"):
+        ModelConfig(anchors=None, rotate_trees=True)
+    with pytest.raises(ValidationError, match="supernodes: keys"):
+        ModelConfig(rotate_trees=True, supernodes="carried")
+    with pytest.raises(ValidationError, match="power of two"):
+        ModelConfig(anchors={"surface": 1000})

@@ -18,12 +18,19 @@ from msptcli.data.read import FieldMesh, read_fields
 from msptcli.data.sample import Sample
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order
+from msptcli.geometry.sampling import sample_on_surface
 from msptcli.io.meshes import as_polydata
+
+
+#: Area-weighted surface samples stored per case (the candidates of the surface anchors, ``data/anchors.py``).
+SURFACE_POOL = 1 << 16
+#: What a prepared sample holds; part of the fingerprint, so that older samples are prepared again.
+SAMPLE_CONTENT = "anchors-1"  # since mspt 0.3: the area-weighted surface pool of the anchors
 
 
 def case_fingerprint(case: CaseFiles, data: DataConfig) -> str:
     """Changes when a source file or the data config changes: decides whether a prepared sample is reused."""
-    h = hashlib.sha256(data.model_dump_json(exclude={"split"}).encode())
+    h = hashlib.sha256((SAMPLE_CONTENT + data.model_dump_json(exclude={"split"})).encode())
     for path in (case.surface, case.volume, case.params):
         if path is not None:
             stat = path.stat()
@@ -37,6 +44,10 @@ def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
     arrays = surface_arrays(surface)
     for name, values in surface.fields.items():
         arrays[f"surface/{name}"] = values
+    with _naming(surface.source):
+        pool, pool_normals = sample_on_surface(as_polydata(surface.mesh), SURFACE_POOL, seed=zlib.crc32(case.name.encode()))
+    arrays["anchors/surface_points"] = pool.astype(np.float32)
+    arrays["anchors/surface_normals"] = pool_normals.astype(np.float32)
     n_volume = 0
     if case.volume is not None and data.volume_fields:
         volume = read_fields(case.volume, data.volume_fields)

@@ -1,12 +1,20 @@
 """The Multi-Scale Patch Transformer (MSPT): config, layout, attention, network, inference."""
 
-from msptcli.model.config import ModelConfig
-from msptcli.model.inference import DEFAULT_CHUNK_POINTS, PackedClouds, pack_clouds, predict, predict_clouds
+from msptcli.model.config import AnchorConfig, ModelConfig
+from msptcli.model.inference import (
+    DEFAULT_CHUNK_POINTS,
+    PackedClouds,
+    pack_clouds,
+    predict,
+    predict_clouds,
+    predict_queries,
+)
 from msptcli.model.layout import PatchChunk, PatchLayout, build_layout
 from msptcli.model.mspt import MSPT, MSPTBlock
 from msptcli.model.pmsa import PMSA, SupernodePool
 
 __all__ = [
+    "AnchorConfig",
     "DEFAULT_CHUNK_POINTS",
     "MSPT",
     "PMSA",
@@ -20,4 +28,5 @@ __all__ = [
     "pack_clouds",
     "predict",
     "predict_clouds",
+    "predict_queries",
 ]

@@ -23,6 +23,33 @@ def _is_power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
 
+class AnchorConfig(BaseModel):
+    """The anchors that carry the geometry in anchor-query MSPT (``model/queries.py``, docs/model.md).
+
+    Anchors are drawn from the geometry alone: ``surface`` points area-weighted from the faces and
+    ``volume`` points from the training volume distribution around the body. Each set is
+    *stratified*: ``candidates`` times as many random candidates are ordered by their ball tree and
+    cut into runs, and each run gives the candidate nearest its centroid, so two draws (another
+    seed, another tessellation of the body) give nearly the same anchors; ``candidates: 1`` keeps
+    the random draw as it is.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    surface: int = Field(4096, ge=1, le=1 << 16, description="surface anchors, a power of two (at most 65536)")
+    volume: int = Field(4096, ge=0, description="volume anchors, a power of two or 0")
+    candidates: int = Field(8, ge=1, description="random candidates per anchor of the stratified draw")
+    seed: int = Field(0, description="seed of the anchors drawn by predict and validation")
+
+    @model_validator(mode="after")
+    def _check(self) -> AnchorConfig:
+        for name in ("surface", "volume"):
+            n = getattr(self, name)
+            if n and not _is_power_of_two(n):
+                raise ValueError(f"anchors.{name} must be a power of two (runs of the ball tree), got {n}")
+        return self
+
+
 class ModelConfig(BaseModel):
     """Sizes and variants of an MSPT network. Saved inside every checkpoint.
 
@@ -51,6 +78,17 @@ class ModelConfig(BaseModel):
         "'carried': pooled once before the first block and carried as a residual stream from block to block, "
         "each patch's own supernodes also attending (an mspt variant)",
     )
+    anchors: AnchorConfig | None = Field(
+        default_factory=AnchorConfig,
+        description="anchor-query MSPT: the blocks run on anchors drawn from the geometry and every mesh point is "
+        "a query that reads them (a prediction depends on the geometry and the point alone); null: every point "
+        "of the cloud runs the blocks (the paper's MSPT)",
+    )
+    rotate_trees: bool = Field(
+        False,
+        description="odd blocks cut the anchors into the patches of a rotated ball tree (Erwin), so that patch "
+        "boundaries move from block to block; needs anchors and supernodes: keys",
+    )
     checkpointing: bool = Field(False, description="recompute each block in the backward pass to save memory")
 
     @field_validator("pooling", "supernodes", mode="before")
@@ -71,7 +109,16 @@ class ModelConfig(BaseModel):
             raise ValueError(f"num_patches must be a power of two (a level of the ball tree), got {self.num_patches}")
         if self.num_patches is not None and self.patch_size is not None:
             raise ValueError("give patch_size or num_patches, not both")
+        if self.rotate_trees and self.anchors is None:
+            raise ValueError("rotate_trees needs anchors (the rotated tree is built on the anchors)")
+        if self.rotate_trees and self.supernodes == "carried":
+            raise ValueError("rotate_trees needs supernodes: keys (carried supernodes belong to one tree's patches)")
         return self
+
+    @property
+    def num_trees(self) -> int:
+        """Ball trees the blocks alternate between: 2 with ``rotate_trees``, else 1."""
+        return 2 if self.rotate_trees else 1
 
     @property
     def head_dim(self) -> int:

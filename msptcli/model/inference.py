@@ -4,8 +4,17 @@
             --MSPT, in chunks of whole patches, no autograd-->  outputs in tree order
             --unpack-->  outputs in each cloud's own row order                 (predict)
 
+With anchors (anchor-query MSPT) the path is
+
+    anchors --pack_anchors--> tree-ordered anchors  --MSPT.read_anchors, once-->  keys of every block
+    queries --nearest anchor--> patch of every tree --MSPT.answer_queries, chunk by chunk--> outputs
+
+and the queries keep their own order (:func:`predict_queries`): a query's output depends on the
+anchors and its own features only, so chunks of any size give the same values.
+
 ``mspt predict``, validation during training and the verification of exported models all
-go through :func:`predict_clouds` / :func:`predict`, so what is validated is what is predicted.
+go through :func:`predict_clouds` / :func:`predict` / :func:`predict_queries`, so what is
+validated is what is predicted.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from msptcli.geometry.balltree import ball_tree_order
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout, build_layout
 from msptcli.model.mspt import MSPT
+from msptcli.model.queries import nearest_anchors, pack_anchors, place_queries
 
 #: Default points per chunk of streaming inference: temporaries of a few hundred MB at width 128.
 DEFAULT_CHUNK_POINTS = 1 << 16
@@ -115,3 +125,42 @@ def predict_clouds(
     packed = pack_clouds(points, features, model.config, orders=orders)
     out = predict(model, packed, device=device, bf16=bf16, chunk_points=chunk_points)
     return np.split(out, np.cumsum([len(p) for p in points])[:-1])
+
+
+@torch.no_grad()
+def predict_queries(
+    model: MSPT,
+    anchor_points: Sequence[np.ndarray],
+    anchor_features: Sequence[np.ndarray],
+    query_points: Sequence[np.ndarray],
+    query_features: Sequence[np.ndarray],
+    *,
+    device: torch.device | str = "cpu",
+    bf16: bool = True,
+    chunk_points: int | None = DEFAULT_CHUNK_POINTS,
+) -> list[np.ndarray]:
+    """Per cloud, the (m_b, out_features) float32 predictions of its queries, in their own order.
+
+    The anchors run the blocks once; the queries follow in chunks of ``chunk_points`` (None: all at
+    once), so memory is one chunk's whatever the number of queries and time is linear in it.
+    """
+    device = torch.device(device)
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    anchors = pack_anchors(anchor_points, anchor_features, model.config)
+    nearest = nearest_anchors(anchors, query_points)  # (M,) packed anchor row of every query
+    features = np.concatenate([np.asarray(f, dtype=np.float32).reshape(-1, anchors.features.shape[1])
+                               for f in query_features])  # fmt: skip
+    if len(features) != len(nearest):
+        raise InvalidInputError(f"{len(nearest)} query points but {len(features)} rows of query features")
+    on_device = anchors.to(device)
+    out = np.empty((len(features), model.out_features), dtype=np.float32)
+    step = len(features) if chunk_points is None else max(int(chunk_points), 1)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+        keys, _ = model.read_anchors(on_device.features.to(dtype), on_device.layout, on_device.trees)
+        for start in range(0, len(features), step):
+            rows = slice(start, start + step)
+            queries = place_queries(anchors, nearest[rows], features[rows]).to(device)
+            queries = type(queries)(queries.features.to(dtype), queries.groups)
+            out[rows] = model.answer_queries(keys, on_device.layout, queries).float().cpu().numpy()
+    return np.split(out, np.cumsum([len(q) for q in query_points])[:-1])

@@ -20,6 +20,7 @@ depth, and the result equals the all-at-once pass up to floating-point reorderin
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,8 @@ from torch.utils.checkpoint import checkpoint
 
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchChunk, PatchLayout
-from msptcli.model.pmsa import PMSA, SupernodePool
+from msptcli.model.pmsa import PMSA, SupernodePool, gather_rows
+from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
 
 
 class Mlp(nn.Module):
@@ -78,13 +80,35 @@ class MSPTBlock(nn.Module):
         self.pool = None if self.carried else SupernodePool(dim, config.pooling)
         self.attn = PMSA(dim, config.num_heads, carried=self.carried)
 
-    def forward(
+    def supernode_keys(
         self, x: Tensor, layout: PatchLayout, z: Tensor | None = None, chunks: Sequence[PatchChunk] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Eq. 4: keys and values 2 x (B, S, C) of the supernodes of every patch, from this block's input."""
+        chunks = [layout.whole] if chunks is None else chunks
+        q = self.num_supernodes  # Q supernodes per patch
+        if self.carried:
+            s = self.norm1(z)  # (P * Q, C)
+        else:  # a sub-run never crosses a patch
+            s = over_chunks(
+                chunks,
+                lambda ch: slice(ch.p0 * q, ch.p1 * q),
+                lambda ch: self.pool(self.norm1(x[_points(ch)]), ch.sub_slots, ch.sub_count),
+            )
+        return self.attn.supernode_kv(s, layout)
+
+    def forward(
+        self,
+        x: Tensor,
+        layout: PatchLayout,
+        z: Tensor | None = None,
+        chunks: Sequence[PatchChunk] | None = None,
+        sn_kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """The block on points ``x`` (N, C) and, with carried supernodes, on ``z`` (P * Q, C).
 
         ``chunks``: runs of whole patches to process one after the other (default: all at once).
-        With several chunks ``x`` and ``z`` are updated in place (inference only).
+        With several chunks ``x`` and ``z`` are updated in place (inference only). ``sn_kv``: the
+        block's supernode keys, when the caller has them already (``supernode_keys``).
         """
         chunks = [layout.whole] if chunks is None else chunks
         q = self.num_supernodes  # Q supernodes per patch
@@ -92,12 +116,8 @@ class MSPTBlock(nn.Module):
         def subs(ch: PatchChunk) -> slice:
             return slice(ch.p0 * q, ch.p1 * q)
 
-        # Eq. 4: the supernodes of every patch, from this block's input (a sub-run never crosses a patch).
-        if self.carried:
-            s = self.norm1(z)  # (P * Q, C)
-        else:
-            s = over_chunks(chunks, subs, lambda ch: self.pool(self.norm1(x[_points(ch)]), ch.sub_slots, ch.sub_count))
-        sn_kv = self.attn.supernode_kv(s, layout)  # 2 x (B, S, C)
+        if sn_kv is None:
+            sn_kv = self.supernode_keys(x, layout, z, chunks)  # 2 x (B, S, C)
 
         # Eq. 5-7: every point attends to its patch and all supernodes of its cloud.
         def update(ch: PatchChunk) -> tuple[Tensor, Tensor | None]:
@@ -121,13 +141,10 @@ class MSPTBlock(nn.Module):
                 z_next[subs(ch)] = zc
         return x, z_next
 
-    def query_update(self, xq: Tensor, x: Tensor, layout: PatchLayout, z: Tensor | None, groups) -> Tensor:  # type: ignore[no-untyped-def]
-        """The block on query points ``xq`` (M, C) that read the anchors ``x`` (N, C), this block's input, and
-        ``z``, its carried supernodes, without changing them (``model/queries.py``)."""
-        whole = layout.whole
-        s = self.norm1(z) if self.carried else self.pool(self.norm1(x), whole.sub_slots, whole.sub_count)  # Eq. 4
-        sn_kv = self.attn.supernode_kv(s, layout)
-        xq = xq + self.attn.attend_queries(self.norm1(xq), self.norm1(x), whole, sn_kv, groups)
+    def query_update(self, xq: Tensor, kv: Tensor, sn_kv: tuple[Tensor, Tensor], layout: PatchLayout, groups) -> Tensor:  # type: ignore[no-untyped-def]
+        """The block on query points ``xq`` (M, C) that read the anchors' patch keys ``kv`` (P, L, 2C) and
+        supernode keys ``sn_kv`` at this block's input, without changing them (``model/queries.py``)."""
+        xq = xq + self.attn.attend_queries(self.norm1(xq), kv, layout.whole, sn_kv, groups)
         return xq + self.mlp(self.norm2(xq))
 
 
@@ -154,12 +171,25 @@ class MSPT(nn.Module):
         self.head = nn.Linear(dim, out_features)
         self.apply(_init_weights)
 
-    def forward(self, features: Tensor, layout: PatchLayout, *, chunk_points: int | None = None) -> Tensor:
+    def forward(
+        self,
+        features: Tensor,
+        layout: PatchLayout,
+        *,
+        chunk_points: int | None = None,
+        queries: Queries | None = None,
+        trees: AnchorTrees = ONE_TREE,
+    ) -> Tensor:
         """(N, F) packed features -> (N, out_features) predictions, in the same (tree) order.
 
         ``chunk_points``: run in chunks of whole patches of at most this many points (at least one
         patch each), to bound memory on large meshes; only without autograd (``torch.no_grad()``).
+        ``queries``: anchor-query MSPT: ``features`` are anchors (with their ``trees``) and the result
+        is the (M, out_features) predictions of the queries (:meth:`read_anchors`, :meth:`answer_queries`).
         """
+        if queries is not None:
+            keys, _ = self.read_anchors(features, layout, trees)
+            return self.answer_queries(keys, layout, queries)
         n = layout.num_points
         if not torch.jit.is_tracing() and features.shape[0] != n:  # traced: both are the same graph value
             raise ValueError(f"features have {features.shape[0]} rows but the layout has {n} points")
@@ -182,23 +212,52 @@ class MSPT(nn.Module):
                 x, z = block(x, layout, z, chunks)
         return over_chunks(chunks, _points, lambda ch: self.head(self.norm(x[_points(ch)])))  # (N, out_features)
 
-    def forward_queries(
-        self, features: Tensor, layout: PatchLayout, query_features: Tensor, groups
-    ) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
-        """Anchors (N, F) in tree order run the blocks as in :meth:`forward`; queries (M, F), grouped by the
-        anchor patch they fall into (``model/queries.py``), read them block by block.
+    def read_anchors(
+        self, features: Tensor, layout: PatchLayout, trees: AnchorTrees = ONE_TREE, *, outputs: bool = False
+    ) -> tuple[list[AnchorKeys], Tensor | None]:
+        """Run the anchors (N, F), packed in the first tree's order, through the blocks and keep, per block,
+        what queries read: the anchors' patch keys and values and the supernode keys at the block's input.
+
+        Block l cuts the anchors into the patches of tree ``l % trees.count``. The last block's update of
+        the anchors is run only for ``outputs`` (queries never read it).
 
         Returns:
-            (N, out_features) outputs of the anchors (tree order) and (M, out_features) of the queries.
+            The keys of every block and, with ``outputs``, the anchors' (N, out_features) predictions.
         """
         x = self.embed(features)  # (N, C)
-        xq = self.embed(query_features)  # (M, C)
         whole = layout.whole
         z = None if self.carried_pool is None else self.carried_pool(x, whole.sub_slots, whole.sub_count)
-        for block in self.blocks:
-            xq = block.query_update(xq, x, layout, z, groups)  # reads the block's input
-            x, z = block(x, layout, z)
-        return self.head(self.norm(x)), self.head(self.norm(xq))
+        keys = []
+        for index, block in enumerate(self.blocks):
+            tree = index % trees.count
+            reorder, restore = trees.reorder[tree], trees.restore[tree]
+            xt = x if reorder is None else gather_rows(x, reorder)  # (N, C) in this tree's order
+            sn_kv = block.supernode_keys(xt, layout, z)
+            keys.append(AnchorKeys(block.attn.patch_kv(block.norm1(xt), whole), sn_kv, tree))
+            if index == len(self.blocks) - 1 and not outputs:
+                break
+            if self.config.checkpointing and torch.is_grad_enabled():
+                xt, z = checkpoint(block, xt, layout, z, None, sn_kv, use_reentrant=False)
+            else:
+                xt, z = block(xt, layout, z, sn_kv=sn_kv)
+            x = xt if restore is None else gather_rows(xt, restore)
+        return keys, (self.head(self.norm(x)) if outputs else None)
+
+    def answer_queries(self, keys: Sequence[AnchorKeys], layout: PatchLayout, queries: Queries) -> Tensor:
+        """(M, F) query features -> (M, out_features) predictions, reading the anchors' ``keys`` block by block."""
+        xq = self.embed(queries.features)  # (M, C)
+        for block, k in zip(self.blocks, keys, strict=True):
+            xq = block.query_update(xq, k.kv, k.sn_kv, layout, queries.groups[k.tree])
+        return self.head(self.norm(xq))
+
+
+@dataclass(frozen=True)
+class AnchorKeys:
+    """What queries read of the anchors in one block: patch keys/values (P, L, 2C) and supernode keys."""
+
+    kv: Tensor
+    sn_kv: tuple[Tensor, Tensor]
+    tree: int
 
 
 def _init_weights(module: nn.Module) -> None:

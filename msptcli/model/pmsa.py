@@ -117,7 +117,12 @@ class PMSA(nn.Module):
         out_sn = o[:, length:].reshape(-1, c) if self.carried else None  # (p * Q, C)
         return out_points, out_sn
 
-    def attend_queries(self, hq: Tensor, h: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor], groups) -> Tensor:  # type: ignore[no-untyped-def]
+    def patch_kv(self, h: Tensor, chunk: PatchChunk) -> Tensor:
+        """Keys and values of the chunk's points, patch by patch: (p, L, 2C), for queries to read."""
+        c = h.shape[1]
+        return gather_rows(F.linear(h, self.qkv.weight[c:], self.qkv.bias[c:]), chunk.patch_index)
+
+    def attend_queries(self, hq: Tensor, kv: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor], groups) -> Tensor:  # type: ignore[no-untyped-def]
         """Attention output of query points that read the chunk's points (anchors) without being read.
 
         Each query attends, in one softmax, to the points of its patch and the supernodes of its
@@ -125,7 +130,7 @@ class PMSA(nn.Module):
 
         Args:
             hq: (m, C) normalised features of the queries.
-            h: (n, C) normalised features of the chunk's points, the anchors.
+            kv: (p, L, 2C) keys and values of the anchors of every patch, from ``patch_kv``.
             chunk: the anchors' patches.
             sn_kv: the supernode keys and values of every cloud, from ``supernode_kv``.
             groups: the queries grouped by patch (``QueryGroups``).
@@ -133,9 +138,8 @@ class PMSA(nn.Module):
         Returns:
             (m, C) outputs of the queries.
         """
-        c = h.shape[1]
+        c = hq.shape[1]
         q = gather_rows(F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]), groups.slots)  # (p, Lq, C)
-        kv = gather_rows(F.linear(h, self.qkv.weight[c:], self.qkv.bias[c:]), chunk.patch_index)  # (p, L, 2C)
         k, v = kv.split(c, dim=-1)
         o = self.attend(q, k, v, chunk, sn_kv)  # (p, Lq, C)
         return gather_rows(o.reshape(-1, c), groups.query_slot)  # (m, C), padded slots dropped

@@ -9,7 +9,10 @@ weights (PMSA, Eq. 5-6, with the query as the only query):
     x_i' = x_i + Proj softmax(q_i [K_p(i) ; K_S]^T / sqrt(d)) [V_p(i) ; V_S],   q_i = W_q LN(x_i)
     x_i  = x_i' + MLP(LN(x_i'))
 
-where K, V are the keys and values of the anchors at the block's input. A query never sees
+where K, V are the keys and values of the anchors at the block's input. With ``rotate_trees``
+the odd blocks cut the anchors into the patches of a second ball tree, built on the rotated
+anchors (Erwin's rotated trees), so that no patch boundary stays in place through the network;
+a query reads, in each block, the patch of its nearest anchor in that block's tree. A query never sees
 another query, so its output is a function of the anchors and of its own features alone: the
 same whatever the other queries and however they are chunked. A query with an anchor's position
 and features gets exactly that anchor's output. (The idea of anchor tokens follows AB-UPT; the
@@ -27,7 +30,12 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from msptcli.errors import InvalidInputError
-from msptcli.model.layout import PatchLayout
+from msptcli.geometry.balltree import ball_tree_order, rotation_matrix
+from msptcli.model.config import ModelConfig
+from msptcli.model.layout import PatchLayout, build_layout
+
+#: The rotation of the second ball tree (``rotate_trees``): 45 degrees about z, then about x.
+TREE_ROTATION = rotation_matrix(np.pi / 4, axis=0) @ rotation_matrix(np.pi / 4, axis=2)
 
 
 @dataclass(frozen=True)
@@ -63,27 +71,120 @@ def group_queries(query_patch: np.ndarray, num_patches: int) -> QueryGroups:
     return QueryGroups(slots=torch.from_numpy(slots), query_slot=torch.from_numpy(patch * length + rank))
 
 
-def query_patches(
-    anchor_points: Sequence[np.ndarray], layout: PatchLayout, query_points: Sequence[np.ndarray]
-) -> np.ndarray:
-    """(M,) the layout's patch of each query: the patch of its nearest anchor in the same cloud.
+@dataclass(frozen=True)
+class AnchorTrees:
+    """How the anchors, packed in the first tree's order, are put in every tree's order and back.
 
-    Args:
-        anchor_points: per cloud, (n_b, 3) anchor coordinates in the cloud's ball-tree order (as packed).
-        layout: the anchors' layout.
-        query_points: per cloud, (m_b, 3) query coordinates; the result stacks the clouds in order.
+    ``reorder[t]`` (N,) gives, for every row of tree t's order, its packed row (None for t = 0), and
+    ``restore[t]`` is its inverse: ``x[reorder[t]]`` is x in tree t's order, ``y[restore[t]]`` back.
+    All trees of a cloud have the same sizes, hence one patch layout.
     """
-    if not (len(anchor_points) == len(query_points) == layout.num_clouds):
-        raise InvalidInputError(
-            f"{len(anchor_points)} anchor clouds and {len(query_points)} query clouds for a layout of "
-            f"{layout.num_clouds} clouds"
+
+    reorder: tuple[Tensor | None, ...]
+    restore: tuple[Tensor | None, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.reorder)
+
+    def to(self, device: torch.device | str) -> AnchorTrees:
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return AnchorTrees(tuple(move(t) for t in self.reorder), tuple(move(t) for t in self.restore))
+
+
+ONE_TREE = AnchorTrees((None,), (None,))
+
+
+@dataclass(frozen=True)
+class PackedAnchors:
+    """The anchors of a batch of clouds, stacked in the first tree's order, with what the blocks need."""
+
+    features: Tensor  # (N, F) float32, first tree's order
+    layout: PatchLayout
+    trees: AnchorTrees
+    tree_rank: tuple[np.ndarray, ...]  # per tree (N,): position in that tree's order of each packed row
+    points: tuple[np.ndarray, ...]  # per cloud (n_b, 3) float64 anchor coordinates, packed (first tree's) order
+
+    def to(self, device: torch.device | str) -> PackedAnchors:
+        return PackedAnchors(
+            features=self.features.to(device),
+            layout=self.layout.to(device),
+            trees=self.trees.to(device),
+            tree_rank=self.tree_rank,
+            points=self.points,
         )
-    patch_of_row = np.repeat(np.arange(len(layout.patch_start) - 1), np.diff(layout.patch_start))
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Query points of a batch: their features and, per tree, their grouping by anchor patch."""
+
+    features: Tensor  # (M, F)
+    groups: tuple[QueryGroups, ...]
+
+    def to(self, device: torch.device | str) -> Queries:
+        return Queries(self.features.to(device), tuple(g.to(device) for g in self.groups))
+
+
+def pack_anchors(
+    points: Sequence[np.ndarray], features: Sequence[np.ndarray | Tensor], config: ModelConfig
+) -> PackedAnchors:
+    """Order each cloud of anchors by its ball tree (and, with ``rotate_trees``, its rotated tree) and stack them."""
+    if len(points) != len(features) or not points:
+        raise InvalidInputError(f"{len(points)} anchor clouds but {len(features)} feature arrays")
+    for b, (p, f) in enumerate(zip(points, features, strict=True)):
+        if len(p) != len(f) or len(p) == 0:
+            raise InvalidInputError(f"anchor cloud {b}: {len(p)} points and {len(f)} rows of features")
+    sizes = [len(p) for p in points]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    clouds = [np.asarray(p, dtype=np.float64) for p in points]
+    every_given = np.concatenate(clouds)
+    orders = [np.asarray(ball_tree_order(every_given, offsets=offsets), dtype=np.int64)]  # global rows
+    if config.rotate_trees:
+        rotated = ball_tree_order(every_given, offsets=offsets, rotation=TREE_ROTATION)
+        orders.append(np.asarray(rotated, dtype=np.int64))
+    first = orders[0]
+    stacked = torch.cat([torch.as_tensor(f, dtype=torch.float32) for f in features])
+    rank0 = np.empty_like(first)
+    rank0[first] = np.arange(len(first))  # packed row of every given row
+    reorder, restore, tree_rank = [None], [None], [np.arange(len(first))]
+    for order in orders[1:]:
+        rows = rank0[order]  # packed row of each row of this tree's order
+        back = np.empty_like(rows)
+        back[rows] = np.arange(len(rows))
+        reorder.append(torch.from_numpy(rows))
+        restore.append(torch.from_numpy(back))
+        tree_rank.append(back)
+    every = every_given[first]
+    return PackedAnchors(
+        features=stacked[torch.from_numpy(first)],
+        layout=build_layout(sizes, config),
+        trees=AnchorTrees(tuple(reorder), tuple(restore)),
+        tree_rank=tuple(tree_rank),
+        points=tuple(every[offsets[b] : offsets[b + 1]] for b in range(len(sizes))),
+    )
+
+
+def nearest_anchors(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -> np.ndarray:
+    """(M,) packed row of the nearest anchor, in the same cloud, of every query (clouds stacked in order)."""
+    if len(query_points) != anchors.layout.num_clouds:
+        raise InvalidInputError(
+            f"{len(query_points)} query clouds for {anchors.layout.num_clouds} clouds of anchors"
+        )
     out, start = [], 0
-    for anchors, queries, size in zip(anchor_points, query_points, layout.sizes, strict=True):
-        if len(anchors) != size:
-            raise InvalidInputError(f"a cloud has {len(anchors)} anchors but its layout {size}")
-        _, nearest = cKDTree(np.asarray(anchors, dtype=np.float64)).query(np.asarray(queries, dtype=np.float64))
-        out.append(patch_of_row[start + np.asarray(nearest, dtype=np.int64)])
-        start += size
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    for cloud, queries in zip(anchors.points, query_points, strict=True):
+        q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
+        nearest = cKDTree(cloud).query(q)[1] if len(q) else np.zeros(0, dtype=np.int64)
+        out.append(start + np.asarray(nearest, dtype=np.int64))
+        start += len(cloud)
+    return np.concatenate(out)
+
+
+def place_queries(anchors: PackedAnchors, nearest: np.ndarray, features: np.ndarray | Tensor) -> Queries:
+    """The :class:`Queries` of points whose nearest anchors (packed rows) are ``nearest``, with their features."""
+    layout = anchors.layout
+    patch_of_row = np.repeat(np.arange(layout.num_patches), np.diff(layout.patch_start))
+    groups = tuple(group_queries(patch_of_row[rank[nearest]], layout.num_patches) for rank in anchors.tree_rank)
+    return Queries(torch.as_tensor(features, dtype=torch.float32), groups)

@@ -1,4 +1,8 @@
-"""Training samples: a random subset of points per sample and step, its ball tree built in the loader."""
+"""Training samples: a random subset of points per sample and step, its ball tree built in the loader.
+
+With anchors (anchor-query MSPT) every step also draws a new set of anchors from the sample's
+geometry (``data/anchors.py``); the drawn points are the queries, and the loss counts on them.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from msptcli.data.anchors import sample_anchors
 from msptcli.data.features import Channels, model_inputs, model_targets
 from msptcli.data.manifest import Manifest, SampleEntry
 from msptcli.data.sample import Sample, map_sample
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.model import ModelConfig, build_layout
+from msptcli.model.config import AnchorConfig
 from msptcli.model.layout import PatchLayout
+from msptcli.model.queries import PackedAnchors, Queries, nearest_anchors, pack_anchors, place_queries
 
 
 @dataclass
@@ -45,10 +52,11 @@ class Batch:
         )
 
 
-def cloud_of(
+def rows_of(
     sample: Sample, manifest: Manifest, channels: Channels, surface_rows: np.ndarray, volume_rows: np.ndarray
-) -> Cloud:
-    """The cloud of the chosen surface and volume rows of a sample, in its ball-tree order."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Points (k, 3), inputs (k, 11), standardised targets (k, C) and their mask of the chosen rows
+    [surface ; volume] of a sample, in that order."""
     a = sample.arrays
     has_volume = len(volume_rows) > 0
     inputs = model_inputs(
@@ -62,14 +70,19 @@ def cloud_of(
     surface = {name: a[f"surface/{name}"][surface_rows] for name, _ in channels.surface}
     volume = {name: a[f"volume/{name}"][volume_rows] for name, _ in channels.volume} if has_volume else {}
     targets, mask = model_targets(manifest.stats, channels, surface, volume, len(surface_rows), len(volume_rows))
+    points = np.concatenate(
+        [a["surface/points"][surface_rows]] + ([a["volume/points"][volume_rows]] if has_volume else [])
+    )
+    return points, inputs, targets, mask
+
+
+def cloud_of(
+    sample: Sample, manifest: Manifest, channels: Channels, surface_rows: np.ndarray, volume_rows: np.ndarray
+) -> Cloud:
+    """The cloud of the chosen surface and volume rows of a sample, in its ball-tree order."""
+    points, inputs, targets, mask = rows_of(sample, manifest, channels, surface_rows, volume_rows)
     full = len(surface_rows) == sample.num_surface and len(volume_rows) == sample.num_volume
-    if full and "order" in a:  # the tree stored by prepare
-        order = np.asarray(a["order"])
-    else:
-        points = np.concatenate(
-            [a["surface/points"][surface_rows]] + ([a["volume/points"][volume_rows]] if has_volume else [])
-        )
-        order = ball_tree_order(points)
+    order = np.asarray(sample.arrays["order"]) if full and "order" in sample.arrays else ball_tree_order(points)
     return Cloud(
         features=torch.from_numpy(inputs[order]),
         targets=torch.from_numpy(targets[order]),
@@ -77,6 +90,37 @@ def cloud_of(
         num_surface=len(surface_rows),
         order=order,
     )
+
+
+@dataclass
+class AnchorCloud:
+    """One sample's draw for anchor-query MSPT: anchors from its geometry, queries with their targets."""
+
+    anchor_points: np.ndarray  # (n, 3)
+    anchor_features: np.ndarray  # (n, 11)
+    query_points: np.ndarray  # (m, 3)
+    features: torch.Tensor  # (m, 11) of the queries
+    targets: torch.Tensor  # (m, C)
+    mask: torch.Tensor  # (m, C) bool
+
+
+@dataclass
+class QueryBatch:
+    """A batch of anchor clouds and their queries; the loss counts on the queries."""
+
+    anchors: PackedAnchors
+    queries: Queries
+    targets: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device: torch.device) -> QueryBatch:
+        nb = device.type == "cuda"
+        return QueryBatch(
+            self.anchors.to(device),
+            self.queries.to(device),
+            self.targets.to(device, non_blocking=nb),
+            self.mask.to(device, non_blocking=nb),
+        )
 
 
 class TrainClouds(Dataset):
@@ -95,6 +139,7 @@ class TrainClouds(Dataset):
         surface_points: int | None,
         volume_points: int | None,
         seed: int,
+        anchors: AnchorConfig | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.manifest = manifest
@@ -103,6 +148,7 @@ class TrainClouds(Dataset):
         self.surface_points = surface_points
         self.volume_points = volume_points
         self.seed = seed
+        self.anchors = anchors
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -111,17 +157,34 @@ class TrainClouds(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> Cloud:
+    def __getitem__(self, index: int) -> Cloud | AnchorCloud:
         entry = self.entries[index]
         sample = map_sample(self.data_dir / entry.file)  # only the drawn rows are read from disk
         rng = np.random.default_rng([self.seed, self.epoch, index])
         surface_rows = _draw(rng, sample.num_surface, self.surface_points)
         volume_rows = _draw(rng, sample.num_volume, self.volume_points) if self.channels.volume else np.zeros(0, int)
-        return cloud_of(sample, self.manifest, self.channels, surface_rows, volume_rows)
+        if self.anchors is None:
+            return cloud_of(sample, self.manifest, self.channels, surface_rows, volume_rows)
+        anchor_points, anchor_features = sample_anchors(sample, self.manifest.stats, self.anchors, rng)
+        points, inputs, targets, mask = rows_of(sample, self.manifest, self.channels, surface_rows, volume_rows)
+        return AnchorCloud(
+            anchor_points, anchor_features, points, torch.from_numpy(inputs), torch.from_numpy(targets),
+            torch.from_numpy(mask),
+        )  # fmt: skip
 
 
-def collate(clouds: list[Cloud], model_config: ModelConfig) -> Batch:
-    """Stack clouds (each in its own tree order) into one packed batch with its patch layout."""
+def collate(clouds: list[Cloud] | list[AnchorCloud], model_config: ModelConfig) -> Batch | QueryBatch:
+    """Stack clouds (each in its own tree order) into one packed batch with its patch layout; anchor clouds
+    into a :class:`QueryBatch` (the anchors' trees, every query placed in its patches)."""
+    if isinstance(clouds[0], AnchorCloud):
+        anchors = pack_anchors([c.anchor_points for c in clouds], [c.anchor_features for c in clouds], model_config)
+        nearest = nearest_anchors(anchors, [c.query_points for c in clouds])
+        return QueryBatch(
+            anchors=anchors,
+            queries=place_queries(anchors, nearest, torch.cat([c.features for c in clouds])),
+            targets=torch.cat([c.targets for c in clouds]),
+            mask=torch.cat([c.mask for c in clouds]),
+        )
     return Batch(
         features=torch.cat([c.features for c in clouds]),
         targets=torch.cat([c.targets for c in clouds]),

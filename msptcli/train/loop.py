@@ -35,7 +35,7 @@ from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
 from msptcli.io.atomic import atomic_output, make_dirs
 from msptcli.model import MSPT
-from msptcli.train.dataset import TrainClouds, collate
+from msptcli.train.dataset import QueryBatch, TrainClouds, collate
 from msptcli.train.distributed import World, join, leave, rank_batches
 from msptcli.train.log import append_metrics, plot_curves, truncate_metrics
 from msptcli.train.objective import channel_weights, lr_factor, masked_mse
@@ -148,6 +148,7 @@ def _train(
         surface_points=tc.surface_points,
         volume_points=tc.volume_points,
         seed=tc.seed,
+        anchors=model_config.anchors,
     )
     steps_per_epoch = math.ceil(len(dataset) / (tc.batch_size * world.size))
     total_steps = tc.epochs * steps_per_epoch
@@ -240,7 +241,11 @@ def _train(
                 return TrainSummary(run_dir, epoch, interrupted=True, model=model, main=world.main)
             batch = cpu_batch.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda"):
-                pred = net(batch.features, batch.layout)
+                if isinstance(batch, QueryBatch):  # anchor-query MSPT: the loss counts on the queries
+                    a = batch.anchors
+                    pred = net(a.features, a.layout, queries=batch.queries, trees=a.trees)
+                else:
+                    pred = net(batch.features, batch.layout)
             loss = masked_mse(pred, batch.targets, batch.mask, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,93 @@
+"""The anchors of a geometry: model inputs of a fixed-size point set drawn from the body alone.
+
+Anchor-query MSPT (``model/queries.py``) runs its blocks on anchors, not on the mesh the user asks
+about, so a prediction is a function of the geometry and of the query point only. Anchors are
+
+- ``surface`` points drawn area-weighted from the faces (``geometry.sampling.sample_on_surface``):
+  at prepare time a pool of such samples is stored with each case (``anchors/surface_points``,
+  ``anchors/surface_normals``); ``mspt predict`` draws them from the given surface;
+- ``volume`` points from the training volume distribution: in training and validation the case's
+  own volume points, in ``mspt predict`` the checkpoint's volume template placed around the body
+  (``data/template.py``);
+
+each set stratified (``geometry.stratify``) from ``candidates`` random candidates per anchor.
+Training draws new candidates every step (seeded by step); predict and validation use
+``anchors.seed``, so they are deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from msptcli.data.features import model_inputs
+from msptcli.data.manifest import Stats
+from msptcli.data.prepare_case import volume_arrays
+from msptcli.data.sample import Sample
+from msptcli.data.template import place_template
+from msptcli.errors import DatasetError
+from msptcli.geometry.sampling import sample_on_surface
+from msptcli.geometry.stratify import stratified_subset
+from msptcli.model.config import AnchorConfig
+
+def draw_rows(num: int, anchors: int, candidates: int, rng: np.random.Generator, points: np.ndarray) -> np.ndarray:
+    """Rows of ``anchors`` stratified anchors among ``num`` candidate ``points``: ``candidates`` per anchor drawn
+    at random (all when there are fewer), then one per ball-tree run (``geometry.stratify``)."""
+    if anchors == 0 or num == 0:
+        return np.zeros(0, dtype=np.int64)
+    pick = np.arange(num) if candidates * anchors >= num else np.sort(rng.choice(num, candidates * anchors, False))
+    return pick[stratified_subset(np.asarray(points[pick]), anchors)]
+
+
+def sample_anchors(
+    sample: Sample, stats: Stats, config: AnchorConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Anchors of a prepared sample: (n, 3) float64 points and (n, 11) float32 inputs (surface first)."""
+    a = sample.arrays
+    if "anchors/surface_points" not in a:
+        raise DatasetError(
+            f"sample {sample.name}: prepared without anchor samples (mspt before 0.3); run `mspt prepare` again"
+        )
+    pool = a["anchors/surface_points"]
+    s_rows = draw_rows(len(pool), config.surface, config.candidates, rng, pool)
+    n_volume = sample.num_volume if config.volume else 0
+    v_rows = draw_rows(n_volume, config.volume, config.candidates, rng, a["volume/points"]) if n_volume else []
+    return anchor_inputs(
+        stats,
+        pool[s_rows],
+        a["anchors/surface_normals"][s_rows],
+        {k: a[f"volume/{k}"][v_rows] for k in ("points", "distance", "direction")} if len(v_rows) else None,
+    )
+
+
+def geometry_anchors(
+    surface: Any, stats: Stats, config: AnchorConfig, template: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Anchors of a body given as a surface (any tessellation), as ``mspt predict`` draws them, seeded by
+    ``config.seed``: (n, 3) float64 points and (n, 11) float32 inputs (surface first).
+
+    ``template``: the checkpoint's volume template (``data/template.py``); None: no volume anchors.
+    """
+    rng = np.random.default_rng(config.seed)
+    candidates, normals = sample_on_surface(surface, config.candidates * config.surface, seed=config.seed)
+    s_rows = draw_rows(len(candidates), config.surface, config.candidates, rng, candidates)
+    volume = None
+    if template is not None and config.volume:
+        placed = place_template(template, surface)
+        v_rows = draw_rows(len(placed), config.volume, config.candidates, rng, placed)
+        volume = {k.removeprefix("volume/"): v for k, v in volume_arrays(placed[v_rows], surface).items()}
+    return anchor_inputs(stats, candidates[s_rows], normals[s_rows], volume)
+
+
+def anchor_inputs(
+    stats: Stats, surface_points: np.ndarray, surface_normals: np.ndarray, volume: dict[str, Any] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3) float64 points and (n, 11) inputs of anchors [surface ; volume] (``volume``: points, distance,
+    direction)."""
+    volume = volume or {}
+    points = np.concatenate([surface_points, *([volume["points"]] if volume else [])]).astype(np.float64)
+    inputs = model_inputs(
+        stats, surface_points, surface_normals, volume.get("points"), volume.get("distance"), volume.get("direction")
+    )
+    return points, inputs
