@@ -31,6 +31,7 @@ from msptcli.geometry.sampling import sample_on_surface
 from msptcli.geometry.stratify import stratified_subset
 from msptcli.model.config import AnchorConfig
 
+
 def draw_rows(num: int, anchors: int, candidates: int, rng: np.random.Generator, points: np.ndarray) -> np.ndarray:
     """Rows of ``anchors`` stratified anchors among ``num`` candidate ``points``: ``candidates`` per anchor drawn
     at random (all when there are fewer), then one per ball-tree run (``geometry.stratify``)."""

@@ -21,7 +21,6 @@ from msptcli.geometry.balltree import ball_tree_order
 from msptcli.geometry.sampling import sample_on_surface
 from msptcli.io.meshes import as_polydata
 
-
 #: Area-weighted surface samples stored per case (the candidates of the surface anchors, ``data/anchors.py``).
 SURFACE_POOL = 1 << 16
 #: What a prepared sample holds; part of the fingerprint, so that older samples are prepared again.
@@ -45,7 +44,9 @@ def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
     for name, values in surface.fields.items():
         arrays[f"surface/{name}"] = values
     with _naming(surface.source):
-        pool, pool_normals = sample_on_surface(as_polydata(surface.mesh), SURFACE_POOL, seed=zlib.crc32(case.name.encode()))
+        pool, pool_normals = sample_on_surface(
+            as_polydata(surface.mesh), SURFACE_POOL, seed=zlib.crc32(case.name.encode())
+        )
     arrays["anchors/surface_points"] = pool.astype(np.float32)
     arrays["anchors/surface_normals"] = pool_normals.astype(np.float32)
     n_volume = 0

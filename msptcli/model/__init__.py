@@ -14,10 +14,10 @@ from msptcli.model.mspt import MSPT, MSPTBlock
 from msptcli.model.pmsa import PMSA, SupernodePool
 
 __all__ = [
-    "AnchorConfig",
     "DEFAULT_CHUNK_POINTS",
     "MSPT",
     "PMSA",
+    "AnchorConfig",
     "MSPTBlock",
     "ModelConfig",
     "PackedClouds",

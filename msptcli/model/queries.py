@@ -170,9 +170,7 @@ def pack_anchors(
 def nearest_anchors(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -> np.ndarray:
     """(M,) packed row of the nearest anchor, in the same cloud, of every query (clouds stacked in order)."""
     if len(query_points) != anchors.layout.num_clouds:
-        raise InvalidInputError(
-            f"{len(query_points)} query clouds for {anchors.layout.num_clouds} clouds of anchors"
-        )
+        raise InvalidInputError(f"{len(query_points)} query clouds for {anchors.layout.num_clouds} clouds of anchors")
     out, start = [], 0
     for cloud, queries in zip(anchors.points, query_points, strict=True):
         q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
