@@ -11,15 +11,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from msptcli.checkpoint import Checkpoint, load_checkpoint
-from msptcli.data.features import IN_FEATURES
 from msptcli.errors import InvalidInputError
 from msptcli.io.atomic import atomic_output
 from msptcli.io.meshes import same_file
-from msptcli.model import pack_clouds
-from msptcli.model.portable import FORMATS, Format, export_model, verify_export
+from msptcli.model.portable import FORMATS, Format, export_model, random_example, verify_export
 
 #: Cloud sizes of the verification batch: several clouds, padded patches, other sizes than the trace.
 VERIFY_SIZES = (3000, 1234, 77)
@@ -49,19 +45,29 @@ def export_run(
         if ckpt.path is not None and same_file(path, ckpt.path):
             raise InvalidInputError(f"{path}: refusing to overwrite the checkpoint being exported; choose another -o")
     model = ckpt.model.float().eval()
-    rng = np.random.default_rng(0)
-    points = [rng.normal(size=(n, 3)) for n in VERIFY_SIZES]
-    features = [rng.normal(size=(n, IN_FEATURES)).astype(np.float32) for n in VERIFY_SIZES]
     with atomic_output(output) as tmp:
         export_model(model, tmp, fmt=fmt)
-        diff = verify_export(tmp, model, pack_clouds(points, features, model.config))
+        diff = verify_export(tmp, model, random_example(model, VERIFY_SIZES, seed=1))
     with atomic_output(sidecar) as tmp:
         tmp.write_text(json.dumps(_sidecar(ckpt), indent=1))
     return Path(output), fmt, diff
 
 
 def _sidecar(ckpt: Checkpoint) -> dict:
+    anchors = {}
+    if ckpt.model.config.anchors is not None:
+        template = ckpt.volume_template
+        anchors = {
+            "anchors": {
+                "rule": "msptcli.data.anchors.geometry_anchors(surface, stats, model_config.anchors, volume_template): "
+                "surface points area-weighted from the faces and volume points from volume_template placed on the "
+                "body's bounding box, each stratified by ball-tree runs; the graph's first inputs are the anchors, "
+                "every mesh point is a query (docs/export.md)",
+                "volume_template": None if template is None else template.round(6).tolist(),
+            }
+        }
     return {
+        **anchors,
         "inputs": {
             "features": [
                 "(x - coord_mean) / coord_scale (3)",

@@ -16,6 +16,17 @@ has no Python ints of one batch baked in:
     key_bias    (P, 1, 1, L + S) float32  0 / -inf; all zeros when nothing is padded
     -> prediction (N, out_features) float32, in the same (tree) order
 
+An anchor-query model (``model.anchors``) takes the same inputs for its anchors, then its queries:
+
+    query_features  (M, F)        float32  inputs of the query points, in any order
+    query_slots_t   (P, Lq_t)     int64    per tree t: query row of every slot of its anchor patch
+    query_slot_t    (M,)          int64    per tree t: flat slot (p * Lq_t + j) of every query
+    tree_reorder_1  (N,)          int64    with rotate_trees: packed anchor row of each row of tree 1
+    tree_restore_1  (N,)          int64    its inverse
+    -> prediction (M, out_features) float32, the queries in their own order
+
+(``QueryGroups`` and ``AnchorTrees`` of ``model/queries.py``; ``query_inputs`` builds them all.)
+
 ONNX goes through ``torch.onnx.export(dynamo=True)`` (``torch.export`` + onnxscript):
 it keeps every axis symbolic and translates every variant; TorchScript through
 ``torch.jit.trace``, whose tracer records the same shape reads as graph ops.
@@ -29,7 +40,8 @@ import importlib
 import logging
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Literal
@@ -40,9 +52,19 @@ from torch import Tensor, nn
 
 from msptcli.errors import InvalidInputError, MsptError
 from msptcli.io.atomic import atomic_output
-from msptcli.model.inference import PackedClouds, predict
-from msptcli.model.layout import PatchChunk, PatchLayout, build_layout
+from msptcli.model.inference import PackedClouds, pack_clouds, predict
+from msptcli.model.layout import PatchChunk, PatchLayout
 from msptcli.model.mspt import MSPT
+from msptcli.model.queries import (
+    ONE_TREE,
+    AnchorTrees,
+    PackedAnchors,
+    Queries,
+    QueryGroups,
+    nearest_anchors,
+    pack_anchors,
+    place_queries,
+)
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -67,6 +89,18 @@ AXES: dict[str, dict[int, str]] = {
 DEFAULT_EXAMPLE_SIZES = (160, 97, 33)
 
 
+def query_axes(trees: int) -> dict[str, dict[int, str]]:
+    """The symbolic axes of the query inputs of a model with ``trees`` ball trees."""
+    axes = {"query_features": {0: "num_queries"}}
+    for t in range(trees):
+        axes[f"query_slots_{t}"] = {0: "num_patches", 1: f"query_patch_len_{t}"}
+        axes[f"query_slot_{t}"] = {0: "num_queries"}
+    for t in range(1, trees):
+        axes[f"tree_reorder_{t}"] = {0: "num_points"}
+        axes[f"tree_restore_{t}"] = {0: "num_points"}
+    return axes
+
+
 class ExportableMSPT(nn.Module):
     """``MSPT.forward`` on the layout's index tensors, for tracing; it owns no weights of its own.
 
@@ -89,6 +123,13 @@ class ExportableMSPT(nn.Module):
         sub_count: Tensor,
         sub_index: Tensor,
         key_bias: Tensor,
+        query_features: Tensor | None = None,
+        query_slots_0: Tensor | None = None,
+        query_slot_0: Tensor | None = None,
+        query_slots_1: Tensor | None = None,
+        query_slot_1: Tensor | None = None,
+        tree_reorder_1: Tensor | None = None,
+        tree_restore_1: Tensor | None = None,
     ) -> Tensor:
         n, p = features.shape[0], patch_index.shape[0]
         whole = PatchChunk(0, p, 0, n, patch_index, point_slot, patch_cloud, sub_slots, sub_count, key_bias)
@@ -100,10 +141,19 @@ class ExportableMSPT(nn.Module):
             sub_index=sub_index,
             whole=whole,
         )
-        return self.model(features, layout)  # (N, out_features)
+        if query_features is None:
+            return self.model(features, layout)  # (N, out_features)
+        groups = [QueryGroups(query_slots_0, query_slot_0)]
+        trees = ONE_TREE
+        if tree_reorder_1 is not None:
+            groups.append(QueryGroups(query_slots_1, query_slot_1))
+            trees = AnchorTrees((None, tree_reorder_1), (None, tree_restore_1))
+        return self.model(features, layout, queries=Queries(query_features, tuple(groups)), trees=trees)  # (M, out)
 
 
-def export_model(model: MSPT, path: str | Path, *, fmt: Format = "onnx", example: PackedClouds | None = None) -> Path:
+def export_model(
+    model: MSPT, path: str | Path, *, fmt: Format = "onnx", example: PackedClouds | QueryExample | None = None
+) -> Path:
     """Write ``model`` to ``path`` as an ONNX or TorchScript graph that takes any batch of clouds.
 
     Args:
@@ -111,7 +161,8 @@ def export_model(model: MSPT, path: str | Path, *, fmt: Format = "onnx", example
         path: the output file; it appears whole or not at all.
         fmt: ``onnx`` (recommended) or ``torchscript``.
         example: the batch traced; only its shapes are used and the graph does not keep them.
-            Default: three clouds of ``DEFAULT_EXAMPLE_SIZES`` points (zero features).
+            Default: three clouds of ``DEFAULT_EXAMPLE_SIZES`` points (random inputs), and for an
+            anchor-query model as many random queries of each cloud.
 
     Returns:
         ``path``, as a ``Path``.
@@ -119,9 +170,9 @@ def export_model(model: MSPT, path: str | Path, *, fmt: Format = "onnx", example
     if fmt not in FORMATS:
         raise InvalidInputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if example is None:
-        layout = build_layout(DEFAULT_EXAMPLE_SIZES, model.config)
-        example = PackedClouds(torch.zeros(layout.num_points, model.in_features), layout, np.arange(0))
-    inputs = {name: torch.from_numpy(a) for name, a in layout_inputs(example).items()}
+        example = random_example(model, DEFAULT_EXAMPLE_SIZES)
+    arrays = query_inputs(example) if isinstance(example, QueryExample) else layout_inputs(example)
+    inputs = {name: torch.from_numpy(a) for name, a in arrays.items()}
     if inputs["features"].shape[1] != model.in_features:
         raise InvalidInputError(
             f"example features have {inputs['features'].shape[1]} columns, the model takes {model.in_features}"
@@ -134,6 +185,41 @@ def export_model(model: MSPT, path: str | Path, *, fmt: Format = "onnx", example
     except OSError as e:
         raise MsptError(f"cannot write {final}: {e.strerror or e}") from e
     return final
+
+
+@dataclass(frozen=True)
+class QueryExample:
+    """Anchors and queries of an anchor-query model, as fed to its exported graph."""
+
+    anchors: PackedAnchors
+    queries: Queries
+
+
+def random_example(model: MSPT, sizes: Sequence[int], seed: int = 0) -> PackedClouds | QueryExample:
+    """Clouds of random points and inputs of ``sizes`` (anchors and as many queries, for an anchor-query model)."""
+    rng = np.random.default_rng(seed)
+    points = [rng.normal(size=(n, 3)) for n in sizes]
+    features = [rng.normal(size=(n, model.in_features)).astype(np.float32) for n in sizes]
+    if model.config.anchors is None:
+        return pack_clouds(points, features, model.config)
+    anchors = pack_anchors(points, features, model.config)
+    queries = [rng.normal(size=(n, 3)) for n in sizes]
+    q_features = np.concatenate([rng.normal(size=(n, model.in_features)) for n in sizes]).astype(np.float32)
+    return QueryExample(anchors, place_queries(anchors, nearest_anchors(anchors, queries), q_features))
+
+
+def query_inputs(example: QueryExample) -> dict[str, np.ndarray]:
+    """The named arrays to feed an exported anchor-query model, in the order of its graph inputs."""
+    a, q = example.anchors, example.queries
+    arrays = layout_inputs(a.layout, a.features)
+    arrays["query_features"] = _float32(q.features)
+    for t, groups in enumerate(q.groups):
+        arrays[f"query_slots_{t}"] = groups.slots.cpu().numpy().astype(np.int64)
+        arrays[f"query_slot_{t}"] = groups.query_slot.cpu().numpy().astype(np.int64)
+    for t in range(1, a.trees.count):
+        arrays[f"tree_reorder_{t}"] = a.trees.reorder[t].cpu().numpy().astype(np.int64)
+        arrays[f"tree_restore_{t}"] = a.trees.restore[t].cpu().numpy().astype(np.int64)
+    return arrays
 
 
 def layout_inputs(
@@ -194,15 +280,23 @@ def run_exported(path: str | Path, inputs: Mapping[str, np.ndarray]) -> np.ndarr
 
 
 def verify_export(
-    path: str | Path, model: MSPT, batch: PackedClouds, *, atol: float = 1e-4, rtol: float = 1e-4
+    path: str | Path, model: MSPT, batch: PackedClouds | QueryExample, *, atol: float = 1e-4, rtol: float = 1e-4
 ) -> float:
     """Max abs difference between an exported file and ``model`` on ``batch``; raises beyond tolerance.
 
     Both run the same inference path (:func:`msptcli.model.inference.predict`, whole batch, float32 on the
-    CPU); passes where ``|exported - model| <= atol + rtol * |model|`` at every output (as ``np.allclose``).
+    CPU; for an anchor-query model its forward pass on the anchors and queries); passes where
+    ``|exported - model| <= atol + rtol * |model|`` at every output (as ``np.allclose``).
     """
-    got = batch.unpack(run_exported(path, layout_inputs(batch)))
-    want = predict(model, batch, device="cpu", bf16=False, chunk_points=None).astype(np.float64)  # (N, out)
+    if isinstance(batch, QueryExample):
+        got = run_exported(path, query_inputs(batch))
+        net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+        a = batch.anchors
+        with torch.no_grad():
+            want = net(a.features, a.layout, queries=batch.queries, trees=a.trees).numpy().astype(np.float64)
+    else:
+        got = batch.unpack(run_exported(path, layout_inputs(batch)))
+        want = predict(model, batch, device="cpu", bf16=False, chunk_points=None).astype(np.float64)  # (N, out)
     if got.shape != want.shape:
         raise MsptError(f"exported model {path} gives outputs of shape {got.shape}, PyTorch {want.shape}")
     diff = np.abs(got.astype(np.float64) - want)
@@ -224,7 +318,7 @@ def _write_onnx(wrapper: ExportableMSPT, inputs: dict[str, Tensor], tmp: Path) -
         kwargs=inputs,  # graph inputs in this order
         input_names=list(inputs),
         output_names=[OUTPUT_NAME],
-        dynamic_shapes={name: AXES[name] for name in inputs},
+        dynamic_shapes={name: {**AXES, **query_axes(2)}[name] for name in inputs},
         dynamo=True,
         external_data=False,  # one self-contained file (weights inline; fine below 2 GB)
         verbose=False,
