@@ -33,11 +33,15 @@ from msptcli.model.config import AnchorConfig
 
 
 def draw_rows(num: int, anchors: int, candidates: int, rng: np.random.Generator, points: np.ndarray) -> np.ndarray:
-    """Rows of ``anchors`` stratified anchors among ``num`` candidate ``points``: ``candidates`` per anchor drawn
-    at random (all when there are fewer), then one per ball-tree run (``geometry.stratify``)."""
+    """Rows of ``anchors`` stratified anchors among ``num`` candidate ``points``.
+
+    ``candidates`` per anchor are drawn at random, but never more than half of the points (so that
+    every training step sees another draw), then one per ball-tree run is kept (``geometry.stratify``).
+    """
     if anchors == 0 or num == 0:
         return np.zeros(0, dtype=np.int64)
-    pick = np.arange(num) if candidates * anchors >= num else np.sort(rng.choice(num, candidates * anchors, False))
+    k = min(candidates * anchors, max(num // 2, anchors))
+    pick = np.arange(num) if k >= num else np.sort(rng.choice(num, k, replace=False))
     return pick[stratified_subset(np.asarray(points[pick]), anchors)]
 
 
@@ -71,7 +75,8 @@ def geometry_anchors(
     ``template``: the checkpoint's volume template (``data/template.py``); None: no volume anchors.
     """
     rng = np.random.default_rng(config.seed)
-    candidates, normals = sample_on_surface(surface, config.candidates * config.surface, seed=config.seed)
+    # as many candidates as a training draw takes from the stored pool: half of twice as many
+    candidates, normals = sample_on_surface(surface, 2 * config.candidates * config.surface, seed=config.seed)
     s_rows = draw_rows(len(candidates), config.surface, config.candidates, rng, candidates)
     volume = None
     if template is not None and config.volume:

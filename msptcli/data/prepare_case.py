@@ -22,9 +22,9 @@ from msptcli.geometry.sampling import sample_on_surface
 from msptcli.io.meshes import as_polydata
 
 #: Area-weighted surface samples stored per case (the candidates of the surface anchors, ``data/anchors.py``).
-SURFACE_POOL = 1 << 16
+SURFACE_POOL = 1 << 18
 #: What a prepared sample holds; part of the fingerprint, so that older samples are prepared again.
-SAMPLE_CONTENT = "anchors-1"  # since mspt 0.3: the area-weighted surface pool of the anchors
+SAMPLE_CONTENT = "anchors-2"  # since mspt 0.3: the area-weighted surface pool of the anchors
 
 
 def case_fingerprint(case: CaseFiles, data: DataConfig) -> str:

@@ -6,7 +6,7 @@ the area vectors (pointing into the body) and areas of its cells, so that
 forces of point fields are sums over points — ``surface/<field>`` (n, k);
 ``volume/points`` (m, 3), ``volume/distance`` (m,), ``volume/direction``
 (m, 3) (unit, towards the surface), ``volume/<field>`` (m, k); ``anchors/surface_points`` and
-``anchors/surface_normals`` (65536, 3), area-weighted samples of the faces (``data/anchors.py``); and ``order``
+``anchors/surface_normals`` (262144, 3), area-weighted samples of the faces (``data/anchors.py``); and ``order``
 (n + m,) int64, the ball-tree order of the cloud [surface ; volume]. Files are
 written under a temporary name and renamed; reading never unpickles anything.
 """

@@ -18,7 +18,7 @@ from msptcli.data.sample import load_sample
 from msptcli.geometry.sampling import outside_body
 
 #: Volume points kept in a template.
-TEMPLATE_POINTS = 40_000
+TEMPLATE_POINTS = 1 << 17
 
 
 def volume_template(data_dir: Path, entries: list[SampleEntry]) -> np.ndarray | None:

@@ -36,9 +36,9 @@ class AnchorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    surface: int = Field(4096, ge=1, le=1 << 16, description="surface anchors, a power of two (at most 65536)")
+    surface: int = Field(4096, ge=1, le=1 << 17, description="surface anchors, a power of two (at most 131072)")
     volume: int = Field(4096, ge=0, description="volume anchors, a power of two or 0")
-    candidates: int = Field(8, ge=1, description="random candidates per anchor of the stratified draw")
+    candidates: int = Field(32, ge=1, le=1024, description="random candidates per anchor of the stratified draw")
     seed: int = Field(0, description="seed of the anchors drawn by predict and validation")
 
     @model_validator(mode="after")
