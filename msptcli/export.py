@@ -7,9 +7,12 @@ de-normalisation, and the patch rule (see docs/export.md).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from msptcli.checkpoint import Checkpoint, load_checkpoint
 from msptcli.errors import InvalidInputError
@@ -63,7 +66,7 @@ def _sidecar(ckpt: Checkpoint) -> dict:
                 "surface points area-weighted from the faces and volume points from volume_template placed on the "
                 "body's bounding box, each stratified by ball-tree runs; the graph's first inputs are the anchors, "
                 "every mesh point is a query (docs/export.md)",
-                "volume_template": None if template is None else template.round(6).tolist(),
+                "volume_template": None if template is None else _array_json(template),
             }
         }
     return {
@@ -91,3 +94,14 @@ def _sidecar(ckpt: Checkpoint) -> dict:
         "reference": ckpt.reference,
         "mspt_version": ckpt.version,
     }
+
+
+def _array_json(array: np.ndarray) -> dict:
+    """A float32 array, exactly, as JSON: its shape and its little-endian bytes in base64."""
+    data = np.ascontiguousarray(array, dtype="<f4")
+    return {"dtype": "float32", "shape": list(data.shape), "base64": base64.b64encode(data.tobytes()).decode()}
+
+
+def array_from_json(value: dict) -> np.ndarray:
+    """The array of :func:`_array_json` (for deployment code reading a sidecar)."""
+    return np.frombuffer(base64.b64decode(value["base64"]), dtype="<f4").reshape(value["shape"])

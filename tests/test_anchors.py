@@ -126,7 +126,7 @@ def test_surface_anchors_of_a_sample_follow_its_area_weighted_pool(stl_body, sta
     )
     config = AnchorConfig(surface=256, volume=256, candidates=8)
     points, inputs = sample_anchors(sample, stats, config, np.random.default_rng(0))
-    assert points.shape == (256, 3)  # no volume in the sample: surface anchors only
+    assert points.shape == (256, 3) and inputs.shape == (256, 11)  # no volume in the sample: surface anchors only
     assert np.isin(points[:, 0].astype(np.float32), pool[:, 0].astype(np.float32)).all()
     old = Sample("old", {"surface/points": pool[:10].astype(np.float32)})
     with pytest.raises(DatasetError, match="prepare` again"):

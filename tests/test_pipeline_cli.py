@@ -34,6 +34,7 @@ from helpers import (
 from msptcli.checkpoint import load_checkpoint
 from msptcli.data.manifest import read_manifest
 from msptcli.data.sample import load_sample
+from msptcli.geometry.distance import distance_to_surface
 
 pytest_plugins = ["helpers"]
 
@@ -94,6 +95,10 @@ def test_prepare_writes_a_sample_per_case_and_a_manifest(prepared):
             assert np.isfinite(sample.arrays[f"volume/{name}"]).all()
         assert sample.arrays["volume/points"].shape == (m, 3) and sample.arrays["volume/distance"].shape == (m,)
         assert np.array_equal(np.sort(sample.arrays["order"]), np.arange(n + m))  # a permutation of the cloud
+        pool = sample.arrays["anchors/surface_points"]  # area-weighted samples of the faces, for the anchors
+        assert pool.shape == (1 << 18, 3) and sample.arrays["anchors/surface_normals"].shape == pool.shape
+        d, _ = distance_to_surface(pool[:2000], pv.read(case / "surface.vtu"))
+        assert d.max() < 1e-6
     assert manifest.stats.coord_scale > 0 and set(manifest.stats.volume) == set(VOLUME_FIELDS)
     assert (prepared.data / "config.yaml").is_file() and temp_files(prepared.data) == []
 
@@ -255,13 +260,16 @@ def test_predict_without_params_uses_the_training_reference_area(trained, design
 
 def exported_inputs(sidecar: dict, vtp, vtu):
     """The exported graph's inputs for a predicted design, built only from the sidecar's description."""
+    from msptcli.data.anchors import geometry_anchors
     from msptcli.data.features import model_inputs
     from msptcli.data.manifest import Stats
     from msptcli.data.prepare_case import surface_arrays, volume_arrays
     from msptcli.data.read import FieldMesh
+    from msptcli.export import array_from_json
     from msptcli.geometry.balltree import ball_tree_order
     from msptcli.model import ModelConfig, build_layout
-    from msptcli.model.portable import layout_inputs
+    from msptcli.model.portable import QueryExample, layout_inputs, query_inputs
+    from msptcli.model.queries import nearest_anchors, pack_anchors, place_queries
 
     surface = pv.read(vtp)
     points = np.asarray(surface.points, dtype=np.float64)
@@ -277,8 +285,16 @@ def exported_inputs(sidecar: dict, vtp, vtu):
         v["volume/distance"],
         v["volume/direction"],
     )
+    config = ModelConfig.model_validate(sidecar["model_config"])
+    if config.anchors is not None:  # anchors drawn by the sidecar's rule; every point a query, in its own order
+        template = array_from_json(sidecar["anchors"]["volume_template"])
+        a_points, a_inputs = geometry_anchors(surface, stats, config.anchors, template)
+        anchors = pack_anchors([a_points], [a_inputs], config)
+        cloud = np.concatenate([s["surface/points"], v["volume/points"]])
+        queries = place_queries(anchors, nearest_anchors(anchors, [cloud]), features)
+        return query_inputs(QueryExample(anchors, queries)), np.arange(len(features)), stats, len(points)
     order = ball_tree_order(np.concatenate([s["surface/points"], v["volume/points"]]))
-    layout = build_layout([len(features)], ModelConfig.model_validate(sidecar["model_config"]))
+    layout = build_layout([len(features)], config)
     return layout_inputs(layout, features=features[order]), order, stats, len(points)
 
 
