@@ -128,7 +128,17 @@ VARIANTS = [
     dict(pooling="softmax", supernodes="carried", num_supernodes=2),
     dict(checkpointing=True),
     dict(patch_size=16),
+    dict(fourier_features=4),
 ]
+
+
+def test_fourier_features_are_octaves_of_the_coordinates():
+    model = make(torch.float64, fourier_features=3)
+    f = randn(5, 3)
+    angle = torch.pi * torch.stack([f * 2.0**k for k in range(3)], dim=2).flatten(1)  # (5, 3 * 3), x-major
+    expected = model.embed.fc2(torch.nn.functional.gelu(model.embed.fc1(torch.cat([f, angle.sin(), angle.cos()], 1))))
+    assert torch.allclose(model.embed(f), expected, rtol=0, atol=1e-12)
+    assert model.embed.fc1.in_features == 3 + 18
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default")

@@ -78,6 +78,10 @@ class ModelConfig(BaseModel):
         "'carried': pooled once before the first block and carried as a residual stream from block to block, "
         "each patch's own supernodes also attending (an mspt variant)",
     )
+    fourier_features: int = Field(
+        0, ge=0, le=16, description="octaves of sin/cos features of the coordinates (the first three inputs) fed "
+        "to the embedding beside the inputs; 0: none"
+    )
     anchors: AnchorConfig | None = Field(
         default_factory=AnchorConfig,
         description="anchor-query MSPT: the blocks run on anchors drawn from the geometry and every mesh point is "

@@ -45,6 +45,27 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+class Embedding(Mlp):
+    """The point-wise input MLP, optionally over Fourier features of the coordinates (the first three inputs):
+
+        e_i = MLP([f_i ; sin(2^k pi x_i) ; cos(2^k pi x_i)]),   k = 0 .. num_frequencies - 1
+
+    Sines of octave frequencies let an MLP resolve position at scales finer than its smooth
+    activations would (Tancik et al., 2020); ``num_frequencies = 0`` is the plain MLP.
+    """
+
+    def __init__(self, in_features: int, dim: int, num_frequencies: int = 0) -> None:
+        super().__init__(in_features + 6 * num_frequencies, dim, dim)
+        freq = torch.pi * 2.0 ** torch.arange(num_frequencies, dtype=torch.float64)
+        self.register_buffer("freq", freq, persistent=False)
+
+    def forward(self, f: Tensor) -> Tensor:
+        if len(self.freq):
+            angle = (f[:, :3, None] * self.freq.to(f.dtype)).flatten(1)  # (n, 3 * num_frequencies)
+            f = torch.cat([f, torch.sin(angle), torch.cos(angle)], dim=1)
+        return super().forward(f)
+
+
 def over_chunks(chunks: Sequence[PatchChunk], rows: Callable[[PatchChunk], slice], fn: Callable[[PatchChunk], Tensor]):
     """``fn(chunk)`` of every chunk, stacked into one tensor at the rows ``rows(chunk)``.
 
@@ -164,7 +185,7 @@ class MSPT(nn.Module):
         self.config = config
         self.in_features, self.out_features = in_features, out_features
         dim = config.width
-        self.embed = Mlp(in_features, dim, dim)
+        self.embed = Embedding(in_features, dim, config.fourier_features)
         self.carried_pool = SupernodePool(dim, config.pooling) if config.supernodes == "carried" else None
         self.blocks = nn.ModuleList(MSPTBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim)
