@@ -2,9 +2,10 @@
 
     python benchmarks/patch_boundaries.py out/accuracy/run-default ../shared/data/ahmed/case_0003
 
-Runs the checkpoint on a case's CFD surface (``surface.vtu``) with the default volume points (as
-``mspt predict`` does), and for every edge (i, j) of the surface's triangles takes the gradient
-estimate ``|p_i - p_j| / |x_i - x_j|`` of the predicted and of the solver's pressure. Edges whose
+Runs the checkpoint on a case's CFD surface (``surface.vtu``) as ``mspt predict`` does (with the
+default volume points; an anchor-query model needs none: its surface points are queries of the
+anchors, and a point's patch is the patch of its nearest anchor in the first tree), and for every
+edge (i, j) of the surface's triangles takes the gradient estimate ``|p_i - p_j| / |x_i - x_j|`` of the predicted and of the solver's pressure. Edges whose
 two points fall in different patches of the model's ball tree are *crossing*, the others
 *within*. If the patches leave marks, the predicted gradient across patch boundaries is larger
 than within patches by more than the solver's is (the solver has no patches: its ratio says how
@@ -19,19 +20,48 @@ from pathlib import Path
 import numpy as np
 
 from msptcli.checkpoint import load_checkpoint
+from msptcli.data.anchors import geometry_anchors
 from msptcli.data.features import model_inputs, to_physical
 from msptcli.data.prepare_case import surface_arrays, volume_arrays
 from msptcli.data.read import read_fields
 from msptcli.data.template import place_template
 from msptcli.geometry.faces import fan_triangulation, parse_faces
 from msptcli.io.meshes import as_polydata
-from msptcli.model import pack_clouds, predict
+from msptcli.model import pack_clouds, predict, predict_queries
+from msptcli.model.queries import nearest_anchors, pack_anchors
 
 
 def across_over_within(values: np.ndarray, i: np.ndarray, j: np.ndarray, length: np.ndarray, crossing) -> float:  # type: ignore[no-untyped-def]
     """Mean edge gradient |v_i - v_j| / |x_i - x_j| over crossing edges, divided by that over the others."""
     grad = np.abs(values[i] - values[j]) / length
     return float(grad[crossing].mean() / grad[~crossing].mean())
+
+
+def predict_with_patches(ckpt, poly, s, field):  # type: ignore[no-untyped-def]
+    """The predicted field on the surface points and the ball-tree patch (first tree) each point falls into."""
+    config = ckpt.model.config
+    n = len(s["surface/points"])
+    if config.anchors is not None:  # anchor-query: a point's patch is its nearest anchor's
+        a_points, a_inputs = geometry_anchors(poly, ckpt.stats, config.anchors, ckpt.volume_template)
+        inputs = model_inputs(ckpt.stats, s["surface/points"], s["surface/normals"])
+        (out,) = predict_queries(ckpt.model, [a_points], [a_inputs], [s["surface/points"]], [inputs])
+        anchors = pack_anchors([a_points], [a_inputs], config)
+        patch_of_row = np.repeat(np.arange(anchors.layout.num_patches), np.diff(anchors.layout.patch_start))
+        patch = patch_of_row[nearest_anchors(anchors, [s["surface/points"]])]
+    else:  # every point in the cloud [surface ; default volume points]
+        v = volume_arrays(place_template(ckpt.volume_template, poly), poly)
+        inputs = model_inputs(
+            ckpt.stats, s["surface/points"], s["surface/normals"], v["volume/points"], v["volume/distance"],
+            v["volume/direction"],
+        )  # fmt: skip
+        cloud = np.concatenate([s["surface/points"], v["volume/points"]])
+        packed = pack_clouds([cloud], [inputs], config)
+        out = predict(ckpt.model, packed)
+        patch_of_row = np.repeat(np.arange(packed.layout.num_patches), np.diff(packed.layout.patch_start))
+        patch = np.empty(len(cloud), dtype=np.int64)
+        patch[packed.order] = patch_of_row  # patch of each point of [surface ; volume]
+    pred = to_physical(ckpt.stats, ckpt.channels, out, n)
+    return pred["surface"][field][:, 0], patch[:n]
 
 
 def main() -> None:
@@ -47,19 +77,8 @@ def main() -> None:
         surface = read_fields(case / "surface.vtu", [args.field])  # at the points (the file has point data)
         poly = as_polydata(surface.mesh)
         s = surface_arrays(surface)
-        v = volume_arrays(place_template(ckpt.volume_template, poly), poly)
-        inputs = model_inputs(
-            ckpt.stats, s["surface/points"], s["surface/normals"], v["volume/points"], v["volume/distance"],
-            v["volume/direction"],
-        )  # fmt: skip
-        cloud = np.concatenate([s["surface/points"], v["volume/points"]])
-        packed = pack_clouds([cloud], [inputs], ckpt.model.config)
-        pred = to_physical(ckpt.stats, ckpt.channels, predict(ckpt.model, packed), len(s["surface/points"]))
-        predicted = pred["surface"][args.field][:, 0]
         true = surface.fields[args.field][:, 0]
-        patch_of_row = np.repeat(np.arange(packed.layout.num_patches), np.diff(packed.layout.patch_start))
-        patch = np.empty(len(cloud), dtype=np.int64)
-        patch[packed.order] = patch_of_row  # patch of each point of [surface ; volume]
+        predicted, patch = predict_with_patches(ckpt, poly, s, args.field)
         faces = parse_faces(poly)
         tri, _ = fan_triangulation(faces)
         edges = np.unique(np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1), axis=0)

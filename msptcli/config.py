@@ -86,7 +86,7 @@ class TrainConfig(BaseModel):
     field_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="per-field loss weight, default 1"
     )
-    val_every: int = Field(1, ge=1, description="validate every this many epochs")
+    val_every: int = Field(5, ge=1, description="validate every this many epochs (and after the last)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast on a GPU (ignored on the CPU)")

@@ -51,7 +51,7 @@ MAX_VOLUME_POINTS = 1500
 TINY_CONFIG = {
     "data": {"max_volume_points": MAX_VOLUME_POINTS, "split": {"val": ["case_0002"], "test": []}},
     "model": {"width": 16, "num_heads": 2, "depth": 1, "anchors": {"surface": 256, "volume": 256}},
-    "train": {"epochs": 2, "surface_points": 512, "volume_points": 512, "warmup_epochs": 1},
+    "train": {"epochs": 2, "surface_points": 512, "volume_points": 512, "warmup_epochs": 1, "val_every": 1},
 }
 
 runner = CliRunner()
