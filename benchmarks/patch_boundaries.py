@@ -5,11 +5,12 @@
 Runs the checkpoint on a case's CFD surface (``surface.vtu``) as ``mspt predict`` does (with the
 default volume points; an anchor-query model needs none: its surface points are queries of the
 anchors, and a point's patch is the patch of its nearest anchor in the first tree), and for every
-edge (i, j) of the surface's triangles takes the gradient estimate ``|p_i - p_j| / |x_i - x_j|`` of the predicted and of the solver's pressure. Edges whose
-two points fall in different patches of the model's ball tree are *crossing*, the others
-*within*. If the patches leave marks, the predicted gradient across patch boundaries is larger
-than within patches by more than the solver's is (the solver has no patches: its ratio says how
-the boundary edges differ by geometry alone). Prints one Markdown table.
+edge (i, j) of the surface's triangles takes the gradient estimate ``|p_i - p_j| / |x_i - x_j|``
+of the predicted and of the solver's pressure. Edges whose two points fall in different patches
+of the model's ball tree are *crossing*, the others *within*. If the patches leave marks, the
+predicted gradient across patch boundaries is larger than within patches by more than the
+solver's is (the solver has no patches: its ratio says how the boundary edges differ by geometry
+alone). Prints one Markdown table.
 """
 
 from __future__ import annotations
