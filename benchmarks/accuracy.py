@@ -34,6 +34,7 @@ Tables are printed as Markdown; record them in docs/benchmarks.md with the machi
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import math
 import os
@@ -74,12 +75,17 @@ def prepare(data: Path, work: Path, workers: int) -> Path:
     return out
 
 
-def train(data_dir: Path, work: Path, name: str, overrides: list[str], steps: int, device: str) -> tuple[Path, float]:
+def train(
+    data_dir: Path, work: Path, name: str, overrides: list[str], steps: int, device: str, *, reuse: bool = False
+) -> tuple[Path, float]:
+    run = work / f"run-{name}"
+    if reuse and (run / "checkpoints" / "last.safetensors").is_file():  # evaluate a finished run again
+        rows = list(csv.DictReader((run / "metrics.csv").open()))
+        return run, sum(float(r["seconds"]) for r in rows)
     manifest = read_manifest(data_dir)
     per_epoch = len(manifest.split("train"))
     epochs = max(1, math.ceil(steps / per_epoch))
     cfg = load_config(data_dir / "config.yaml", overrides, values={"train.epochs": epochs, "train.device": device})
-    run = work / f"run-{name}"
     if run.exists():
         import shutil
 
@@ -151,6 +157,7 @@ def main() -> None:
         metavar="NAME=KEY=VALUE,...",
         help="a variant: a name and config overrides (repeatable); default: the default config",
     )
+    parser.add_argument("--reuse", action="store_true", help="evaluate finished runs of the same names again")
     args = parser.parse_args()
     variants = {"default": []}
     if args.variant:
@@ -171,7 +178,7 @@ def main() -> None:
     print(header)
     print("|---" + "|---:" * 13 + "|")
     for name, overrides in variants.items():
-        run, seconds = train(data_dir, args.work, name, overrides, args.steps, args.device)
+        run, seconds = train(data_dir, args.work, name, overrides, args.steps, args.device, reuse=args.reuse)
         rows = evaluate(data_dir, run, args.data, args.device)
         mean = {k: float(np.mean(v)) for k, v in rows.items()}
         cells = [f"{seconds:.0f}", *(f"{mean[f]:.3f}" for f in FIELDS)]

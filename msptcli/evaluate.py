@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from msptcli.data.anchors import sample_anchors
+from msptcli.data.anchors import sample_anchors, seeds_of
 from msptcli.data.features import Channels, model_inputs, model_targets, to_physical
 from msptcli.data.manifest import Manifest
 from msptcli.data.sample import Sample
-from msptcli.model import MSPT, predict_clouds, predict_queries
+from msptcli.model import MSPT, predict_clouds, predict_queries_averaged
 from msptcli.physics import coefficients, force_from_points
 
 
@@ -77,8 +77,11 @@ def evaluate_sample(
     points = np.concatenate([a["surface/points"], *([volume["points"]] if m else [])])
     anchors = model.config.anchors
     if anchors is not None:  # every point a query of anchors drawn from the sample's geometry, seeded
-        a_points, a_inputs = sample_anchors(sample, manifest.stats, anchors, np.random.default_rng(anchors.seed))
-        (pred,) = predict_queries(model, [a_points], [a_inputs], [points], [inputs], device=device, bf16=bf16)
+        draws = []
+        for draw in seeds_of(anchors):
+            a_points, a_inputs = sample_anchors(sample, manifest.stats, draw, np.random.default_rng(draw.seed))
+            draws.append(([a_points], [a_inputs]))
+        (pred,) = predict_queries_averaged(model, draws, [points], [inputs], device=device, bf16=bf16)
     else:
         order = np.asarray(a["order"]) if "order" in a and m == sample.num_volume else None  # the tree of prepare
         (pred,) = predict_clouds(model, [points], [inputs], orders=[order], device=device, bf16=bf16)

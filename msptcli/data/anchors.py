@@ -3,9 +3,11 @@
 Anchor-query MSPT (``model/queries.py``) runs its blocks on anchors, not on the mesh the user asks
 about, so a prediction is a function of the geometry and of the query point only. Anchors are
 
-- ``surface`` points drawn area-weighted from the faces (``geometry.sampling.sample_on_surface``):
-  at prepare time a pool of such samples is stored with each case (``anchors/surface_points``,
-  ``anchors/surface_normals``); ``mspt predict`` draws them from the given surface;
+- ``surface`` points about uniform by area: at prepare time a pool of area-weighted samples of the
+  faces is stored with each case (``anchors/surface_points``, ``anchors/surface_normals``,
+  ``geometry.sampling.sample_on_surface``); ``mspt predict`` draws seeded points in the body's box
+  and projects those near the surface onto it (``sample_near_surface``), which depends on the
+  body's shape and not on how it is tessellated;
 - ``volume`` points from the training volume distribution: in training and validation the case's
   own volume points, in ``mspt predict`` the checkpoint's volume template placed around the body
   (``data/template.py``);
@@ -27,7 +29,7 @@ from msptcli.data.prepare_case import volume_arrays
 from msptcli.data.sample import Sample
 from msptcli.data.template import place_template
 from msptcli.errors import DatasetError
-from msptcli.geometry.sampling import sample_on_surface
+from msptcli.geometry.sampling import sample_near_surface
 from msptcli.geometry.stratify import stratified_subset
 from msptcli.model.config import AnchorConfig
 
@@ -69,21 +71,34 @@ def sample_anchors(
 def geometry_anchors(
     surface: Any, stats: Stats, config: AnchorConfig, template: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Anchors of a body given as a surface (any tessellation), as ``mspt predict`` draws them, seeded by
-    ``config.seed``: (n, 3) float64 points and (n, 11) float32 inputs (surface first).
+    """Anchors of a body given as a surface, as ``mspt predict`` draws them, seeded by ``config.seed``:
+    (n, 3) float64 points and (n, 11) float32 inputs (surface first).
+
+    Both sets are drawn so that they depend on the body's shape and not on its faces: the surface
+    candidates by ``geometry.sampling.sample_near_surface`` (seeded draws in the bounding box projected
+    onto the surface), the volume candidates as a seeded subset of the template rows placed on the
+    bounding box; then stratified. Another tessellation of the same body (a subdivision, the CFD surface
+    of a designer's STL) gets the same anchors up to the differences of the shapes.
 
     ``template``: the checkpoint's volume template (``data/template.py``); None: no volume anchors.
     """
     rng = np.random.default_rng(config.seed)
-    # as many candidates as a training draw takes from the stored pool: half of twice as many
-    candidates, normals = sample_on_surface(surface, 2 * config.candidates * config.surface, seed=config.seed)
-    s_rows = draw_rows(len(candidates), config.surface, config.candidates, rng, candidates)
+    candidates, normals = sample_near_surface(surface, config.candidates * config.surface, seed=config.seed)
+    s_rows = stratified_subset(candidates, config.surface)
     volume = None
     if template is not None and config.volume:
-        placed = place_template(template, surface)
-        v_rows = draw_rows(len(placed), config.volume, config.candidates, rng, placed)
-        volume = {k.removeprefix("volume/"): v for k, v in volume_arrays(placed[v_rows], surface).items()}
+        k = min(config.candidates * config.volume, max(len(template) // 2, config.volume))  # as in training
+        rows = np.arange(len(template)) if k >= len(template) else np.sort(rng.choice(len(template), k, False))
+        placed = place_template(template[rows], surface)
+        v_rows = stratified_subset(placed, config.volume) if len(placed) else np.zeros(0, dtype=np.int64)
+        volume = {k: v for k, v in volume_arrays(placed[v_rows], surface).items()} if len(v_rows) else None
+        volume = None if volume is None else {k.removeprefix("volume/"): v for k, v in volume.items()}
     return anchor_inputs(stats, candidates[s_rows], normals[s_rows], volume)
+
+
+def seeds_of(config: AnchorConfig) -> list[AnchorConfig]:
+    """One config per anchor draw that predict and validation average (``anchors.draws``): seeds seed, seed + 1, ..."""
+    return [config.model_copy(update={"seed": config.seed + r, "draws": 1}) for r in range(config.draws)]
 
 
 def anchor_inputs(

@@ -29,6 +29,7 @@ __all__ = [
     "parse_faces",
     "point_to_cell_average",
     "polygon_area_vectors",
+    "refined",
     "triangle_area_vectors",
     "unit_rows",
 ]
@@ -201,3 +202,20 @@ def merged_ids(points: np.ndarray) -> tuple[np.ndarray, int]:
     """One id per distinct coordinate triple: ``(n,)`` ids and their number (an STL's unmerged points agree)."""
     unique, inverse = np.unique(points, axis=0, return_inverse=True)
     return inverse.reshape(-1), len(unique)
+
+
+def refined(surface: pv.DataSet, min_points: int) -> pv.PolyData:
+    """The same surface with finer faces: its fan triangles cut by linear subdivision (each triangle into four at
+    its edge midpoints) as often as it takes to have at least ``min_points`` points.
+
+    The geometry is unchanged (every new point lies on an old face), so integrals over it converge as the
+    faces shrink; the vertex order, hence the orientation, is kept.
+    """
+    import pyvista as pv
+
+    faces = parse_faces(surface)
+    tri, _ = fan_triangulation(faces)
+    mesh = pv.PolyData.from_regular_faces(faces.points, tri)
+    while mesh.n_points < min_points:
+        mesh = mesh.subdivide(1, "linear")
+    return mesh

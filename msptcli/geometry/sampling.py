@@ -27,7 +27,7 @@ from msptcli.geometry.orientation import edge_groups, outward_area_vectors
 if TYPE_CHECKING:
     import pyvista as pv
 
-__all__ = ["open_edge_count", "outside_body", "sample_on_surface", "sample_points_around"]
+__all__ = ["open_edge_count", "outside_body", "sample_near_surface", "sample_on_surface", "sample_points_around"]
 
 #: Rounds of rejection sampling before giving up (the body fills almost all of the box).
 _MAX_DRAWS = 1000
@@ -64,6 +64,58 @@ def sample_on_surface(surface: pv.DataSet, n: int, *, seed: int = 0) -> tuple[np
     points = v0 + u[:, None] * (v1 - v0) + w[:, None] * (v2 - v0)
     normals = unit_rows(outward_area_vectors(surface))[cell[pick]]
     return points, normals
+
+
+def sample_near_surface(
+    surface: pv.DataSet, n: int, *, seed: int = 0, band: float = 0.01
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points on the surface, about uniform by area, that depend on the body's shape and not on its faces.
+
+    Points are drawn uniformly in the body's bounding box (enlarged by the band), in rounds of a fixed
+    size from ``seed``; those within ``band`` times the box diagonal of the surface are projected onto
+    their closest surface point, with the unit vector between the two, turned outward, as normal. The
+    draws depend on the seed and the box alone, the distances and projections on the shape alone: two
+    tessellations of one shape (a mesh and its subdivision) give the same points up to rounding, and an
+    STL and a CFD surface of one body points that differ only where the shapes do. Points within the
+    band of a face project uniformly onto it; a convex edge of length l takes about
+    ``band * diagonal * l / (2 * area)`` of the points onto its line (2-3% on the Ahmed bodies).
+
+    Returns:
+        points ``(n, 3)`` and outward unit normals ``(n, 3)``, float64.
+    """
+    if n < 0:
+        raise InvalidInputError(f"n must be non-negative, got {n}")
+    faces = parse_faces(surface)
+    tri, cell = fan_triangulation(faces)
+    import pyvista as pv
+
+    poly = pv.PolyData.from_regular_faces(faces.points, tri)  # triangle t is a fan triangle of cell[t]
+    outward = unit_rows(outward_area_vectors(surface))[cell]  # (T, 3)
+    used = faces.points[np.unique(tri)]
+    lo, hi = used.min(axis=0), used.max(axis=0)
+    width = band * float(np.linalg.norm(hi - lo))
+    if not width > 0:
+        raise InvalidInputError("the surface has zero extent: no point can be drawn on it")
+    lo, hi = lo - width, hi + width
+    rng = np.random.default_rng(seed)
+    points, normals, found = [np.zeros((0, 3))], [np.zeros((0, 3))], 0
+    for _ in range(_MAX_DRAWS):
+        if found >= n:
+            break
+        x = rng.uniform(lo, hi, size=(1 << 16, 3))  # a round of fixed size: the stream depends on the seed alone
+        triangle, closest = poly.find_closest_cell(x, return_closest_point=True)
+        delta = x - closest
+        d = np.linalg.norm(delta, axis=1)
+        near = (d < width) & (d > 0)
+        delta, d, closest, triangle = delta[near], d[near], closest[near], triangle[near]
+        side = np.sign(np.einsum("ij,ij->i", delta, outward[triangle]))  # +1 outside the body, -1 inside
+        keep = side != 0
+        points.append(closest[keep])
+        normals.append(side[keep, None] * delta[keep] / d[keep, None])
+        found += int(keep.sum())
+    else:
+        raise InvalidInputError(f"found only {found} of {n} points near the surface: is it degenerate?")
+    return np.concatenate(points)[:n], np.concatenate(normals)[:n]
 
 
 def outside_body(points: np.ndarray, surface: pv.DataSet) -> np.ndarray:

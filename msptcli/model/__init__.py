@@ -8,6 +8,7 @@ from msptcli.model.inference import (
     predict,
     predict_clouds,
     predict_queries,
+    predict_queries_averaged,
 )
 from msptcli.model.layout import PatchChunk, PatchLayout, build_layout
 from msptcli.model.mspt import MSPT, MSPTBlock
@@ -29,4 +30,5 @@ __all__ = [
     "predict",
     "predict_clouds",
     "predict_queries",
+    "predict_queries_averaged",
 ]

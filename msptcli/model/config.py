@@ -40,6 +40,13 @@ class AnchorConfig(BaseModel):
     volume: int = Field(4096, ge=0, description="volume anchors, a power of two or 0")
     candidates: int = Field(32, ge=1, le=1024, description="random candidates per anchor of the stratified draw")
     seed: int = Field(0, description="seed of the anchors drawn by predict and validation")
+    draws: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="predict and validation average the outputs of this many anchor draws "
+        "(seeds seed, seed + 1, ...): less dependence on the draw, at that many times the cost",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AnchorConfig:
@@ -79,8 +86,11 @@ class ModelConfig(BaseModel):
         "each patch's own supernodes also attending (an mspt variant)",
     )
     fourier_features: int = Field(
-        0, ge=0, le=16, description="octaves of sin/cos features of the coordinates (the first three inputs) fed "
-        "to the embedding beside the inputs; 0: none"
+        0,
+        ge=0,
+        le=16,
+        description="octaves of sin/cos features of the coordinates (the first three inputs) fed "
+        "to the embedding beside the inputs; 0: none",
     )
     anchors: AnchorConfig | None = Field(
         default_factory=AnchorConfig,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,3 +165,21 @@ def predict_queries(
             queries = type(queries)(queries.features.to(dtype), queries.groups)
             out[rows] = model.answer_queries(keys, on_device.layout, queries).float().cpu().numpy()
     return np.split(out, np.cumsum([len(q) for q in query_points])[:-1])
+
+
+def predict_queries_averaged(
+    model: MSPT,
+    draws: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
+    query_points: Sequence[np.ndarray],
+    query_features: Sequence[np.ndarray],
+    **kwargs: Any,
+) -> list[np.ndarray]:
+    """The mean of :func:`predict_queries` over several draws of anchors, ``[(anchor_points, anchor_features)]``
+    (``model.anchors.draws``): per cloud, the (m_b, out_features) float32 mean prediction of its queries."""
+    if not draws:
+        raise InvalidInputError("no anchor draw to predict with")
+    total: list[np.ndarray] | None = None
+    for points, features in draws:
+        out = predict_queries(model, points, features, query_points, query_features, **kwargs)
+        total = out if total is None else [t + o for t, o in zip(total, out, strict=True)]
+    return [t / len(draws) for t in total]
