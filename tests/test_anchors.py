@@ -15,7 +15,7 @@ from msptcli.data.sample import Sample
 from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order, run_boundaries
 from msptcli.geometry.distance import distance_to_surface
-from msptcli.geometry.sampling import outside_body, sample_on_surface
+from msptcli.geometry.sampling import outside_body, sample_near_surface, sample_on_surface
 from msptcli.geometry.stratify import stratified_subset
 from msptcli.model import AnchorConfig
 
@@ -94,19 +94,39 @@ def test_geometry_anchors_lie_on_and_around_the_body_and_are_deterministic(stl_b
     assert np.array_equal(alone, surface)
 
 
-def test_geometry_anchors_nearly_ignore_the_tessellation(stl_body, stats):
-    """A 4x subdivision of the same body: the stratified anchors differ by a small fraction of their spacing,
-    the random ones (``candidates: 1``) by about a spacing."""
+def test_points_near_the_surface_ignore_the_tessellation(stl_body):
     finer = stl_body.triangulate().subdivide(1, "linear")
-    gaps = {}
-    for c in (1, 32):
-        config = AnchorConfig(surface=1024, volume=0, candidates=c)
-        a, _ = geometry_anchors(stl_body, stats, config, None)
-        b, _ = geometry_anchors(finer, stats, config, None)
-        gaps[c] = mean_gap(a, b)
-    spacing = _spacing(a)
-    assert gaps[32] < 0.7 * gaps[1], gaps
-    assert gaps[32] < 0.7 * spacing, (gaps, spacing)
+    a, na = sample_near_surface(stl_body, 5000, seed=4)
+    b, nb = sample_near_surface(finer, 5000, seed=4)
+    assert np.abs(a - b).max() < 1e-7 and np.abs(na - nb).max() < 1e-4  # the same points, up to rounding
+    c, _ = sample_near_surface(stl_body, 5000, seed=5)
+    assert mean_gap(a, c) > 100 * mean_gap(a, b)  # and the seed does change them
+
+
+def test_points_near_the_surface_follow_the_areas_and_point_outward():
+    box = pv.Box(bounds=(0, 1, 0, 2, 0, 3), level=2).triangulate()  # faces of areas 2, 3, 6 (twice each)
+    x, normals = sample_near_surface(box, 20_000, seed=0)
+    assert np.abs(x - np.clip(x, [0, 0, 0], [1, 2, 3])).max() < 1e-12  # on the box
+    axis = np.abs(normals).argmax(axis=1)
+    share = np.bincount(axis, minlength=3) / len(x)
+    assert np.allclose(share, np.array([6, 3, 2]) / 11, atol=0.02), share  # x-faces have area 6 each, ...
+    centre = np.array([0.5, 1.0, 1.5])
+    assert (np.einsum("ij,ij->i", normals, x - centre) > 0).all()  # outward
+    assert np.allclose(np.linalg.norm(normals, axis=1), 1)
+
+
+def test_geometry_anchors_ignore_the_tessellation(stl_body, stats):
+    """A 4x subdivision of the same body gets the same anchors; the CFD surface of the same body (another shape
+    by a few millimetres) anchors that lie a small fraction of their spacing away (measured: 0.09 on the surface,
+    0.0002 in the volume)."""
+    config = AnchorConfig(surface=1024, volume=256, candidates=8)
+    a, ia = geometry_anchors(stl_body, stats, config, template())
+    b, ib = geometry_anchors(stl_body.triangulate().subdivide(1, "linear"), stats, config, template())
+    assert np.abs(a - b).max() < 1e-6 and np.abs(ia - ib).max() < 1e-4
+    cfd = pv.read(EXAMPLE_CASE / "surface.vtu")
+    c, _ = geometry_anchors(cfd, stats, config, template())
+    assert mean_gap(a[:1024], c[:1024]) < 0.2 * _spacing(a[:1024])  # random draws: about 0.5
+    assert mean_gap(a[1024:], c[1024:]) < 0.01 * _spacing(a[1024:])
 
 
 def _spacing(x: np.ndarray) -> float:
