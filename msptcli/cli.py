@@ -317,6 +317,9 @@ def _prediction_table(result: Any, *, epoch: int) -> Table:
     table = Table(title=f"{result.name} (checkpoint of epoch {epoch})")
     for col in ("", "predicted", "solver (saved fields)", "input's own fields"):
         table.add_column(col, justify="right")
+    refined = "refined" in c.get("integrated_on", "")
+    if "integrated_on" in c:
+        table.caption = f"Cd, Cl integrated on {c['integrated_on']}"
     for key, solver_key in (("cd", "Cd_fields"), ("cl", "Cl_fields")):
         if key in c:
             true = c.get(f"{key}_true_fields")
@@ -324,8 +327,13 @@ def _prediction_table(result: Any, *, epoch: int) -> Table:
                 key.capitalize(),
                 f"{c[key]:.4f}",
                 f"{s[solver_key]:.4f}" if solver_key in s else "-",
-                f"{true:.4f}" if true is not None else "-",
+                "-" if true is None or refined else f"{true:.4f}",
             )
+    for key in ("cd", "cl") if refined else ():  # the same quadrature as the input's own fields
+        true = c.get(f"{key}_true_fields")
+        table.add_row(
+            f"{key.capitalize()} (mesh points)", f"{c[f'{key}_mesh']:.4f}", "", f"{true:.4f}" if true else "-"
+        )
     if "reference_area" in c:
         table.add_row("A_ref", f"{c['reference_area']:.4g}", "", c["reference_area_source"])
     for field_name, err in result.errors.items():
