@@ -36,6 +36,12 @@ from msptcli.model.layout import PatchLayout, build_layout
 
 #: The rotation of the second ball tree (``rotate_trees``): 45 degrees about z, then about x.
 TREE_ROTATION = rotation_matrix(np.pi / 4, axis=0) @ rotation_matrix(np.pi / 4, axis=2)
+#: The first tree of the anchors is built on coordinates turned by a generic small rotation (0.3, 0.2, 0.1 rad
+#: about z, y, x). Bodies and domains have faces parallel to the axes (a roof, the ground); anchors on such a
+#: face share one coordinate, so a median split along that axis would cut them by index (a random subset)
+#: and rounding at 1e-8 (another tessellation of the same face) would cut them otherwise. Turned, no two
+#: anchors tie, the patches stay spatially coherent, and a subdivided STL gets the same patches.
+FIRST_ROTATION = rotation_matrix(0.1, axis=0) @ rotation_matrix(0.2, axis=1) @ rotation_matrix(0.3, axis=2)
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,8 @@ def pack_anchors(
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     clouds = [np.asarray(p, dtype=np.float64) for p in points]
     every_given = np.concatenate(clouds)
-    orders = [np.asarray(ball_tree_order(every_given, offsets=offsets), dtype=np.int64)]  # global rows
+    orders = [np.asarray(ball_tree_order(every_given, offsets=offsets, rotation=FIRST_ROTATION), dtype=np.int64)]
+    # (rows of each cloud, in tree order; the first tree is built on slightly rotated coordinates, below)
     if config.rotate_trees:
         rotated = ball_tree_order(every_given, offsets=offsets, rotation=TREE_ROTATION)
         orders.append(np.asarray(rotated, dtype=np.int64))
