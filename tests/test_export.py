@@ -10,7 +10,15 @@ import torch
 
 from msptcli.errors import InvalidInputError, MsptError
 from msptcli.model import MSPT, ModelConfig, PackedClouds, pack_clouds
-from msptcli.model.portable import LAYOUT_INPUTS, export_model, layout_inputs, run_exported, verify_export
+from msptcli.model.portable import (
+    LAYOUT_INPUTS,
+    export_model,
+    layout_inputs,
+    query_inputs,
+    random_example,
+    run_exported,
+    verify_export,
+)
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -30,7 +38,7 @@ UNPADDED_SIZES = [256]  # a power of two: every patch and sub-run full, no key b
 
 def make(seed: int = 0, in_features: int = 3, **overrides) -> MSPT:
     torch.manual_seed(seed)
-    cfg = {"width": 32, "num_heads": 4, "depth": 2, **overrides}
+    cfg = {"width": 32, "num_heads": 4, "depth": 2, "anchors": None, **overrides}  # the plain graph; anchors below
     return MSPT(ModelConfig(**cfg), in_features=in_features, out_features=2)
 
 
@@ -85,6 +93,23 @@ def test_verification_fails_for_another_model(tmp_path, fmt):
         model.head.bias += 1e-2
     with pytest.raises(MsptError, match="disagrees"):
         verify_export(path, model, packed)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("rotate", [False, True], ids=["one-tree", "rotated-trees"])
+def test_anchor_query_models_export_as_one_graph(tmp_path, fmt, rotate):
+    model = make(anchors={"surface": 64, "volume": 64}, rotate_trees=rotate, fourier_features=2)
+    path = export_model(model, tmp_path / f"m.{fmt}", fmt=fmt)
+    example = random_example(model, (700, 333, 41), seed=3)  # other clouds than the traced ones
+    names = list(query_inputs(example))
+    assert names[: len(LAYOUT_INPUTS) + 1] == ["features", *LAYOUT_INPUTS]
+    assert ("tree_reorder_1" in names) == rotate and names[len(LAYOUT_INPUTS) + 1] == "query_features"
+    assert verify_export(path, model, example) < 1e-4
+    with torch.no_grad():  # the check can fail: a small change of one weight is seen
+        model.head.bias += 1e-2
+    with pytest.raises(MsptError, match="disagrees"):
+        verify_export(path, model, example)
 
 
 def test_layout_inputs_names_dtypes_and_zero_bias():

@@ -60,7 +60,7 @@ class Embedding(Mlp):
         self.register_buffer("freq", freq, persistent=False)
 
     def forward(self, f: Tensor) -> Tensor:
-        if len(self.freq):
+        if self.freq.shape[0]:
             angle = (f[:, :3, None] * self.freq.to(f.dtype)).flatten(1)  # (n, 3 * num_frequencies)
             f = torch.cat([f, torch.sin(angle), torch.cos(angle)], dim=1)
         return super().forward(f)
