@@ -141,8 +141,13 @@ def predict_geometry(
             tuple([x] for x in geometry_anchors(surface, stats, draw, ckpt.volume_template))
             for draw in seeds_of(anchors)
         ]
-        (pred,) = predict_queries_averaged(model, draws, [cloud], [inputs], **run_kw)
-        refined_force = _refined_surface_fields(ckpt, surface, draws, run_kw)
+        fine = _refined_surface(ckpt, surface)  # queried beside the mesh, in one pass of the anchors
+        queries, query_inputs = [cloud, fine["surface/points"]], [inputs, fine["inputs"]]
+        (both,) = predict_queries_averaged(
+            model, draws, [np.concatenate(queries)], [np.concatenate(query_inputs)], **run_kw
+        )
+        pred, fine_pred = both[: len(cloud)], both[len(cloud) :]
+        refined_force = (to_physical(stats, channels, fine_pred, len(fine_pred))["surface"], fine)
     else:
         (pred,) = predict_clouds(model, [cloud], [inputs], **run_kw)
     phys = to_physical(stats, channels, pred, n)
@@ -250,8 +255,8 @@ def _reference_area(
     return None, "no pressure field"
 
 
-def _refined_surface_fields(ckpt, surface, draws, run_kw) -> tuple[dict[str, np.ndarray], dict[str, Any]]:  # type: ignore[no-untyped-def]
-    """The predicted surface fields on the surface refined to at least ``FORCE_POINTS`` points, with its area shares.
+def _refined_surface(ckpt, surface) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Points, normals, area shares and model inputs of the surface refined to at least ``FORCE_POINTS`` points.
 
     A query's prediction does not depend on the other queries, so the fields there are the same function of
     position as on the given mesh; integrated on finer faces, drag and lift no longer depend on how coarsely
@@ -261,9 +266,8 @@ def _refined_surface_fields(ckpt, surface, draws, run_kw) -> tuple[dict[str, np.
     fine = refined(surface, FORCE_POINTS)
     points = np.asarray(fine.cell_centers().points if at_cells else fine.points, dtype=np.float64)
     arrays = surface_arrays(FieldMesh(mesh=fine, points=points, location="cells" if at_cells else "points"))
-    inputs = model_inputs(ckpt.stats, arrays["surface/points"], arrays["surface/normals"])
-    (pred,) = predict_queries_averaged(ckpt.model, draws, [arrays["surface/points"]], [inputs], **run_kw)
-    return to_physical(ckpt.stats, ckpt.channels, pred, len(inputs))["surface"], arrays
+    arrays["inputs"] = model_inputs(ckpt.stats, arrays["surface/points"], arrays["surface/normals"])
+    return arrays
 
 
 def _coefficients(

@@ -70,9 +70,9 @@ def test_two_stratified_draws_are_much_closer_than_two_random_draws():
 def test_draw_rows_uses_the_candidates_asked_for():
     rng = np.random.default_rng(0)
     x = rng.random((5000, 3))
-    rows = draw_rows(len(x), 16, 8, np.random.default_rng(3), x)
+    rows = draw_rows(x, 16, 8, np.random.default_rng(3))
     assert len(rows) == 16 and len(set(rows.tolist())) == 16
-    assert draw_rows(len(x), 0, 8, rng, x).shape == (0,) and draw_rows(0, 16, 8, rng, x[:0]).shape == (0,)
+    assert draw_rows(x, 0, 8, rng).shape == (0,) and draw_rows(x[:0], 16, 8, rng).shape == (0,)
 
 
 def test_geometry_anchors_lie_on_and_around_the_body_and_are_deterministic(stl_body, stats):

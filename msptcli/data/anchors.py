@@ -34,12 +34,13 @@ from msptcli.geometry.stratify import stratified_subset
 from msptcli.model.config import AnchorConfig
 
 
-def draw_rows(num: int, anchors: int, candidates: int, rng: np.random.Generator, points: np.ndarray) -> np.ndarray:
-    """Rows of ``anchors`` stratified anchors among ``num`` candidate ``points``.
+def draw_rows(points: np.ndarray, anchors: int, candidates: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows of ``anchors`` stratified anchors among the candidate ``points`` (m, 3).
 
     ``candidates`` per anchor are drawn at random, but never more than half of the points (so that
     every training step sees another draw), then one per ball-tree run is kept (``geometry.stratify``).
     """
+    num = len(points)
     if anchors == 0 or num == 0:
         return np.zeros(0, dtype=np.int64)
     k = min(candidates * anchors, max(num // 2, anchors))
@@ -57,9 +58,8 @@ def sample_anchors(
             f"sample {sample.name}: prepared without anchor samples (mspt before 0.3); run `mspt prepare` again"
         )
     pool = a["anchors/surface_points"]
-    s_rows = draw_rows(len(pool), config.surface, config.candidates, rng, pool)
-    n_volume = sample.num_volume if config.volume else 0
-    v_rows = draw_rows(n_volume, config.volume, config.candidates, rng, a["volume/points"]) if n_volume else []
+    s_rows = draw_rows(pool, config.surface, config.candidates, rng)
+    v_rows = draw_rows(a["volume/points"], config.volume, config.candidates, rng) if sample.num_volume else []
     return anchor_inputs(
         stats,
         pool[s_rows],
@@ -90,9 +90,9 @@ def geometry_anchors(
         k = min(config.candidates * config.volume, max(len(template) // 2, config.volume))  # as in training
         rows = np.arange(len(template)) if k >= len(template) else np.sort(rng.choice(len(template), k, False))
         placed = place_template(template[rows], surface)
-        v_rows = stratified_subset(placed, config.volume) if len(placed) else np.zeros(0, dtype=np.int64)
-        volume = {k: v for k, v in volume_arrays(placed[v_rows], surface).items()} if len(v_rows) else None
-        volume = None if volume is None else {k.removeprefix("volume/"): v for k, v in volume.items()}
+        if len(placed):
+            arrays = volume_arrays(placed[stratified_subset(placed, config.volume)], surface)
+            volume = {name.removeprefix("volume/"): values for name, values in arrays.items()}
     return anchor_inputs(stats, candidates[s_rows], normals[s_rows], volume)
 
 

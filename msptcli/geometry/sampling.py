@@ -83,12 +83,12 @@ def sample_near_surface(
     Returns:
         points ``(n, 3)`` and outward unit normals ``(n, 3)``, float64.
     """
+    import pyvista as pv
+
     if n < 0:
         raise InvalidInputError(f"n must be non-negative, got {n}")
     faces = parse_faces(surface)
     tri, cell = fan_triangulation(faces)
-    import pyvista as pv
-
     poly = pv.PolyData.from_regular_faces(faces.points, tri)  # triangle t is a fan triangle of cell[t]
     outward = unit_rows(outward_area_vectors(surface))[cell]  # (T, 3)
     used = faces.points[np.unique(tri)]

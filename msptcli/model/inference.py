@@ -161,8 +161,7 @@ def predict_queries(
         keys, _ = model.read_anchors(on_device.features.to(dtype), on_device.layout, on_device.trees)
         for start in range(0, len(features), step):
             rows = slice(start, start + step)
-            queries = place_queries(anchors, nearest[rows], features[rows]).to(device)
-            queries = type(queries)(queries.features.to(dtype), queries.groups)
+            queries = place_queries(anchors, nearest[rows], features[rows]).to(device, dtype)
             out[rows] = model.answer_queries(keys, on_device.layout, queries).float().cpu().numpy()
     return np.split(out, np.cumsum([len(q) for q in query_points])[:-1])
 

@@ -130,8 +130,9 @@ class Queries:
     features: Tensor  # (M, F)
     groups: tuple[QueryGroups, ...]
 
-    def to(self, device: torch.device | str) -> Queries:
-        return Queries(self.features.to(device), tuple(g.to(device) for g in self.groups))
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Queries:
+        """The same queries on ``device`` (features in ``dtype``, when given)."""
+        return Queries(self.features.to(device, dtype), tuple(g.to(device) for g in self.groups))
 
 
 def pack_anchors(
