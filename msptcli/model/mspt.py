@@ -56,11 +56,12 @@ class Embedding(Mlp):
 
     def __init__(self, in_features: int, dim: int, num_frequencies: int = 0) -> None:
         super().__init__(in_features + 6 * num_frequencies, dim, dim)
+        self.num_frequencies = num_frequencies  # a Python int: tracing records no branch on a tensor
         freq = torch.pi * 2.0 ** torch.arange(num_frequencies, dtype=torch.float64)
         self.register_buffer("freq", freq, persistent=False)
 
     def forward(self, f: Tensor) -> Tensor:
-        if self.freq.shape[0]:
+        if self.num_frequencies:
             angle = (f[:, :3, None] * self.freq.to(f.dtype)).flatten(1)  # (n, 3 * num_frequencies)
             f = torch.cat([f, torch.sin(angle), torch.cos(angle)], dim=1)
         return super().forward(f)
