@@ -11,7 +11,7 @@ SOURCES := pyproject.toml CMakeLists.txt $(wildcard csrc/*/*.hpp csrc/*/*.cpp)
 
 .PHONY: demo test bench clean
 
-# prepare -> train (about 3 minutes on 2 cores) -> predict the held-out case_0005 from its STL alone,
+# prepare -> train (about 6 minutes on 2 cores) -> predict the held-out case_0005 from its STL alone,
 # and once more on its CFD surface and volume, where the predictions meet the solver's fields.
 demo: $(VENV)/.installed
 	$(BIN)/mspt prepare "examples/ahmed/case_*" -o out/demo/data -c examples/ahmed/config.yaml --workers 2
