@@ -97,14 +97,20 @@ def test_verification_fails_for_another_model(tmp_path, fmt):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("rotate", [False, True], ids=["one-tree", "rotated-trees"])
-def test_anchor_query_models_export_as_one_graph(tmp_path, fmt, rotate):
-    model = make(anchors={"surface": 64, "volume": 64}, rotate_trees=rotate, fourier_features=2)
+@pytest.mark.parametrize(
+    ("rotate", "reads"),
+    [(False, "patch"), (True, "patch"), (True, "nearest")],
+    ids=["one-tree", "rotated-trees", "nearest-anchors"],
+)
+def test_anchor_query_models_export_as_one_graph(tmp_path, fmt, rotate, reads):
+    anchors = {"surface": 64, "volume": 64, "reads": reads, "neighbours": 16}
+    model = make(anchors=anchors, rotate_trees=rotate, fourier_features=2)
     path = export_model(model, tmp_path / f"m.{fmt}", fmt=fmt)
     example = random_example(model, (700, 333, 41), seed=3)  # other clouds than the traced ones
     names = list(query_inputs(example))
     assert names[: len(LAYOUT_INPUTS) + 1] == ["features", *LAYOUT_INPUTS]
     assert ("tree_reorder_1" in names) == rotate and names[len(LAYOUT_INPUTS) + 1] == "query_features"
+    assert ("query_neighbours" in names) == (reads == "nearest") and ("query_slot_0" in names) == (reads == "patch")
     assert verify_export(path, model, example) < 1e-4
     with torch.no_grad():  # the check can fail: a small change of one weight is seen
         model.head.bias += 1e-2

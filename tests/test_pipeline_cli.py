@@ -269,7 +269,7 @@ def exported_inputs(sidecar: dict, vtp, vtu):
     from msptcli.geometry.balltree import ball_tree_order
     from msptcli.model import ModelConfig, build_layout
     from msptcli.model.portable import QueryExample, layout_inputs, query_inputs
-    from msptcli.model.queries import nearest_anchors, pack_anchors, place_queries
+    from msptcli.model.queries import locate_queries, pack_anchors, place_queries
 
     surface = pv.read(vtp)
     points = np.asarray(surface.points, dtype=np.float64)
@@ -291,7 +291,7 @@ def exported_inputs(sidecar: dict, vtp, vtu):
         a_points, a_inputs = geometry_anchors(surface, stats, config.anchors, template)
         anchors = pack_anchors([a_points], [a_inputs], config)
         cloud = np.concatenate([s["surface/points"], v["volume/points"]])
-        queries = place_queries(anchors, nearest_anchors(anchors, [cloud]), features)
+        queries = place_queries(anchors, locate_queries(anchors, [cloud]), features)
         return query_inputs(QueryExample(anchors, queries)), np.arange(len(features)), stats, len(points)
     order = ball_tree_order(np.concatenate([s["surface/points"], v["volume/points"]]))
     layout = build_layout([len(features)], config)

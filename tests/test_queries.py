@@ -8,7 +8,14 @@ import torch
 
 from msptcli.errors import InvalidInputError
 from msptcli.model import MSPT, ModelConfig, predict_queries
-from msptcli.model.queries import group_queries, nearest_anchors, pack_anchors, place_queries
+from msptcli.model.queries import (
+    group_queries,
+    locate_queries,
+    nearest_anchors,
+    pack_anchors,
+    place_queries,
+    window_log_weight,
+)
 
 SIZES = [300, 45]  # two clouds of anchors, none a power of two
 
@@ -32,8 +39,8 @@ def featurise(queries):
 
 def run(model, anchors, query_points, query_features, *, outputs=False):
     """Queries' outputs (and, with ``outputs``, the anchors' in the packed order)."""
-    queries = place_queries(anchors, nearest_anchors(anchors, query_points), np.concatenate(query_features))
-    queries = type(queries)(queries.features.to(torch.float64), queries.groups)
+    queries = place_queries(anchors, locate_queries(anchors, query_points), np.concatenate(query_features))
+    queries = queries.to("cpu", torch.float64)
     with torch.no_grad():
         keys, anchor_out = model.read_anchors(anchors.features.double(), anchors.layout, anchors.trees, outputs=outputs)
         out = model.answer_queries(keys, anchors.layout, queries)
@@ -82,7 +89,10 @@ def test_rotated_trees_cut_the_anchors_into_other_patches():
     assert not torch.allclose(run(model, anchors, q, featurise(q)), run(model_one, a_one, q, featurise(q)))
 
 
-@pytest.mark.parametrize("variant", [{"num_supernodes": 2}, {"rotate_trees": True}])
+NEAREST = {"anchors": {"reads": "nearest", "neighbours": 12}}
+
+
+@pytest.mark.parametrize("variant", [{"num_supernodes": 2}, {"rotate_trees": True}, NEAREST])
 def test_a_query_does_not_depend_on_the_other_queries_or_their_chunks(variant):
     model = make(**variant)
     points, features = clouds()
@@ -104,8 +114,9 @@ def test_a_query_does_not_depend_on_the_other_queries_or_their_chunks(variant):
     assert torch.allclose(alone, together[500:540], rtol=0, atol=1e-10)
 
 
-def test_streaming_predict_in_float32_does_not_depend_on_chunks_or_other_queries():
-    model = make(torch.float32, rotate_trees=True)
+@pytest.mark.parametrize("variant", [{"rotate_trees": True}, {**NEAREST, "rotate_trees": True}])
+def test_streaming_predict_in_float32_does_not_depend_on_chunks_or_other_queries(variant):
+    model = make(torch.float32, **variant)
     points, features = clouds()
     rng = np.random.default_rng(2)
     queries = [rng.random((3000, 3)), rng.random((700, 3))]
@@ -121,12 +132,14 @@ def test_streaming_predict_in_float32_does_not_depend_on_chunks_or_other_queries
     assert np.allclose(few[1], whole[1][:2], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", [{}, {"rotate_trees": True, "checkpointing": True}])
+@pytest.mark.parametrize(
+    "variant", [{}, {"rotate_trees": True, "checkpointing": True}, {**NEAREST, "num_supernodes": 2}]
+)
 def test_queries_train_the_network(variant):
     model = make(torch.float32, **variant)
     points, features = clouds()
     anchors = pack_anchors(points, features, model.config)
-    queries = place_queries(anchors, nearest_anchors(anchors, points), np.concatenate(features))
+    queries = place_queries(anchors, locate_queries(anchors, points), np.concatenate(features))
     out = model(anchors.features, anchors.layout, queries=queries, trees=anchors.trees)
     assert out.shape == (sum(SIZES), 2)
     out.square().mean().backward()
@@ -156,3 +169,56 @@ def test_config_refuses_what_cannot_work():
         ModelConfig(rotate_trees=True, supernodes="carried")
     with pytest.raises(ValidationError, match="power of two"):
         ModelConfig(anchors={"surface": 1000})
+
+
+def test_the_window_falls_to_zero_at_the_next_anchor():
+    d = np.array([[0.0, 0.5, 1.0], [0.2, np.inf, np.inf]])
+    w = window_log_weight(d, np.array([1.0, np.inf]))
+    assert np.allclose(np.exp(w[0]), [1.0, 0.75**2, 0.0])
+    assert w[1, 0] == 0.0 and np.isneginf(w[1, 1:]).all()  # fewer anchors than k: the present ones, unwindowed
+
+
+def test_nearest_queries_read_their_nearest_anchors_in_their_own_cloud():
+    config = ModelConfig(**NEAREST)
+    points, features = clouds()
+    anchors = pack_anchors(points, features, config)
+    rng = np.random.default_rng(4)
+    queries = [rng.random((40, 3)), rng.random((9, 3))]
+    places = locate_queries(anchors, queries)
+    assert places.rows.shape == (49, 12) and places.window.shape == (49, 12)
+    packed = np.concatenate(anchors.points)
+    for i, (b, x) in enumerate([(0, q) for q in queries[0]] + [(1, q) for q in queries[1]]):
+        start = 0 if b == 0 else SIZES[0]
+        brute = np.sort(np.linalg.norm(anchors.points[b] - x, axis=1))[:13]
+        got = np.linalg.norm(packed[places.rows[i]] - x, axis=1)
+        assert ((places.rows[i] >= start) & (places.rows[i] < start + SIZES[b])).all()
+        assert np.allclose(got, brute[:12])
+        assert np.allclose(np.exp(places.window[i]), (1 - (brute[:12] / brute[12]) ** 2) ** 2, atol=1e-6)
+    q = place_queries(anchors, places, np.concatenate(featurise(queries)))
+    bias = q.nearest.supernode_bias.numpy()  # every query sees only its own cloud's supernodes
+    s = anchors.layout.sub_index.shape[1]
+    assert np.isfinite(bias[:40, :s]).any() and np.isneginf(bias[:40, s:]).all()
+    assert np.isneginf(bias[40:, :s]).all() and np.isfinite(bias[40:, s:]).any()
+
+
+def _walk(model, anchors, start, stop, steps=4000):
+    """Outputs of queries on a straight line through the anchors, and their step length."""
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    line = start + t * (stop - start)
+    return run(model, anchors, [line, np.zeros((0, 3))], featurise([line, np.zeros((0, 3))])).numpy(), 1 / steps
+
+
+def test_nearest_reading_is_continuous_where_patch_reading_jumps():
+    """Walk a line through the anchors: reading a patch, the output jumps where the nearest anchor changes patch;
+    reading the nearest anchors under the window, no step is much larger than a typical step (no jumps)."""
+    start, stop = np.array([0.05, 0.1, 0.2]), np.array([0.95, 0.85, 0.7])
+    points, features = clouds()
+    jumps = {}
+    for name, variant in (("patch", {"num_patches": 8}), ("nearest", {**NEAREST, "num_patches": 8})):
+        model = make(**variant)
+        anchors = pack_anchors(points, features, model.config)
+        out, _ = _walk(model, anchors, start, stop)
+        step = np.abs(np.diff(out, axis=0)).max(axis=1)
+        jumps[name] = step.max() / np.median(step)
+    assert jumps["patch"] > 50  # the test can tell a jump from a step
+    assert jumps["nearest"] < 10, jumps

@@ -40,6 +40,13 @@ class AnchorConfig(BaseModel):
     volume: int = Field(4096, ge=0, description="volume anchors, a power of two or 0")
     candidates: int = Field(32, ge=1, le=1024, description="random candidates per anchor of the stratified draw")
     seed: int = Field(0, description="seed of the anchors drawn by predict and validation")
+    reads: Literal["patch", "nearest"] = Field(
+        "patch",
+        description="what a query attends to besides the supernodes: 'patch', the anchors of its nearest anchor's "
+        "ball-tree patch; 'nearest', its `neighbours` nearest anchors under a window that falls smoothly to zero "
+        "at the next one (predictions continuous in space: no patch boundaries in the fields)",
+    )
+    neighbours: int = Field(32, ge=1, le=1024, description="anchors a query reads with reads: nearest")
     draws: int = Field(
         1,
         ge=1,
@@ -54,6 +61,9 @@ class AnchorConfig(BaseModel):
             n = getattr(self, name)
             if n and not _is_power_of_two(n):
                 raise ValueError(f"anchors.{name} must be a power of two (runs of the ball tree), got {n}")
+        if self.reads == "nearest" and self.neighbours >= self.surface + self.volume:
+            total = self.surface + self.volume
+            raise ValueError(f"anchors.neighbours {self.neighbours} must be below the number of anchors, {total}")
         return self
 
 

@@ -7,7 +7,8 @@
 With anchors (anchor-query MSPT) the path is
 
     anchors --pack_anchors--> tree-ordered anchors  --MSPT.read_anchors, once-->  keys of every block
-    queries --nearest anchor--> patch of every tree --MSPT.answer_queries, chunk by chunk--> outputs
+    queries --nearest anchors--> patch of every tree (or k nearest anchors)
+            --MSPT.answer_queries, chunk by chunk--> outputs
 
 and the queries keep their own order (:func:`predict_queries`): a query's output depends on the
 anchors and its own features only, so chunks of any size give the same values.
@@ -32,7 +33,7 @@ from msptcli.geometry.balltree import ball_tree_order
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout, build_layout
 from msptcli.model.mspt import MSPT
-from msptcli.model.queries import nearest_anchors, pack_anchors, place_queries
+from msptcli.model.queries import locate_queries, pack_anchors, place_queries
 
 #: Default points per chunk of streaming inference: temporaries of a few hundred MB at width 128.
 DEFAULT_CHUNK_POINTS = 1 << 16
@@ -149,19 +150,21 @@ def predict_queries(
     model.eval()
     dtype = next(model.parameters()).dtype
     anchors = pack_anchors(anchor_points, anchor_features, model.config)
-    nearest = nearest_anchors(anchors, query_points)  # (M,) packed anchor row of every query
+    places = locate_queries(anchors, query_points)  # nearest anchors (packed rows) of every query
     features = np.concatenate([np.asarray(f, dtype=np.float32).reshape(-1, anchors.features.shape[1])
                                for f in query_features])  # fmt: skip
-    if len(features) != len(nearest):
-        raise InvalidInputError(f"{len(nearest)} query points but {len(features)} rows of query features")
+    if len(features) != len(places):
+        raise InvalidInputError(f"{len(places)} query points but {len(features)} rows of query features")
     on_device = anchors.to(device)
     out = np.empty((len(features), model.out_features), dtype=np.float32)
     step = len(features) if chunk_points is None else max(int(chunk_points), 1)
+    if anchors.neighbours > 8 and chunk_points is not None:  # each query gathers k anchors' keys: fewer per chunk
+        step = max(step * 8 // anchors.neighbours, 1)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
         keys, _ = model.read_anchors(on_device.features.to(dtype), on_device.layout, on_device.trees)
         for start in range(0, len(features), step):
             rows = slice(start, start + step)
-            queries = place_queries(anchors, nearest[rows], features[rows]).to(device, dtype)
+            queries = place_queries(anchors, places[rows], features[rows]).to(device, dtype)
             out[rows] = model.answer_queries(keys, on_device.layout, queries).float().cpu().numpy()
     return np.split(out, np.cumsum([len(q) for q in query_points])[:-1])
 

@@ -163,10 +163,15 @@ class MSPTBlock(nn.Module):
                 z_next[subs(ch)] = zc
         return x, z_next
 
-    def query_update(self, xq: Tensor, kv: Tensor, sn_kv: tuple[Tensor, Tensor], layout: PatchLayout, groups) -> Tensor:  # type: ignore[no-untyped-def]
-        """The block on query points ``xq`` (M, C) that read the anchors' patch keys ``kv`` (P, L, 2C) and
-        supernode keys ``sn_kv`` at this block's input, without changing them (``model/queries.py``)."""
-        xq = xq + self.attn.attend_queries(self.norm1(xq), kv, layout.whole, sn_kv, groups)
+    def query_update(self, xq: Tensor, keys: AnchorKeys, layout: PatchLayout, queries: Queries) -> Tensor:
+        """The block on query points ``xq`` (M, C) that read the anchors' ``keys`` at this block's input
+        (their patch keys, or with ``reads: nearest`` their nearest anchors' keys, and the supernodes),
+        without changing them (``model/queries.py``)."""
+        h = self.norm1(xq)
+        if queries.nearest is not None:
+            xq = xq + self.attn.attend_nearest(h, keys.kv, keys.sn_kv, queries.nearest)
+        else:
+            xq = xq + self.attn.attend_queries(h, keys.kv, layout.whole, keys.sn_kv, queries.groups[keys.tree])
         return xq + self.mlp(self.norm2(xq))
 
 
@@ -238,7 +243,7 @@ class MSPT(nn.Module):
         self, features: Tensor, layout: PatchLayout, trees: AnchorTrees = ONE_TREE, *, outputs: bool = False
     ) -> tuple[list[AnchorKeys], Tensor | None]:
         """Run the anchors (N, F), packed in the first tree's order, through the blocks and keep, per block,
-        what queries read: the anchors' patch keys and values and the supernode keys at the block's input.
+        what queries read: the anchors' keys and values (:class:`AnchorKeys`) at the block's input.
 
         Block l cuts the anchors into the patches of tree ``l % trees.count``. The last block's update of
         the anchors is run only for ``outputs`` (queries never read it).
@@ -248,6 +253,7 @@ class MSPT(nn.Module):
         """
         x = self.embed(features)  # (N, C)
         whole = layout.whole
+        nearest = self.config.anchors is not None and self.config.anchors.reads == "nearest"
         z = None if self.carried_pool is None else self.carried_pool(x, whole.sub_slots, whole.sub_count)
         keys = []
         for index, block in enumerate(self.blocks):
@@ -255,7 +261,9 @@ class MSPT(nn.Module):
             reorder, restore = trees.reorder[tree], trees.restore[tree]
             xt = x if reorder is None else gather_rows(x, reorder)  # (N, C) in this tree's order
             sn_kv = block.supernode_keys(xt, layout, z)
-            keys.append(AnchorKeys(block.attn.patch_kv(block.norm1(xt), whole), sn_kv, tree))
+            # reads: nearest: (N, 2C) packed rows, whichever tree this block cuts; else (P, L, 2C), its patches
+            kv = block.attn.point_kv(block.norm1(x)) if nearest else block.attn.patch_kv(block.norm1(xt), whole)
+            keys.append(AnchorKeys(kv, sn_kv, tree))
             if index == len(self.blocks) - 1 and not outputs:
                 break
             if self.config.checkpointing and torch.is_grad_enabled():
@@ -269,13 +277,14 @@ class MSPT(nn.Module):
         """(M, F) query features -> (M, out_features) predictions, reading the anchors' ``keys`` block by block."""
         xq = self.embed(queries.features)  # (M, C)
         for block, k in zip(self.blocks, keys, strict=True):
-            xq = block.query_update(xq, k.kv, k.sn_kv, layout, queries.groups[k.tree])
+            xq = block.query_update(xq, k, layout, queries)
         return self.head(self.norm(xq))
 
 
 @dataclass(frozen=True)
 class AnchorKeys:
-    """What queries read of the anchors in one block: patch keys/values (P, L, 2C) and supernode keys."""
+    """What queries read of the anchors in one block: keys/values of the patches (P, L, 2C) or, with
+    ``reads: nearest``, of every anchor (N, 2C, packed rows), and the supernode keys."""
 
     kv: Tensor
     sn_kv: tuple[Tensor, Tensor]

@@ -144,6 +144,46 @@ class PMSA(nn.Module):
         o = self.attend(q, k, v, chunk, sn_kv)  # (p, Lq, C)
         return gather_rows(o.reshape(-1, c), groups.query_slot)  # (m, C), padded slots dropped
 
+    def point_kv(self, h: Tensor) -> Tensor:
+        """Keys and values of points (anchors) row by row: (n, 2C), for queries that read their nearest anchors."""
+        c = h.shape[1]
+        return F.linear(h, self.qkv.weight[c:], self.qkv.bias[c:])
+
+    def attend_nearest(self, hq: Tensor, kv: Tensor, sn_kv: tuple[Tensor, Tensor], nearest) -> Tensor:  # type: ignore[no-untyped-def]
+        """Attention output of queries that read their k nearest anchors under a window (``model/queries.py``).
+
+        One softmax per query and head over [its k anchors, logits shifted by log w ; all supernodes of the
+        batch, those of other clouds masked]:
+
+            o_i = softmax([q_i k_j / sqrt(d) + log w_ij]_j ; [q_i k_s / sqrt(d) + bias_is]_s) [v_j ; v_s]
+
+        Args:
+            hq: (m, C) normalised features of the queries.
+            kv: (N, 2C) keys and values of every anchor, packed rows, from ``point_kv``.
+            sn_kv: the supernode keys and values of every cloud (B, S, C), from ``supernode_kv``.
+            nearest: the queries' ``NearestKeys``: rows (m, k), window (m, k), supernode_bias (m, B * S).
+
+        Returns:
+            (m, C) outputs of the queries.
+        """
+        m, c = hq.shape
+        heads, d = self.num_heads, c // self.num_heads
+        q = F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]).view(m, heads, d) * d**-0.5  # (m, H, d)
+        k, v = gather_rows(kv, nearest.rows).split(c, dim=-1)  # 2 x (m, k, C)
+        kn = k.shape[1]
+        k, v = k.reshape(m, kn, heads, d), v.reshape(m, kn, heads, d)
+        k_sn, v_sn = (t.reshape(-1, heads, d).to(q.dtype) for t in sn_kv)  # 2 x (B * S, H, d)
+        logits = torch.cat(
+            [
+                torch.einsum("mhd,mkhd->mhk", q, k) + nearest.window[:, None, :].to(q.dtype),  # (m, H, k)
+                torch.einsum("mhd,shd->mhs", q, k_sn) + nearest.supernode_bias[:, None, :].to(q.dtype),  # (m, H, BS)
+            ],
+            dim=-1,
+        )
+        weight = torch.softmax(logits.to(torch.promote_types(q.dtype, torch.float32)), dim=-1).to(q.dtype)
+        o = torch.einsum("mhk,mkhd->mhd", weight[..., :kn], v) + torch.einsum("mhs,shd->mhd", weight[..., kn:], v_sn)
+        return self.proj(o.reshape(m, c))  # (m, C)
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor]) -> Tensor:
         """Eq. 6 for all patches at once: queries (p, T, C) over [patch keys (p, L, C) ; supernodes of the cloud]."""
         p, num_q, c = q.shape

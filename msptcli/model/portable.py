@@ -25,7 +25,13 @@ An anchor-query model (``model.anchors``) takes the same inputs for its anchors,
     tree_restore_1  (N,)          int64    its inverse
     -> prediction (M, out_features) float32, the queries in their own order
 
-(``QueryGroups`` and ``AnchorTrees`` of ``model/queries.py``; ``query_inputs`` builds them all.)
+and with ``anchors.reads: nearest``, instead of the query slots:
+
+    query_neighbours      (M, k)      int64    packed rows of every query's k nearest anchors
+    query_window          (M, k)      float32  their log window weights
+    query_supernode_bias  (M, B * S)  float32  0 for the supernodes of the query's cloud, -inf elsewhere
+
+(``QueryGroups``, ``NearestKeys`` and ``AnchorTrees`` of ``model/queries.py``; ``query_inputs`` builds them all.)
 
 ONNX goes through ``torch.onnx.export(dynamo=True)`` (``torch.export`` + onnxscript):
 it keeps every axis symbolic and translates every variant; TorchScript through
@@ -58,10 +64,11 @@ from msptcli.model.mspt import MSPT
 from msptcli.model.queries import (
     ONE_TREE,
     AnchorTrees,
+    NearestKeys,
     PackedAnchors,
     Queries,
     QueryGroups,
-    nearest_anchors,
+    locate_queries,
     pack_anchors,
     place_queries,
 )
@@ -90,8 +97,13 @@ DEFAULT_EXAMPLE_SIZES = (160, 97, 33)
 
 
 def query_axes(trees: int) -> dict[str, dict[int, str]]:
-    """The symbolic axes of the query inputs of a model with ``trees`` ball trees."""
-    axes = {"query_features": {0: "num_queries"}}
+    """The symbolic axes of the query inputs of a model with ``trees`` ball trees (and of either reading)."""
+    axes = {
+        "query_features": {0: "num_queries"},
+        "query_neighbours": {0: "num_queries"},
+        "query_window": {0: "num_queries"},
+        "query_supernode_bias": {0: "num_queries", 1: "batch_supernodes"},
+    }
     for t in range(trees):
         axes[f"query_slots_{t}"] = {0: "num_patches", 1: f"query_patch_len_{t}"}
         axes[f"query_slot_{t}"] = {0: "num_queries"}
@@ -130,6 +142,9 @@ class ExportableMSPT(nn.Module):
         query_slot_1: Tensor | None = None,
         tree_reorder_1: Tensor | None = None,
         tree_restore_1: Tensor | None = None,
+        query_neighbours: Tensor | None = None,
+        query_window: Tensor | None = None,
+        query_supernode_bias: Tensor | None = None,
     ) -> Tensor:
         n, p = features.shape[0], patch_index.shape[0]
         whole = PatchChunk(0, p, 0, n, patch_index, point_slot, patch_cloud, sub_slots, sub_count, key_bias)
@@ -143,12 +158,18 @@ class ExportableMSPT(nn.Module):
         )
         if query_features is None:
             return self.model(features, layout)  # (N, out_features)
-        groups = [QueryGroups(query_slots_0, query_slot_0)]
         trees = ONE_TREE
         if tree_reorder_1 is not None:
-            groups.append(QueryGroups(query_slots_1, query_slot_1))
             trees = AnchorTrees((None, tree_reorder_1), (None, tree_restore_1))
-        return self.model(features, layout, queries=Queries(query_features, tuple(groups)), trees=trees)  # (M, out)
+        if query_neighbours is not None:  # reads: nearest
+            nearest = NearestKeys(query_neighbours, query_window, query_supernode_bias)
+            queries = Queries(query_features, (), nearest)
+        else:
+            groups = [QueryGroups(query_slots_0, query_slot_0)]
+            if tree_reorder_1 is not None:
+                groups.append(QueryGroups(query_slots_1, query_slot_1))
+            queries = Queries(query_features, tuple(groups))
+        return self.model(features, layout, queries=queries, trees=trees)  # (M, out)
 
 
 def export_model(
@@ -205,7 +226,7 @@ def random_example(model: MSPT, sizes: Sequence[int], seed: int = 0) -> PackedCl
     anchors = pack_anchors(points, features, model.config)
     queries = [rng.normal(size=(n, 3)) for n in sizes]
     q_features = np.concatenate([rng.normal(size=(n, model.in_features)) for n in sizes]).astype(np.float32)
-    return QueryExample(anchors, place_queries(anchors, nearest_anchors(anchors, queries), q_features))
+    return QueryExample(anchors, place_queries(anchors, locate_queries(anchors, queries), q_features))
 
 
 def query_inputs(example: QueryExample) -> dict[str, np.ndarray]:
@@ -219,6 +240,10 @@ def query_inputs(example: QueryExample) -> dict[str, np.ndarray]:
     for t in range(1, a.trees.count):
         arrays[f"tree_reorder_{t}"] = a.trees.reorder[t].cpu().numpy().astype(np.int64)
         arrays[f"tree_restore_{t}"] = a.trees.restore[t].cpu().numpy().astype(np.int64)
+    if q.nearest is not None:
+        arrays["query_neighbours"] = q.nearest.rows.cpu().numpy().astype(np.int64)
+        arrays["query_window"] = _float32(q.nearest.window)
+        arrays["query_supernode_bias"] = _float32(q.nearest.supernode_bias)
     return arrays
 
 

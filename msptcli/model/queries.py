@@ -17,6 +17,18 @@ another query, so its output is a function of the anchors and of its own feature
 same whatever the other queries and however they are chunked. A query with an anchor's position
 and features gets exactly that anchor's output. (The idea of anchor tokens follows AB-UPT; the
 patches and supernodes are MSPT's.)
+
+Reading a patch makes a query's prediction jump where the nearest anchor changes patch: two
+neighbouring queries on either side of a boundary read disjoint anchor sets. With
+``anchors.reads: nearest`` a query instead reads its k nearest anchors N_k(i) under a window
+that falls to zero at the (k+1)-th nearest, at distance r_i:
+
+    a_ij = q_i k_j^T / sqrt(d) + log w(|x_i - a_j| / r_i),   w(t) = (1 - t^2)^2  (t < 1, else 0)
+    x_i' = x_i + Proj softmax([a_ij : j in N_k(i)] ; [q_i K_S^T / sqrt(d)]) [V_N_k(i) ; V_S]
+
+An anchor enters or leaves N_k(i) only where it is the k-th and (k+1)-th nearest at once, that
+is at t = 1, where its weight is zero: the output is continuous in the query's position, and
+no patch boundary of any tree shows in the fields.
 """
 
 from __future__ import annotations
@@ -112,6 +124,7 @@ class PackedAnchors:
     trees: AnchorTrees
     tree_rank: tuple[np.ndarray, ...]  # per tree (N,): position in that tree's order of each packed row
     points: tuple[np.ndarray, ...]  # per cloud (n_b, 3) float64 anchor coordinates, packed (first tree's) order
+    neighbours: int = 0  # k nearest anchors each query reads (reads: nearest); 0: queries read patches
 
     def to(self, device: torch.device | str) -> PackedAnchors:
         return PackedAnchors(
@@ -120,19 +133,35 @@ class PackedAnchors:
             trees=self.trees.to(device),
             tree_rank=self.tree_rank,
             points=self.points,
+            neighbours=self.neighbours,
         )
 
 
 @dataclass(frozen=True)
+class NearestKeys:
+    """What queries that read their nearest anchors (``reads: nearest``) attend to, besides nothing else."""
+
+    rows: Tensor  # (M, k) long: packed rows of each query's k nearest anchors (0 where the cloud has fewer)
+    window: Tensor  # (M, k) float32: log w(t) of each of them (-inf: weight 0, or no such anchor)
+    supernode_bias: Tensor  # (M, B * S) float32: 0 for the real supernodes of the query's cloud, -inf elsewhere
+
+    def to(self, device: torch.device | str) -> NearestKeys:
+        return NearestKeys(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass(frozen=True)
 class Queries:
-    """Query points of a batch: their features and, per tree, their grouping by anchor patch."""
+    """Query points of a batch: their features and either, per tree, their grouping by anchor patch
+    (``reads: patch``) or their nearest anchors (``reads: nearest``; ``groups`` is then empty)."""
 
     features: Tensor  # (M, F)
     groups: tuple[QueryGroups, ...]
+    nearest: NearestKeys | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Queries:
         """The same queries on ``device`` (features in ``dtype``, when given)."""
-        return Queries(self.features.to(device, dtype), tuple(g.to(device) for g in self.groups))
+        nearest = None if self.nearest is None else self.nearest.to(device)
+        return Queries(self.features.to(device, dtype), tuple(g.to(device) for g in self.groups), nearest)
 
 
 def pack_anchors(
@@ -172,25 +201,91 @@ def pack_anchors(
         trees=AnchorTrees(tuple(reorder), tuple(restore)),
         tree_rank=tuple(tree_rank),
         points=tuple(every[offsets[b] : offsets[b + 1]] for b in range(len(sizes))),
+        neighbours=config.anchors.neighbours if config.anchors is not None and config.anchors.reads == "nearest" else 0,
     )
+
+
+@dataclass(frozen=True)
+class QueryPlaces:
+    """Where every query of a batch sits among its cloud's anchors (clouds stacked in order).
+
+    ``rows[:, 0]`` is the nearest anchor (whose patch a query reads with ``reads: patch``); with
+    ``reads: nearest`` ``rows`` holds the k nearest, nearest first, and ``window`` their log w(t).
+    """
+
+    rows: np.ndarray  # (M, k) int64 packed anchor rows, nearest first
+    window: np.ndarray | None  # (M, k) float32 log window weights (reads: nearest), else None
+    cloud: np.ndarray  # (M,) int64 cloud of every query
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, rows: slice) -> QueryPlaces:
+        window = None if self.window is None else self.window[rows]
+        return QueryPlaces(self.rows[rows], window, self.cloud[rows])
+
+
+def locate_queries(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -> QueryPlaces:
+    """The :class:`QueryPlaces` of query points, one (m_b, 3) array per cloud of ``anchors``."""
+    if len(query_points) != anchors.layout.num_clouds:
+        raise InvalidInputError(f"{len(query_points)} query clouds for {anchors.layout.num_clouds} clouds of anchors")
+    k = anchors.neighbours
+    rows, windows, clouds, start = [], [], [], 0
+    for b, (cloud, queries) in enumerate(zip(anchors.points, query_points, strict=True)):
+        q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
+        n = len(cloud)
+        if k == 0:  # the nearest anchor only
+            nearest = cKDTree(cloud).query(q)[1] if len(q) else np.zeros(0, dtype=np.int64)
+            rows.append(start + np.asarray(nearest, dtype=np.int64).reshape(-1, 1))
+        else:
+            distance, index = cKDTree(cloud).query(q, k=k + 1) if len(q) else (np.zeros((0, k + 1)),) * 2
+            distance, index = distance.reshape(-1, k + 1), np.asarray(index, dtype=np.int64).reshape(-1, k + 1)
+            rows.append(start + np.where(index[:, :k] < n, index[:, :k], 0))
+            windows.append(window_log_weight(distance[:, :k], distance[:, k]))
+        clouds.append(np.full(len(q), b, dtype=np.int64))
+        start += n
+    window = np.concatenate(windows).astype(np.float32) if k else None
+    return QueryPlaces(np.concatenate(rows), window, np.concatenate(clouds))
+
+
+def window_log_weight(distance: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """log w(d / r), w(t) = (1 - t^2)^2 for t < 1, else 0: (M, k) distances to the k nearest anchors, (M,) radii.
+
+    A missing neighbour (a cloud of at most k anchors: infinite distance) gets -inf; when the
+    (k+1)-th anchor is missing (infinite radius) every present neighbour gets weight 1.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(np.isfinite(radius)[:, None], distance / radius[:, None], 0.0)
+        return np.where(np.isfinite(distance) & (t < 1.0), 2.0 * np.log1p(-(np.minimum(t, 1.0) ** 2)), -np.inf)
 
 
 def nearest_anchors(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -> np.ndarray:
     """(M,) packed row of the nearest anchor, in the same cloud, of every query (clouds stacked in order)."""
-    if len(query_points) != anchors.layout.num_clouds:
-        raise InvalidInputError(f"{len(query_points)} query clouds for {anchors.layout.num_clouds} clouds of anchors")
-    out, start = [], 0
-    for cloud, queries in zip(anchors.points, query_points, strict=True):
-        q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
-        nearest = cKDTree(cloud).query(q)[1] if len(q) else np.zeros(0, dtype=np.int64)
-        out.append(start + np.asarray(nearest, dtype=np.int64))
-        start += len(cloud)
-    return np.concatenate(out)
+    return locate_queries(anchors, query_points).rows[:, 0]
 
 
-def place_queries(anchors: PackedAnchors, nearest: np.ndarray, features: np.ndarray | Tensor) -> Queries:
-    """The :class:`Queries` of points whose nearest anchors (packed rows) are ``nearest``, with their features."""
+def place_queries(anchors: PackedAnchors, places: QueryPlaces, features: np.ndarray | Tensor) -> Queries:
+    """The :class:`Queries` at ``places`` (from :func:`locate_queries`), with their features."""
     layout = anchors.layout
+    features = torch.as_tensor(features, dtype=torch.float32)
+    if len(features) != len(places):
+        raise InvalidInputError(f"{len(places)} query points but {len(features)} rows of query features")
+    if places.window is not None:  # reads: nearest
+        valid = supernode_valid(layout)  # (B, S)
+        slot_cloud = np.repeat(np.arange(layout.num_clouds), valid.shape[1])  # (B * S,) cloud of every slot
+        own = places.cloud[:, None] == slot_cloud[None, :]
+        bias = np.where(own & valid.reshape(1, -1), 0.0, -np.inf).astype(np.float32)  # (M, B * S)
+        nearest = NearestKeys(torch.from_numpy(places.rows), torch.from_numpy(places.window), torch.from_numpy(bias))
+        return Queries(features, (), nearest)
     patch_of_row = np.repeat(np.arange(layout.num_patches), np.diff(layout.patch_start))
-    groups = tuple(group_queries(patch_of_row[rank[nearest]], layout.num_patches) for rank in anchors.tree_rank)
-    return Queries(torch.as_tensor(features, dtype=torch.float32), groups)
+    nearest_row = places.rows[:, 0]
+    groups = tuple(group_queries(patch_of_row[rank[nearest_row]], layout.num_patches) for rank in anchors.tree_rank)
+    return Queries(features, groups)
+
+
+def supernode_valid(layout: PatchLayout) -> np.ndarray:
+    """(B, S) bool: which padded supernode slots of every cloud hold a real supernode."""
+    index = layout.sub_index.cpu().numpy()
+    count = layout.whole.sub_count.cpu().numpy()
+    per_cloud = np.bincount(layout.whole.patch_cloud.cpu().numpy(), minlength=layout.num_clouds) * layout.num_supernodes
+    return (np.arange(index.shape[1])[None, :] < per_cloud[:, None]) & (count[index] > 0)

@@ -21,7 +21,7 @@ from msptcli.geometry.balltree import ball_tree_order
 from msptcli.model import ModelConfig, build_layout
 from msptcli.model.config import AnchorConfig
 from msptcli.model.layout import PatchLayout
-from msptcli.model.queries import PackedAnchors, Queries, nearest_anchors, pack_anchors, place_queries
+from msptcli.model.queries import PackedAnchors, Queries, locate_queries, pack_anchors, place_queries
 
 
 @dataclass
@@ -178,10 +178,10 @@ def collate(clouds: list[Cloud] | list[AnchorCloud], model_config: ModelConfig) 
     into a :class:`QueryBatch` (the anchors' trees, every query placed in its patches)."""
     if isinstance(clouds[0], AnchorCloud):
         anchors = pack_anchors([c.anchor_points for c in clouds], [c.anchor_features for c in clouds], model_config)
-        nearest = nearest_anchors(anchors, [c.query_points for c in clouds])
+        places = locate_queries(anchors, [c.query_points for c in clouds])
         return QueryBatch(
             anchors=anchors,
-            queries=place_queries(anchors, nearest, torch.cat([c.features for c in clouds])),
+            queries=place_queries(anchors, places, torch.cat([c.features for c in clouds])),
             targets=torch.cat([c.targets for c in clouds]),
             mask=torch.cat([c.mask for c in clouds]),
         )
