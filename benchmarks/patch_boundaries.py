@@ -11,6 +11,13 @@ of the model's ball tree are *crossing*, the others *within*. If the patches lea
 predicted gradient across patch boundaries is larger than within patches by more than the
 solver's is (the solver has no patches: its ratio says how the boundary edges differ by geometry
 alone). Prints one Markdown table.
+
+    python benchmarks/patch_boundaries.py RUN_A ../shared/data/ahmed/case_0003 --compare RUN_B \
+        --picture docs/images/patch_boundaries.png
+
+``--compare`` adds the rows of more runs; ``--picture`` renders the first case seen from above
+(the roof and the slant): the solver's pressure, then each run's prediction with its patch
+boundaries (edges between two patches) drawn in black, on one colour scale.
 """
 
 from __future__ import annotations
@@ -65,32 +72,84 @@ def predict_with_patches(ckpt, poly, s, field):  # type: ignore[no-untyped-def]
     return pred["surface"][field][:, 0], patch[:n]
 
 
+def edges_of(poly):  # type: ignore[no-untyped-def]
+    """(i, j, length) of every edge of the surface's triangles (the faces fan-triangulated), zero lengths dropped."""
+    faces = parse_faces(poly)
+    tri, _ = fan_triangulation(faces)
+    edges = np.unique(np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1), axis=0)
+    i, j = edges[:, 0], edges[:, 1]
+    length = np.linalg.norm(faces.points[i] - faces.points[j], axis=1)
+    keep = length > 0
+    return i[keep], j[keep], length[keep]
+
+
+def picture(poly, true, panels, path: Path, field: str) -> None:  # type: ignore[no-untyped-def]
+    """The solver's field and each run's prediction (with its crossing edges in black) from above, one PNG."""
+    import os
+
+    import pyvista as pv
+
+    from msptcli.io.atomic import atomic_output
+
+    if not os.environ.get("DISPLAY"):  # off-screen through EGL, as msptcli.io.render
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+    titles = ["solver (OpenFOAM)", *(title for title, _, _ in panels)]
+    plotter = pv.Plotter(off_screen=True, shape=(len(titles), 1), window_size=(1200, 340 * len(titles)), border=False)
+    lo, hi = np.percentile(true, [2, 98])
+    points = np.asarray(poly.points)
+    for k, title in enumerate(titles):
+        plotter.subplot(k, 0)
+        mesh = poly.copy()
+        mesh.point_data[field] = true if k == 0 else panels[k - 1][1]
+        plotter.add_mesh(mesh, scalars=field, cmap="coolwarm", clim=(lo, hi), show_scalar_bar=k == 0,
+                         scalar_bar_args={"title": f"{field} [m2/s2]", "vertical": True})  # fmt: skip
+        if k:
+            i, j = panels[k - 1][2]
+            lines = np.column_stack([np.full(len(i), 2), i, j]).ravel()
+            plotter.add_mesh(pv.PolyData(points, lines=lines), color="black", line_width=1.0)
+        plotter.add_text(title, font_size=11)
+        plotter.view_xy()
+        plotter.camera.zoom(2.1)
+    with atomic_output(path) as tmp:
+        plotter.screenshot(str(tmp))
+    plotter.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a run directory or checkpoint")
     parser.add_argument("cases", type=Path, nargs="+", help="case folders with surface.vtu")
+    parser.add_argument("--compare", type=Path, action="append", default=[], help="another run (repeatable)")
     parser.add_argument("--field", default="p")
+    parser.add_argument("--picture", type=Path, help="PNG of the first case: the solver's field and every run's")
     args = parser.parse_args()
-    ckpt = load_checkpoint(args.run)
-    print("| case | edges crossing | predicted across / within | solver across / within | ratio |")
-    print("|---|---:|---:|---:|---:|")
-    for case in args.cases:
-        surface = read_fields(case / "surface.vtu", [args.field])  # at the points (the file has point data)
-        poly = as_polydata(surface.mesh)
-        s = surface_arrays(surface)
-        true = surface.fields[args.field][:, 0]
-        predicted, patch = predict_with_patches(ckpt, poly, s, args.field)
-        faces = parse_faces(poly)
-        tri, _ = fan_triangulation(faces)
-        edges = np.unique(np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1), axis=0)
-        i, j = edges[:, 0], edges[:, 1]
-        length = np.linalg.norm(faces.points[i] - faces.points[j], axis=1)
-        keep = length > 0
-        i, j, length = i[keep], j[keep], length[keep]
-        crossing = patch[i] != patch[j]
-        r_pred, r_true = (across_over_within(x, i, j, length, crossing) for x in (predicted, true))
-        share = f"{crossing.sum():,} of {len(crossing):,}"
-        print(f"| {case.name} | {share} | {r_pred:.2f} | {r_true:.2f} | {r_pred / r_true:.2f} |", flush=True)
+    runs = [args.run, *args.compare]
+    print("| run | case | edges crossing | predicted across / within | solver across / within | ratio |")
+    print("|---|---|---:|---:|---:|---:|")
+    panels = []
+    for run in runs:
+        ckpt = load_checkpoint(run)
+        label = run.name if run.is_dir() else run.parent.parent.name
+        reads = "whole cloud" if ckpt.model.config.anchors is None else f"reads {ckpt.model.config.anchors.reads}"
+        for c, case in enumerate(args.cases):
+            surface = read_fields(case / "surface.vtu", [args.field])  # at the points (the file has point data)
+            poly = as_polydata(surface.mesh)
+            s = surface_arrays(surface)
+            true = surface.fields[args.field][:, 0]
+            predicted, patch = predict_with_patches(ckpt, poly, s, args.field)
+            i, j, length = edges_of(poly)
+            crossing = patch[i] != patch[j]
+            r_pred, r_true = (across_over_within(x, i, j, length, crossing) for x in (predicted, true))
+            share = f"{crossing.sum():,} of {len(crossing):,}"
+            cells = f"{share} | {r_pred:.2f} | {r_true:.2f} | {r_pred / r_true:.2f}"
+            print(f"| {label} | {case.name} | {cells} |", flush=True)
+            if c == 0:
+                panels.append((f"{label} ({reads})", predicted, (i[crossing], j[crossing])))
+                first = (poly, true)
+    if args.picture:
+        picture(*first, panels, args.picture, args.field)
+        print(f"picture: {args.picture}")
 
 
 if __name__ == "__main__":
