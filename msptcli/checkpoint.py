@@ -238,11 +238,18 @@ def _upgrade_v1(meta: dict[str, str], state: dict[str, torch.Tensor]) -> tuple[d
 
 
 def _without_anchors_if_older(meta: dict[str, str]) -> dict[str, str]:
-    """A network saved before anchor-query MSPT (no ``anchors`` key) ran every point through the blocks: say so
-    explicitly, since the default is now anchors."""
+    """Defaults of networks saved before an option existed, made explicit, so that a later default cannot change
+    them: no ``anchors`` key (before anchor-query MSPT): every point ran through the blocks; anchors without
+    ``reads``: queries read their nearest anchor's patch."""
     net, config = json.loads(meta["model_config"]), json.loads(meta["config"])
-    if "anchors" in net:
+    if "anchors" not in net:
+        net["anchors"] = None
+        config.setdefault("model", {})["anchors"] = None
+    elif isinstance(net["anchors"], dict) and "reads" not in net["anchors"]:
+        net["anchors"]["reads"] = "patch"
+        config.setdefault("model", {}).setdefault("anchors", {})
+        if isinstance(config["model"]["anchors"], dict):
+            config["model"]["anchors"]["reads"] = "patch"
+    else:
         return meta
-    net["anchors"] = None
-    config.setdefault("model", {})["anchors"] = None
     return {**meta, "model_config": json.dumps(net), "config": json.dumps(config)}

@@ -65,3 +65,19 @@ def test_a_format_1_checkpoint_is_translated_and_saved_in_the_current_format(tmp
     new = load_checkpoint(path)
     assert all(np.array_equal(v, new.model.state_dict()[k]) for k, v in old.model.state_dict().items())
     assert np.array_equal(new.volume_template, old.volume_template)
+
+
+def test_older_defaults_are_written_out_so_that_a_new_default_cannot_change_a_saved_network():
+    from msptcli.checkpoint import _without_anchors_if_older
+
+    def meta(net):
+        return {"model_config": json.dumps(net), "config": json.dumps({"model": dict(net)})}
+
+    before_anchors = _without_anchors_if_older(meta({"width": 64}))
+    assert json.loads(before_anchors["model_config"])["anchors"] is None
+    assert json.loads(before_anchors["config"])["model"]["anchors"] is None
+    before_reads = _without_anchors_if_older(meta({"width": 64, "anchors": {"surface": 256}}))
+    assert json.loads(before_reads["model_config"])["anchors"] == {"surface": 256, "reads": "patch"}
+    assert json.loads(before_reads["config"])["model"]["anchors"]["reads"] == "patch"
+    current = meta({"width": 64, "anchors": {"surface": 256, "reads": "nearest"}})
+    assert _without_anchors_if_older(current) == current
