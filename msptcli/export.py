@@ -66,6 +66,10 @@ def _sidecar(ckpt: Checkpoint) -> dict:
                 "surface points area-weighted from the faces and volume points from volume_template placed on the "
                 "body's bounding box, each stratified by ball-tree runs; the graph's first inputs are the anchors, "
                 "every mesh point is a query (docs/export.md)",
+                "queries": "msptcli.model.queries.locate_queries + place_queries: each query's nearest anchor's "
+                "patch per tree (query_slots_t, query_slot_t), or with model_config.anchors.reads = 'nearest' its "
+                "k nearest anchors and their log window weights (query_neighbours, query_window, "
+                "query_supernode_bias)",
                 "volume_template": None if template is None else _array_json(template),
             }
         }
