@@ -96,7 +96,7 @@ def picture(poly, true, panels, path: Path, field: str) -> None:  # type: ignore
 
     titles = ["solver (OpenFOAM)", *(title for title, _, _ in panels)]
     plotter = pv.Plotter(off_screen=True, shape=(len(titles), 1), window_size=(1200, 340 * len(titles)), border=False)
-    lo, hi = np.percentile(true, [2, 98])
+    lo, hi = np.percentile(true, [5, 95])  # the roof's range: a jump of a few percent shows
     points = np.asarray(poly.points)
     for k, title in enumerate(titles):
         plotter.subplot(k, 0)
@@ -107,7 +107,7 @@ def picture(poly, true, panels, path: Path, field: str) -> None:  # type: ignore
         if k:
             i, j = panels[k - 1][2]
             lines = np.column_stack([np.full(len(i), 2), i, j]).ravel()
-            plotter.add_mesh(pv.PolyData(points, lines=lines), color="black", line_width=1.0)
+            plotter.add_mesh(pv.PolyData(points, lines=lines), color="black", line_width=1.0, opacity=0.3)
         plotter.add_text(title, font_size=11)
         plotter.view_xy()
         plotter.camera.zoom(2.1)
