@@ -67,9 +67,9 @@ def _sidecar(ckpt: Checkpoint) -> dict:
                 "body's bounding box, each stratified by ball-tree runs; the graph's first inputs are the anchors, "
                 "every mesh point is a query (docs/export.md)",
                 "queries": "msptcli.model.queries.locate_queries + place_queries: each query's nearest anchor's "
-                "patch per tree (query_slots_t, query_slot_t), or with model_config.anchors.reads = 'nearest' its "
-                "k nearest anchors and their log window weights (query_neighbours, query_window, "
-                "query_supernode_bias)",
+                "patch per tree (query_slots_t, query_slot_t); with model_config.anchors.reads = 'nearest' the "
+                "first tree's slots and every group's keys, the union of its queries' k nearest anchors, with "
+                "their log window weights (query_key_rows, query_key_bias)",
                 "volume_template": None if template is None else _array_json(template),
             }
         }

@@ -110,7 +110,7 @@ def test_anchor_query_models_export_as_one_graph(tmp_path, fmt, rotate, reads):
     names = list(query_inputs(example))
     assert names[: len(LAYOUT_INPUTS) + 1] == ["features", *LAYOUT_INPUTS]
     assert ("tree_reorder_1" in names) == rotate and names[len(LAYOUT_INPUTS) + 1] == "query_features"
-    assert ("query_neighbours" in names) == (reads == "nearest") and ("query_slot_0" in names) == (reads == "patch")
+    assert ("query_key_bias" in names) == (reads == "nearest") and "query_slot_0" in names
     assert verify_export(path, model, example) < 1e-4
     with torch.no_grad():  # the check can fail: a small change of one weight is seen
         model.head.bias += 1e-2

@@ -195,10 +195,18 @@ def test_nearest_queries_read_their_nearest_anchors_in_their_own_cloud():
         assert np.allclose(got, brute[:12])
         assert np.allclose(np.exp(places.window[i]), (1 - (brute[:12] / brute[12]) ** 2) ** 2, atol=1e-6)
     q = place_queries(anchors, places, np.concatenate(featurise(queries)))
-    bias = q.nearest.supernode_bias.numpy()  # every query sees only its own cloud's supernodes
+    slots, query_slot = q.nearest.groups.slots.numpy(), q.nearest.groups.query_slot.numpy()
+    rows, bias = q.nearest.key_rows.numpy(), q.nearest.key_bias.numpy()
+    bias, sn_bias = bias[..., : rows.shape[1]], bias[..., rows.shape[1] :]  # anchors, then the supernodes
     s = anchors.layout.sub_index.shape[1]
-    assert np.isfinite(bias[:40, :s]).any() and np.isneginf(bias[:40, s:]).all()
-    assert np.isneginf(bias[40:, :s]).all() and np.isfinite(bias[40:, s:]).any()
+    cloud = q.nearest.group_cloud.numpy()
+    assert sn_bias.shape[-1] == s and (sn_bias[cloud == 0] == 0).any() and np.isneginf(sn_bias).any()  # padded
+    for i in range(49):  # the keys a query sees with a finite bias are its k nearest, with their window weights
+        p, j = divmod(query_slot[i], slots.shape[1])
+        assert slots[p, j] == i
+        finite = np.isfinite(bias[p, j])
+        want = {int(r): w for r, w in zip(places.rows[i], places.window[i], strict=True) if np.isfinite(w)}
+        assert dict(zip(rows[p, finite].tolist(), bias[p, j, finite].tolist(), strict=True)) == pytest.approx(want)
 
 
 def _walk(model, anchors, start, stop, steps=4000):

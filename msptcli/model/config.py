@@ -46,7 +46,7 @@ class AnchorConfig(BaseModel):
         "ball-tree patch; 'nearest', its `neighbours` nearest anchors under a window that falls smoothly to zero "
         "at the next one (predictions continuous in space: no patch boundaries in the fields)",
     )
-    neighbours: int = Field(32, ge=1, le=1024, description="anchors a query reads with reads: nearest")
+    neighbours: int = Field(16, ge=1, le=1024, description="anchors a query reads with reads: nearest")
     draws: int = Field(
         1,
         ge=1,

@@ -158,8 +158,8 @@ def predict_queries(
     on_device = anchors.to(device)
     out = np.empty((len(features), model.out_features), dtype=np.float32)
     step = len(features) if chunk_points is None else max(int(chunk_points), 1)
-    if anchors.neighbours > 8 and chunk_points is not None:  # each query gathers k anchors' keys: fewer per chunk
-        step = max(step * 8 // anchors.neighbours, 1)
+    if anchors.neighbours and chunk_points is not None:  # reads: nearest: a (query, key) bias per group
+        step = max(step // 4, 1)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
         keys, _ = model.read_anchors(on_device.features.to(dtype), on_device.layout, on_device.trees)
         for start in range(0, len(features), step):

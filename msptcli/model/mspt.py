@@ -169,7 +169,7 @@ class MSPTBlock(nn.Module):
         without changing them (``model/queries.py``)."""
         h = self.norm1(xq)
         if queries.nearest is not None:
-            xq = xq + self.attn.attend_nearest(h, keys.kv, keys.sn_kv, queries.nearest)
+            xq = xq + self.attn.attend_nearest(h, keys.kv, layout.whole, keys.sn_kv, queries.nearest)
         else:
             xq = xq + self.attn.attend_queries(h, keys.kv, layout.whole, keys.sn_kv, queries.groups[keys.tree])
         return xq + self.mlp(self.norm2(xq))

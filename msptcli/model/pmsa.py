@@ -149,46 +149,51 @@ class PMSA(nn.Module):
         c = h.shape[1]
         return F.linear(h, self.qkv.weight[c:], self.qkv.bias[c:])
 
-    def attend_nearest(self, hq: Tensor, kv: Tensor, sn_kv: tuple[Tensor, Tensor], nearest) -> Tensor:  # type: ignore[no-untyped-def]
+    def attend_nearest(  # type: ignore[no-untyped-def]
+        self, hq: Tensor, kv: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor], nearest
+    ) -> Tensor:
         """Attention output of queries that read their k nearest anchors under a window (``model/queries.py``).
 
-        One softmax per query and head over [its k anchors, logits shifted by log w ; all supernodes of the
-        batch, those of other clouds masked]:
+        One softmax per query and head over [its k nearest anchors, logits shifted by log w ; the
+        supernodes of its cloud], computed group by group (``NearestKeys``):
 
-            o_i = softmax([q_i k_j / sqrt(d) + log w_ij]_j ; [q_i k_s / sqrt(d) + bias_is]_s) [v_j ; v_s]
+            o_i = softmax([q_i k_j / sqrt(d) + log w_ij]_j ; [q_i k_s / sqrt(d)]_s) [v_j ; v_s]
 
         Args:
             hq: (m, C) normalised features of the queries.
             kv: (N, 2C) keys and values of every anchor, packed rows, from ``point_kv``.
-            sn_kv: the supernode keys and values of every cloud (B, S, C), from ``supernode_kv``.
-            nearest: the queries' ``NearestKeys``: rows (m, k), window (m, k), supernode_bias (m, B * S).
+            chunk: the anchors' patches (their clouds and padded supernodes).
+            sn_kv: the supernode keys and values of every cloud, from ``supernode_kv``.
+            nearest: the queries' ``NearestKeys``.
 
         Returns:
             (m, C) outputs of the queries.
         """
-        m, c = hq.shape
-        heads, d = self.num_heads, c // self.num_heads
-        q = F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]).view(m, heads, d) * d**-0.5  # (m, H, d)
-        k, v = gather_rows(kv, nearest.rows).split(c, dim=-1)  # 2 x (m, k, C)
-        kn = k.shape[1]
-        k, v = k.reshape(m, kn, heads, d), v.reshape(m, kn, heads, d)
-        k_sn, v_sn = (t.reshape(-1, heads, d).to(q.dtype) for t in sn_kv)  # 2 x (B * S, H, d)
-        logits = torch.cat(
-            [
-                torch.einsum("mhd,mkhd->mhk", q, k) + nearest.window[:, None, :].to(q.dtype),  # (m, H, k)
-                torch.einsum("mhd,shd->mhs", q, k_sn) + nearest.supernode_bias[:, None, :].to(q.dtype),  # (m, H, BS)
-            ],
-            dim=-1,
-        )
-        weight = torch.softmax(logits.to(torch.promote_types(q.dtype, torch.float32)), dim=-1).to(q.dtype)
-        o = torch.einsum("mhk,mkhd->mhd", weight[..., :kn], v) + torch.einsum("mhs,shd->mhd", weight[..., kn:], v_sn)
-        return self.proj(o.reshape(m, c))  # (m, C)
+        c = hq.shape[1]
+        q = gather_rows(F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]), nearest.groups.slots)  # (G, Lq, C)
+        k, v = gather_rows(kv, nearest.key_rows).split(c, dim=-1)  # 2 x (G, U, C)
+        o = self.attend(q, k, v, chunk, sn_kv, key_bias=nearest.key_bias, cloud=nearest.group_cloud)  # (G, Lq, C)
+        return gather_rows(o.reshape(-1, c), nearest.groups.query_slot)  # (m, C), padded slots dropped
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor]) -> Tensor:
-        """Eq. 6 for all patches at once: queries (p, T, C) over [patch keys (p, L, C) ; supernodes of the cloud]."""
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        chunk: PatchChunk,
+        sn_kv: tuple[Tensor, Tensor],
+        key_bias: Tensor | None = None,
+        cloud: Tensor | None = None,
+    ) -> Tensor:
+        """Eq. 6 for all patches at once: queries (p, T, C) over [patch keys (p, L, C) ; supernodes of the cloud].
+
+        For groups of queries that are not the layout's patches (queries reading their nearest anchors):
+        ``key_bias`` (p, T, U + S) is the whole additive bias of every query over [keys ``k`` (p, U, C) ;
+        supernodes], and ``cloud`` (p,) the cloud of every group.
+        """
         p, num_q, c = q.shape
         heads, d = self.num_heads, c // self.num_heads
-        k_sn, v_sn = (gather_rows(t, chunk.patch_cloud) for t in sn_kv)  # 2 x (p, S, C)
+        k_sn, v_sn = (gather_rows(t, chunk.patch_cloud if cloud is None else cloud) for t in sn_kv)  # 2 x (p, S, C)
         k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
         v = torch.cat([v, v_sn.to(v.dtype)], dim=1)
 
@@ -196,5 +201,7 @@ class PMSA(nn.Module):
             return t.view(p, t.shape[1], heads, d).transpose(1, 2)
 
         bias = None if chunk.key_bias is None else chunk.key_bias.to(q.dtype)
+        if key_bias is not None:  # (p, 1, T, U + S)
+            bias = key_bias.to(q.dtype)[:, None]
         o = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), attn_mask=bias)
         return self.proj(o.transpose(1, 2).reshape(p, num_q, c))  # (p, T, C)

@@ -25,11 +25,12 @@ An anchor-query model (``model.anchors``) takes the same inputs for its anchors,
     tree_restore_1  (N,)          int64    its inverse
     -> prediction (M, out_features) float32, the queries in their own order
 
-and with ``anchors.reads: nearest``, instead of the query slots:
+and with ``anchors.reads: nearest`` the queries' slots in their groups (``query_slots_0``, ``query_slot_0``), then:
 
-    query_neighbours      (M, k)      int64    packed rows of every query's k nearest anchors
-    query_window          (M, k)      float32  their log window weights
-    query_supernode_bias  (M, B * S)  float32  0 for the supernodes of the query's cloud, -inf elsewhere
+    query_key_rows    (G, U)            int64    packed anchor rows of every query group's keys (0 where padded)
+    query_key_bias    (G, Lq, U + S)    float32  bias of each (query slot, key): log window weight, -inf where
+                                                 not among its k; 0 / -inf for the supernodes
+    query_group_cloud (G,)              int64    cloud of every group
 
 (``QueryGroups``, ``NearestKeys`` and ``AnchorTrees`` of ``model/queries.py``; ``query_inputs`` builds them all.)
 
@@ -96,17 +97,19 @@ AXES: dict[str, dict[int, str]] = {
 DEFAULT_EXAMPLE_SIZES = (160, 97, 33)
 
 
-def query_axes(trees: int) -> dict[str, dict[int, str]]:
-    """The symbolic axes of the query inputs of a model with ``trees`` ball trees (and of either reading)."""
+def query_axes(trees: int, *, nearest: bool = False) -> dict[str, dict[int, str]]:
+    """The symbolic axes of the query inputs of a model with ``trees`` ball trees (``nearest``: reads: nearest)."""
     axes = {
         "query_features": {0: "num_queries"},
-        "query_neighbours": {0: "num_queries"},
-        "query_window": {0: "num_queries"},
-        "query_supernode_bias": {0: "num_queries", 1: "batch_supernodes"},
+        "query_key_rows": {0: "query_groups", 1: "query_keys"},
+        "query_key_bias": {0: "query_groups", 1: "query_group_len", 2: "query_keys_and_supernodes"},
+        "query_group_cloud": {0: "query_groups"},
     }
     for t in range(trees):
         axes[f"query_slots_{t}"] = {0: "num_patches", 1: f"query_patch_len_{t}"}
         axes[f"query_slot_{t}"] = {0: "num_queries"}
+    if nearest:  # the queries' slots are in groups of anchors, not in the patches
+        axes["query_slots_0"] = {0: "query_groups", 1: "query_group_len"}
     for t in range(1, trees):
         axes[f"tree_reorder_{t}"] = {0: "num_points"}
         axes[f"tree_restore_{t}"] = {0: "num_points"}
@@ -142,9 +145,9 @@ class ExportableMSPT(nn.Module):
         query_slot_1: Tensor | None = None,
         tree_reorder_1: Tensor | None = None,
         tree_restore_1: Tensor | None = None,
-        query_neighbours: Tensor | None = None,
-        query_window: Tensor | None = None,
-        query_supernode_bias: Tensor | None = None,
+        query_key_rows: Tensor | None = None,
+        query_key_bias: Tensor | None = None,
+        query_group_cloud: Tensor | None = None,
     ) -> Tensor:
         n, p = features.shape[0], patch_index.shape[0]
         whole = PatchChunk(0, p, 0, n, patch_index, point_slot, patch_cloud, sub_slots, sub_count, key_bias)
@@ -161,8 +164,9 @@ class ExportableMSPT(nn.Module):
         trees = ONE_TREE
         if tree_reorder_1 is not None:
             trees = AnchorTrees((None, tree_reorder_1), (None, tree_restore_1))
-        if query_neighbours is not None:  # reads: nearest
-            nearest = NearestKeys(query_neighbours, query_window, query_supernode_bias)
+        if query_key_rows is not None:  # reads: nearest
+            groups = QueryGroups(query_slots_0, query_slot_0)
+            nearest = NearestKeys(groups, query_key_rows, query_key_bias, query_group_cloud)
             queries = Queries(query_features, (), nearest)
         else:
             groups = [QueryGroups(query_slots_0, query_slot_0)]
@@ -241,9 +245,11 @@ def query_inputs(example: QueryExample) -> dict[str, np.ndarray]:
         arrays[f"tree_reorder_{t}"] = a.trees.reorder[t].cpu().numpy().astype(np.int64)
         arrays[f"tree_restore_{t}"] = a.trees.restore[t].cpu().numpy().astype(np.int64)
     if q.nearest is not None:
-        arrays["query_neighbours"] = q.nearest.rows.cpu().numpy().astype(np.int64)
-        arrays["query_window"] = _float32(q.nearest.window)
-        arrays["query_supernode_bias"] = _float32(q.nearest.supernode_bias)
+        arrays["query_slots_0"] = q.nearest.groups.slots.cpu().numpy().astype(np.int64)
+        arrays["query_slot_0"] = q.nearest.groups.query_slot.cpu().numpy().astype(np.int64)
+        arrays["query_key_rows"] = q.nearest.key_rows.cpu().numpy().astype(np.int64)
+        arrays["query_key_bias"] = _float32(q.nearest.key_bias)
+        arrays["query_group_cloud"] = q.nearest.group_cloud.cpu().numpy().astype(np.int64)
     return arrays
 
 
@@ -343,7 +349,7 @@ def _write_onnx(wrapper: ExportableMSPT, inputs: dict[str, Tensor], tmp: Path) -
         kwargs=inputs,  # graph inputs in this order
         input_names=list(inputs),
         output_names=[OUTPUT_NAME],
-        dynamic_shapes={name: {**AXES, **query_axes(2)}[name] for name in inputs},
+        dynamic_shapes={name: {**AXES, **query_axes(2, nearest="query_key_rows" in inputs)}[name] for name in inputs},
         dynamo=True,
         external_data=False,  # one self-contained file (weights inline; fine below 2 GB)
         verbose=False,

@@ -137,16 +137,32 @@ class PackedAnchors:
         )
 
 
+#: Queries that read their nearest anchors are grouped by runs of this many anchors of the first tree's order
+#: (spatially compact: the union of a group's k nearest anchors stays small). Grouping changes the cost only.
+QUERY_GROUP = 64
+
+
 @dataclass(frozen=True)
 class NearestKeys:
-    """What queries that read their nearest anchors (``reads: nearest``) attend to, besides nothing else."""
+    """What queries that read their nearest anchors (``reads: nearest``) attend to.
 
-    rows: Tensor  # (M, k) long: packed rows of each query's k nearest anchors (0 where the cloud has fewer)
-    window: Tensor  # (M, k) float32: log w(t) of each of them (-inf: weight 0, or no such anchor)
-    supernode_bias: Tensor  # (M, B * S) float32: 0 for the real supernodes of the query's cloud, -inf elsewhere
+    For speed the queries are grouped by the run of ``QUERY_GROUP`` anchors (in the first tree's
+    order) that holds their nearest anchor; a group's keys are the union of its queries' k nearest
+    anchors, then the supernodes of its cloud. The bias of a (query, anchor) pair is its log w(t)
+    where the anchor is one of that query's k nearest and -inf elsewhere; that of a supernode 0, or
+    -inf for padding: the same attention as gathering every query's own k anchors, with a group's
+    keys computed once for all its queries.
+    """
+
+    groups: QueryGroups  # the queries by group: slots (G, Lq), query_slot (M,)
+    key_rows: Tensor  # (G, U) long: packed anchor rows of every group's keys (0 where padded)
+    key_bias: Tensor  # (G, Lq, U + S) float32: bias of each (query slot, key), the supernodes last
+    group_cloud: Tensor  # (G,) long: cloud of every group
 
     def to(self, device: torch.device | str) -> NearestKeys:
-        return NearestKeys(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return NearestKeys(
+            self.groups.to(device), self.key_rows.to(device), self.key_bias.to(device), self.group_cloud.to(device)
+        )
 
 
 @dataclass(frozen=True)
@@ -271,16 +287,43 @@ def place_queries(anchors: PackedAnchors, places: QueryPlaces, features: np.ndar
     if len(features) != len(places):
         raise InvalidInputError(f"{len(places)} query points but {len(features)} rows of query features")
     if places.window is not None:  # reads: nearest
-        valid = supernode_valid(layout)  # (B, S)
-        slot_cloud = np.repeat(np.arange(layout.num_clouds), valid.shape[1])  # (B * S,) cloud of every slot
-        own = places.cloud[:, None] == slot_cloud[None, :]
-        bias = np.where(own & valid.reshape(1, -1), 0.0, -np.inf).astype(np.float32)  # (M, B * S)
-        nearest = NearestKeys(torch.from_numpy(places.rows), torch.from_numpy(places.window), torch.from_numpy(bias))
-        return Queries(features, (), nearest)
+        return Queries(features, (), nearest_keys(layout, places))
     patch_of_row = np.repeat(np.arange(layout.num_patches), np.diff(layout.patch_start))
     nearest_row = places.rows[:, 0]
     groups = tuple(group_queries(patch_of_row[rank[nearest_row]], layout.num_patches) for rank in anchors.tree_rank)
     return Queries(features, groups)
+
+
+def nearest_keys(layout: PatchLayout, places: QueryPlaces) -> NearestKeys:
+    """The :class:`NearestKeys` of queries at ``places`` (with their k nearest anchors and window weights)."""
+    num_anchors = layout.num_points
+    sizes = np.asarray(layout.sizes, dtype=np.int64)
+    per_cloud = -(-sizes // QUERY_GROUP)  # groups of every cloud: runs of QUERY_GROUP rows, the last shorter
+    first_group = np.concatenate([[0], np.cumsum(per_cloud)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    num_groups = int(per_cloud.sum())
+    nearest = places.rows[:, 0]
+    group = first_group[places.cloud] + (nearest - starts[places.cloud]) // QUERY_GROUP  # (M,)
+    groups = group_queries(group, num_groups)
+    slots = groups.slots.shape[1]
+    rank = groups.query_slot.numpy() - group * slots  # slot of every query within its group
+    k = places.rows.shape[1]
+    keep = np.isfinite(places.window.ravel())  # pairs of weight 0 (and missing neighbours) are not keys
+    pair_group, pair_rank = np.repeat(group, k)[keep], np.repeat(rank, k)[keep]
+    pair_anchor, pair_bias = places.rows.ravel()[keep], places.window.ravel()[keep]
+    keys, which = np.unique(pair_group * num_anchors + pair_anchor, return_inverse=True)  # sorted by group
+    key_group = keys // num_anchors
+    count = np.bincount(key_group, minlength=num_groups)
+    position = np.arange(len(keys)) - np.concatenate([[0], np.cumsum(count)[:-1]])[key_group]
+    length = max(int(count.max()) if len(count) else 1, 1)
+    key_rows = np.zeros((num_groups, length), dtype=np.int64)
+    key_rows[key_group, position] = keys % num_anchors
+    group_cloud = np.repeat(np.arange(len(sizes)), per_cloud)
+    valid = supernode_valid(layout)  # (B, S)
+    bias = np.full((num_groups, slots, length + valid.shape[1]), -np.inf, dtype=np.float32)
+    bias[pair_group, pair_rank, position[which]] = pair_bias
+    bias[:, :, length:] = np.where(valid[group_cloud], 0.0, -np.inf)[:, None, :]
+    return NearestKeys(groups, torch.from_numpy(key_rows), torch.from_numpy(bias), torch.from_numpy(group_cloud))
 
 
 def supernode_valid(layout: PatchLayout) -> np.ndarray:
