@@ -22,7 +22,7 @@ SIZES = [300, 45]  # two clouds of anchors, none a power of two
 
 def make(dtype=torch.float64, **overrides) -> MSPT:
     torch.manual_seed(0)
-    cfg = {"width": 24, "num_heads": 3, "depth": 3, **overrides}
+    cfg = {"width": 24, "num_heads": 3, "depth": 3, "anchors": {"reads": "patch"}, **overrides}  # NEAREST: the other
     return MSPT(ModelConfig(**cfg), in_features=4, out_features=2).to(dtype)
 
 
