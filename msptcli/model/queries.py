@@ -236,7 +236,7 @@ class QueryPlaces:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, rows: slice) -> QueryPlaces:
+    def __getitem__(self, rows: slice | np.ndarray) -> QueryPlaces:
         window = None if self.window is None else self.window[rows]
         return QueryPlaces(self.rows[rows], window, self.cloud[rows])
 
@@ -301,9 +301,11 @@ def nearest_keys(layout: PatchLayout, places: QueryPlaces) -> NearestKeys:
     per_cloud = -(-sizes // QUERY_GROUP)  # groups of every cloud: runs of QUERY_GROUP rows, the last shorter
     first_group = np.concatenate([[0], np.cumsum(per_cloud)[:-1]])
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    num_groups = int(per_cloud.sum())
     nearest = places.rows[:, 0]
-    group = first_group[places.cloud] + (nearest - starts[places.cloud]) // QUERY_GROUP  # (M,)
+    run = first_group[places.cloud] + (nearest - starts[places.cloud]) // QUERY_GROUP  # (M,) run of every query
+    runs, group = np.unique(run, return_inverse=True)  # only the runs that hold queries become groups
+    group = group.reshape(-1)
+    num_groups = len(runs)
     groups = group_queries(group, num_groups)
     slots = groups.slots.shape[1]
     rank = groups.query_slot.numpy() - group * slots  # slot of every query within its group
@@ -318,7 +320,7 @@ def nearest_keys(layout: PatchLayout, places: QueryPlaces) -> NearestKeys:
     length = max(int(count.max()) if len(count) else 1, 1)
     key_rows = np.zeros((num_groups, length), dtype=np.int64)
     key_rows[key_group, position] = keys % num_anchors
-    group_cloud = np.repeat(np.arange(len(sizes)), per_cloud)
+    group_cloud = np.repeat(np.arange(len(sizes)), per_cloud)[runs]
     valid = supernode_valid(layout)  # (B, S)
     bias = np.full((num_groups, slots, length + valid.shape[1]), -np.inf, dtype=np.float32)
     bias[pair_group, pair_rank, position[which]] = pair_bias
