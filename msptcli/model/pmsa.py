@@ -119,8 +119,7 @@ class PMSA(nn.Module):
 
     def patch_kv(self, h: Tensor, chunk: PatchChunk) -> Tensor:
         """Keys and values of the chunk's points, patch by patch: (p, L, 2C), for queries to read."""
-        c = h.shape[1]
-        return gather_rows(F.linear(h, self.qkv.weight[c:], self.qkv.bias[c:]), chunk.patch_index)
+        return gather_rows(self.point_kv(h), chunk.patch_index)
 
     def attend_queries(self, hq: Tensor, kv: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor], groups) -> Tensor:  # type: ignore[no-untyped-def]
         """Attention output of query points that read the chunk's points (anchors) without being read.

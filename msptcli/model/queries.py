@@ -329,8 +329,10 @@ def nearest_keys(layout: PatchLayout, places: QueryPlaces) -> NearestKeys:
 
 
 def supernode_valid(layout: PatchLayout) -> np.ndarray:
-    """(B, S) bool: which padded supernode slots of every cloud hold a real supernode."""
-    index = layout.sub_index.cpu().numpy()
-    count = layout.whole.sub_count.cpu().numpy()
-    per_cloud = np.bincount(layout.whole.patch_cloud.cpu().numpy(), minlength=layout.num_clouds) * layout.num_supernodes
-    return (np.arange(index.shape[1])[None, :] < per_cloud[:, None]) & (count[index] > 0)
+    """(B, S) bool: which padded supernode slots of every cloud hold a real supernode, read from the layout's own
+    key bias (its last S columns, the same for every patch of a cloud)."""
+    w, s = layout.whole, layout.sub_index.shape[1]
+    if w.key_bias is None:  # nothing padded
+        return np.ones((layout.num_clouds, s), dtype=bool)
+    first = np.searchsorted(w.patch_cloud.cpu().numpy(), np.arange(layout.num_clouds))  # first patch of each cloud
+    return np.isfinite(w.key_bias[first, 0, 0, w.key_bias.shape[-1] - s :].cpu().numpy())
