@@ -67,6 +67,84 @@ class AnchorConfig(BaseModel):
         return self
 
 
+#: The networks that can run on the points (or, with anchors, on the anchors): ``model.backbone``.
+BACKBONES = ("mspt", "erwin", "erwin-nsa", "transolver")
+
+
+class ErwinConfig(BaseModel):
+    """Erwin (Zhdanov et al., ICML 2025): ball attention over a U-Net of the ball tree (``model/erwin.py``).
+
+    Level 0 cuts the tree order into balls of ``ball_sizes[0]`` points; each encoder level pools
+    ``strides[l]`` consecutive nodes (children of one parent ball) into one, so level l has
+    ``N / prod(strides[:l])`` nodes of ``width * width_multipliers[l]`` channels; the decoder refines
+    back. ``rotate``: the second block of every level attends in the balls of the rotated tree.
+    The MPNN embedding of the paper is not built (it needs a radius graph; Erwin's MPNN-free option).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    ball_sizes: tuple[int, ...] = Field(
+        (128, 128, 128), description="points per ball at every level (the last: the bottleneck)"
+    )
+    strides: tuple[int, ...] = Field(
+        (2, 2), description="nodes pooled into one between levels (one fewer than ball_sizes)"
+    )
+    enc_depths: tuple[int, ...] = Field((2, 2, 2), description="blocks at every encoder level and the bottleneck")
+    dec_depths: tuple[int, ...] = Field((2, 2), description="blocks at every decoder level (one fewer than ball_sizes)")
+    width_multipliers: tuple[int, ...] = Field((1, 2, 4), description="channels of every level, times model.width")
+    rotate: bool = Field(True, description="the second block of every level reads the balls of the rotated tree")
+
+    @model_validator(mode="after")
+    def _check(self) -> ErwinConfig:
+        levels = len(self.ball_sizes)
+        if len(self.enc_depths) != levels or len(self.width_multipliers) != levels:
+            raise ValueError(f"erwin: ball_sizes, enc_depths and width_multipliers need one value per level ({levels})")
+        if len(self.strides) != levels - 1 or len(self.dec_depths) != levels - 1:
+            raise ValueError(
+                f"erwin: strides and dec_depths need one value per level but the bottleneck ({levels - 1})"
+            )
+        for name in ("ball_sizes", "strides"):
+            if not all(_is_power_of_two(v) for v in getattr(self, name)):
+                raise ValueError(
+                    f"erwin.{name} must be powers of two (nodes of the ball tree), got {getattr(self, name)}"
+                )
+        if (
+            min(self.enc_depths) < 1
+            or min(self.width_multipliers) < 1
+            or (self.dec_depths and min(self.dec_depths) < 1)
+        ):
+            raise ValueError("erwin: depths and width multipliers must be positive")
+        return self
+
+    def cloud_multiple(self) -> int:
+        """Every cloud's size must be a multiple of this: whole balls at every level."""
+        m, pooled = 1, 1
+        for level, ball in enumerate(self.ball_sizes):
+            m = max(m, ball * pooled)
+            if level < len(self.strides):
+                pooled *= self.strides[level]
+        return max(m, pooled)
+
+
+class NSAConfig(BaseModel):
+    """Ball-tree native sparse attention (Erwin-NSA, ``model/nsa.py``): per point a compressed branch (all
+    ball summaries of its cloud), a selected branch (all points of the ``selected`` balls whose summaries
+    score highest for the point's ball) and a local branch (its own ball), mixed by learned gates.
+    Balls are the patches of the layout (``model.patch_size`` / ``num_patches``), summaries its supernodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    selected: int = Field(4, ge=1, le=4096, description="balls every ball selects for full attention (top-k)")
+
+
+class TransolverConfig(BaseModel):
+    """Transolver (Wu et al., ICML 2024): physics attention over learned slices (``model/transolver.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    slices: int = Field(32, ge=1, le=4096, description="slice tokens G per head")
+
+
 class ModelConfig(BaseModel):
     """Sizes and variants of an MSPT network. Saved inside every checkpoint.
 
@@ -77,6 +155,11 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    backbone: Literal["mspt", "erwin", "erwin-nsa", "transolver"] = Field(
+        "mspt",
+        description="the network on the points (with anchors: on the anchors; the queries' reading is shared): "
+        "mspt, erwin, erwin-nsa (ball-tree sparse attention) or transolver; its own settings in model.<name>",
+    )
     width: int = Field(128, ge=1, description="channels C of the point features")
     num_heads: int = Field(8, ge=1, description="attention heads; must divide width")
     depth: int = Field(4, ge=1, description="number of MSPT blocks")
@@ -114,6 +197,18 @@ class ModelConfig(BaseModel):
         "boundaries move from block to block; needs anchors and supernodes: keys",
     )
     checkpointing: bool = Field(False, description="recompute each block in the backward pass to save memory")
+    query_depth: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="with anchors and a backbone other than mspt: blocks in which the queries read the backbone's "
+        "anchor features (MSPT's queries read its own blocks)",
+    )
+    erwin: ErwinConfig | None = Field(None, description="settings of backbone: erwin (defaults when null)")
+    nsa: NSAConfig | None = Field(None, description="settings of backbone: erwin-nsa (defaults when null)")
+    transolver: TransolverConfig | None = Field(
+        None, description="settings of backbone: transolver (defaults when null)"
+    )
 
     @field_validator("pooling", "supernodes", mode="before")
     @classmethod
@@ -137,12 +232,51 @@ class ModelConfig(BaseModel):
             raise ValueError("rotate_trees needs anchors (the rotated tree is built on the anchors)")
         if self.rotate_trees and self.supernodes == "carried":
             raise ValueError("rotate_trees needs supernodes: keys (carried supernodes belong to one tree's patches)")
+        own = {"erwin": "erwin", "erwin-nsa": "nsa", "transolver": "transolver"}
+        for backbone, block in own.items():
+            if getattr(self, block) is not None and self.backbone != backbone:
+                raise ValueError(
+                    f"model.{block} is set but the backbone is {self.backbone} (model.backbone={backbone})"
+                )
+        if self.backbone != "mspt" and self.supernodes == "carried":
+            raise ValueError(f"supernodes: carried belongs to MSPT's blocks, not to backbone {self.backbone}")
+        if self.backbone == "erwin":
+            self._check_erwin()
         return self
+
+    def _check_erwin(self) -> None:
+        erwin = self.erwin_settings
+        if self.anchors is None:
+            raise ValueError(
+                "backbone erwin needs anchors: its balls and pooling need clouds of a fixed size (a multiple of "
+                f"{erwin.cloud_multiple()} points), which the anchors give"
+            )
+        n, m = self.anchors.surface + self.anchors.volume, erwin.cloud_multiple()
+        if n % m:
+            raise ValueError(
+                f"backbone erwin: anchors.surface + anchors.volume = {n} is not a multiple of {m} "
+                "(whole balls at every level: ball_sizes times the strides below them)"
+            )
+        if erwin.width_multipliers[0] != 1:
+            raise ValueError("erwin.width_multipliers[0] must be 1 (level 0 has model.width channels)")
+
+    @property
+    def erwin_settings(self) -> ErwinConfig:
+        return self.erwin or ErwinConfig()
+
+    @property
+    def nsa_settings(self) -> NSAConfig:
+        return self.nsa or NSAConfig()
+
+    @property
+    def transolver_settings(self) -> TransolverConfig:
+        return self.transolver or TransolverConfig()
 
     @property
     def num_trees(self) -> int:
-        """Ball trees the blocks alternate between: 2 with ``rotate_trees``, else 1."""
-        return 2 if self.rotate_trees else 1
+        """Ball trees the blocks alternate between: 2 with ``rotate_trees`` (or Erwin's ``rotate``), else 1."""
+        rotated = self.rotate_trees or (self.backbone == "erwin" and self.erwin_settings.rotate)
+        return 2 if rotated else 1
 
     @property
     def head_dim(self) -> int:

@@ -200,3 +200,8 @@ def _to(obj, device):  # type: ignore[no-untyped-def]
             v = _to(v, device)
         values[f.name] = v
     return type(obj)(**values)
+
+
+def point_cloud(chunk: PatchChunk, patch_len: int | Tensor) -> Tensor:
+    """(n,) long: the cloud of every point of ``chunk`` (from its patches; traceable: no host-side sizes)."""
+    return chunk.patch_cloud.index_select(0, torch.div(chunk.point_slot, patch_len, rounding_mode="floor"))

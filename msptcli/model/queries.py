@@ -195,7 +195,7 @@ def pack_anchors(
     every_given = np.concatenate(clouds)
     orders = [np.asarray(ball_tree_order(every_given, offsets=offsets, rotation=FIRST_ROTATION), dtype=np.int64)]
     # (rows of each cloud, in tree order; the first tree is built on slightly rotated coordinates, below)
-    if config.rotate_trees:
+    if config.num_trees == 2:
         rotated = ball_tree_order(every_given, offsets=offsets, rotation=TREE_ROTATION)
         orders.append(np.asarray(rotated, dtype=np.int64))
     first = orders[0]
