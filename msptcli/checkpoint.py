@@ -32,7 +32,7 @@ from msptcli.data.features import IN_FEATURES, Channels
 from msptcli.data.manifest import SampleEntry, Stats
 from msptcli.errors import CheckpointError
 from msptcli.io.atomic import atomic_output
-from msptcli.model import MSPT, ModelConfig
+from msptcli.model import ModelConfig, Network, build_network
 from msptcli.model.config import RENAMED
 
 FORMAT = "mspt-checkpoint-2"
@@ -45,7 +45,7 @@ TEMPLATE_KEY = "extra/volume_template"
 class Checkpoint:
     """A loaded checkpoint: the model (eval mode, CPU) and what it needs around it."""
 
-    model: MSPT
+    model: Network
     config: MsptConfig
     channels: Channels
     stats: Stats
@@ -138,7 +138,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         stats = Stats.model_validate_json(meta["stats"])
         in_features, out_features = int(meta["in_features"]), int(meta["out_features"])
         _check_parts(channels, stats, in_features, out_features, template)
-        model = MSPT(
+        model = build_network(
             ModelConfig.model_validate_json(meta["model_config"]), in_features=in_features, out_features=out_features
         )
         _load_weights(model, state)
@@ -180,7 +180,7 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def unwrap(model: torch.nn.Module) -> MSPT:
+def unwrap(model: torch.nn.Module) -> Network:
     """The MSPT inside DistributedDataParallel or torch.compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
@@ -202,7 +202,7 @@ def _check_parts(
         raise ValueError(f"the volume template must be finite (M, 3) points, got shape {tuple(template.shape)}")
 
 
-def _load_weights(model: MSPT, state: dict[str, torch.Tensor]) -> None:
+def _load_weights(model: Network, state: dict[str, torch.Tensor]) -> None:
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:

@@ -16,7 +16,7 @@ from msptcli.data.anchors import sample_anchors, seeds_of
 from msptcli.data.features import Channels, model_inputs, model_targets, to_physical
 from msptcli.data.manifest import Manifest
 from msptcli.data.sample import Sample
-from msptcli.model import MSPT, predict_clouds, predict_queries_averaged
+from msptcli.model import Network, predict_clouds, predict_queries_averaged
 from msptcli.physics import coefficients, force_from_points
 
 
@@ -53,7 +53,7 @@ def drag_lift(
 
 
 def evaluate_sample(
-    model: MSPT,
+    model: Network,
     sample: Sample,
     manifest: Manifest,
     *,

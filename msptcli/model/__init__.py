@@ -12,6 +12,7 @@ from msptcli.model.inference import (
 )
 from msptcli.model.layout import PatchChunk, PatchLayout, build_layout
 from msptcli.model.mspt import MSPT, MSPTBlock
+from msptcli.model.network import BackboneNetwork, Network, build_network
 from msptcli.model.pmsa import PMSA, SupernodePool
 
 __all__ = [
@@ -19,13 +20,16 @@ __all__ = [
     "MSPT",
     "PMSA",
     "AnchorConfig",
+    "BackboneNetwork",
     "MSPTBlock",
     "ModelConfig",
+    "Network",
     "PackedClouds",
     "PatchChunk",
     "PatchLayout",
     "SupernodePool",
     "build_layout",
+    "build_network",
     "pack_clouds",
     "predict",
     "predict_clouds",

@@ -242,6 +242,11 @@ class ModelConfig(BaseModel):
             raise ValueError(f"supernodes: carried belongs to MSPT's blocks, not to backbone {self.backbone}")
         if self.backbone == "erwin":
             self._check_erwin()
+        if self.backbone != "mspt" and self.anchors is not None and self.query_depth < self.num_trees:
+            raise ValueError(
+                f"query_depth {self.query_depth} is below the {self.num_trees} ball trees the reading blocks alternate "
+                "between (each tree needs a block)"
+            )
         return self
 
     def _check_erwin(self) -> None:

@@ -32,7 +32,7 @@ from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout, build_layout
-from msptcli.model.mspt import MSPT
+from msptcli.model.network import Network
 from msptcli.model.queries import locate_queries, pack_anchors, place_queries
 
 #: Default points per chunk of streaming inference: temporaries of a few hundred MB at width 128.
@@ -92,7 +92,7 @@ def pack_clouds(
 
 @torch.no_grad()
 def predict(
-    model: MSPT,
+    model: Network,
     packed: PackedClouds,
     *,
     device: torch.device | str = "cpu",
@@ -114,7 +114,7 @@ def predict(
 
 
 def predict_clouds(
-    model: MSPT,
+    model: Network,
     points: Sequence[np.ndarray],
     features: Sequence[np.ndarray | Tensor],
     *,
@@ -131,7 +131,7 @@ def predict_clouds(
 
 @torch.no_grad()
 def predict_queries(
-    model: MSPT,
+    model: Network,
     anchor_points: Sequence[np.ndarray],
     anchor_features: Sequence[np.ndarray],
     query_points: Sequence[np.ndarray],
@@ -172,7 +172,7 @@ def predict_queries(
 
 
 def predict_queries_averaged(
-    model: MSPT,
+    model: Network,
     draws: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
     query_points: Sequence[np.ndarray],
     query_features: Sequence[np.ndarray],

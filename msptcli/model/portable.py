@@ -61,7 +61,7 @@ from msptcli.errors import InvalidInputError, MsptError
 from msptcli.io.atomic import atomic_output
 from msptcli.model.inference import PackedClouds, pack_clouds, predict
 from msptcli.model.layout import PatchChunk, PatchLayout
-from msptcli.model.mspt import MSPT
+from msptcli.model.network import Network
 from msptcli.model.queries import (
     ONE_TREE,
     AnchorTrees,
@@ -116,7 +116,7 @@ def query_axes(trees: int, *, nearest: bool = False) -> dict[str, dict[int, str]
     return axes
 
 
-class ExportableMSPT(nn.Module):
+class ExportableNetwork(nn.Module):
     """``MSPT.forward`` on the layout's index tensors, for tracing; it owns no weights of its own.
 
     A ``PatchLayout`` is rebuilt from the inputs: ``whole`` and ``sub_index`` are
@@ -124,7 +124,7 @@ class ExportableMSPT(nn.Module):
     bounds) are left empty so that no size of the traced batch enters the graph.
     """
 
-    def __init__(self, model: MSPT) -> None:
+    def __init__(self, model: Network) -> None:
         super().__init__()
         self.model = model
 
@@ -177,7 +177,7 @@ class ExportableMSPT(nn.Module):
 
 
 def export_model(
-    model: MSPT, path: str | Path, *, fmt: Format = "onnx", example: PackedClouds | QueryExample | None = None
+    model: Network, path: str | Path, *, fmt: Format = "onnx", example: PackedClouds | QueryExample | None = None
 ) -> Path:
     """Write ``model`` to ``path`` as an ONNX or TorchScript graph that takes any batch of clouds.
 
@@ -202,7 +202,7 @@ def export_model(
         raise InvalidInputError(
             f"example features have {inputs['features'].shape[1]} columns, the model takes {model.in_features}"
         )
-    wrapper = ExportableMSPT(copy.deepcopy(model).to("cpu", torch.float32)).eval()  # a copy: model untouched
+    wrapper = ExportableNetwork(copy.deepcopy(model).to("cpu", torch.float32)).eval()  # a copy: model untouched
     final = Path(path)
     try:
         with atomic_output(final) as tmp, torch.no_grad(), _quiet_exporters():
@@ -220,7 +220,7 @@ class QueryExample:
     queries: Queries
 
 
-def random_example(model: MSPT, sizes: Sequence[int], seed: int = 0) -> PackedClouds | QueryExample:
+def random_example(model: Network, sizes: Sequence[int], seed: int = 0) -> PackedClouds | QueryExample:
     """Clouds of random points and inputs of ``sizes`` (anchors and as many queries, for an anchor-query model)."""
     rng = np.random.default_rng(seed)
     points = [rng.normal(size=(n, 3)) for n in sizes]
@@ -311,7 +311,7 @@ def run_exported(path: str | Path, inputs: Mapping[str, np.ndarray]) -> np.ndarr
 
 
 def verify_export(
-    path: str | Path, model: MSPT, batch: PackedClouds | QueryExample, *, atol: float = 1e-4, rtol: float = 1e-4
+    path: str | Path, model: Network, batch: PackedClouds | QueryExample, *, atol: float = 1e-4, rtol: float = 1e-4
 ) -> float:
     """Max abs difference between an exported file and ``model`` on ``batch``; raises beyond tolerance.
 
@@ -340,7 +340,7 @@ def verify_export(
     return worst
 
 
-def _write_onnx(wrapper: ExportableMSPT, inputs: dict[str, Tensor], tmp: Path) -> None:
+def _write_onnx(wrapper: ExportableNetwork, inputs: dict[str, Tensor], tmp: Path) -> None:
     _require("onnxscript", "ONNX export")
     torch.onnx.export(
         wrapper,
@@ -356,12 +356,12 @@ def _write_onnx(wrapper: ExportableMSPT, inputs: dict[str, Tensor], tmp: Path) -
     )
 
 
-def _write_torchscript(wrapper: ExportableMSPT, inputs: dict[str, Tensor], tmp: Path) -> None:
+def _write_torchscript(wrapper: ExportableNetwork, inputs: dict[str, Tensor], tmp: Path) -> None:
     traced = torch.jit.trace(wrapper, example_kwarg_inputs=inputs, check_trace=False)
     torch.jit.save(traced, str(tmp))
 
 
-_WRITERS: dict[str, Callable[[ExportableMSPT, dict[str, Tensor], Path], None]] = {
+_WRITERS: dict[str, Callable[[ExportableNetwork, dict[str, Tensor], Path], None]] = {
     "onnx": _write_onnx,
     "torchscript": _write_torchscript,
 }

@@ -34,7 +34,7 @@ from msptcli.device import pick_device
 from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
 from msptcli.io.atomic import atomic_output, make_dirs
-from msptcli.model import MSPT
+from msptcli.model import Network, build_network
 from msptcli.train.dataset import QueryBatch, TrainClouds, collate
 from msptcli.train.distributed import World, join, leave, rank_batches
 from msptcli.train.log import append_metrics, plot_curves, truncate_metrics
@@ -58,7 +58,7 @@ class TrainSummary:
     run_dir: Path
     epochs_done: int
     interrupted: bool = False
-    model: MSPT | None = None  # the trained network of this process (under torchrun: of this rank)
+    model: Network | None = None  # the trained network of this process (under torchrun: of this rank)
     main: bool = True  # this process speaks for the run (rank 0 under torchrun)
 
 
@@ -133,7 +133,7 @@ def _train(
 
     channels = Channels.from_fields(manifest.fields)
     model_config = config.model
-    model = MSPT(model_config, in_features=IN_FEATURES, out_features=channels.total).to(device)
+    model = build_network(model_config, in_features=IN_FEATURES, out_features=channels.total).to(device)
     net = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if (world.distributed)
@@ -301,7 +301,7 @@ def _validate(model, data_dir, manifest, entries, device, reference, *, bf16) ->
     return {f"val_{k}": float(np.mean([r[k] for r in rows if k in r])) for k in keys}
 
 
-def _check_same_model(state: dict[str, Any], model: MSPT, run_dir: Path) -> None:
+def _check_same_model(state: dict[str, Any], model: Network, run_dir: Path) -> None:
     """``--resume`` continues the network the run trained: refuse another ``model:`` config in one line."""
     saved = state.get("model_config")
     if saved is not None and saved != model.config.model_dump_json():
