@@ -73,6 +73,8 @@ def _sidecar(ckpt: Checkpoint) -> dict:
                 "volume_template": None if template is None else _array_json(template),
             }
         }
+        if ckpt.model.config.backbone != "mspt":
+            anchors["anchors"]["backbone"] = _backbone_note(ckpt.model.config)
     return {
         **anchors,
         "inputs": {
@@ -98,6 +100,15 @@ def _sidecar(ckpt: Checkpoint) -> dict:
         "reference": ckpt.reference,
         "mspt_version": ckpt.version,
     }
+
+
+def _backbone_note(config) -> str:  # type: ignore[no-untyped-def]
+    note = f"{config.backbone} runs on the anchors; the queries read its anchor features in query_depth blocks"
+    if config.num_trees == 2:
+        note += "; tree_reorder_1 / tree_restore_1: the anchors' rotated ball tree (msptcli.model.queries.pack_anchors)"
+    if config.backbone == "erwin":
+        note += f"; every cloud's anchors a multiple of {config.erwin_settings.cloud_multiple()} (whole balls)"
+    return note
 
 
 def _array_json(array: np.ndarray) -> dict:

@@ -84,14 +84,14 @@ class ErwinConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     ball_sizes: tuple[int, ...] = Field(
-        (128, 128, 128), description="points per ball at every level (the last: the bottleneck)"
+        (128, 128), description="points per ball at every level (the last: the bottleneck)"
     )
     strides: tuple[int, ...] = Field(
-        (2, 2), description="nodes pooled into one between levels (one fewer than ball_sizes)"
+        (4,), description="nodes pooled into one between levels (one fewer than ball_sizes)"
     )
-    enc_depths: tuple[int, ...] = Field((2, 2, 2), description="blocks at every encoder level and the bottleneck")
-    dec_depths: tuple[int, ...] = Field((2, 2), description="blocks at every decoder level (one fewer than ball_sizes)")
-    width_multipliers: tuple[int, ...] = Field((1, 2, 4), description="channels of every level, times model.width")
+    enc_depths: tuple[int, ...] = Field((2, 2), description="blocks at every encoder level and the bottleneck")
+    dec_depths: tuple[int, ...] = Field((2,), description="blocks at every decoder level (one fewer than ball_sizes)")
+    width_multipliers: tuple[int, ...] = Field((1, 2), description="channels of every level, times model.width")
     rotate: bool = Field(True, description="the second block of every level reads the balls of the rotated tree")
 
     @model_validator(mode="after")

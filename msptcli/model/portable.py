@@ -59,6 +59,7 @@ from torch import Tensor, nn
 
 from msptcli.errors import InvalidInputError, MsptError
 from msptcli.io.atomic import atomic_output
+from msptcli.model.config import ModelConfig
 from msptcli.model.inference import PackedClouds, pack_clouds, predict
 from msptcli.model.layout import PatchChunk, PatchLayout
 from msptcli.model.network import Network
@@ -223,6 +224,9 @@ class QueryExample:
 def random_example(model: Network, sizes: Sequence[int], seed: int = 0) -> PackedClouds | QueryExample:
     """Clouds of random points and inputs of ``sizes`` (anchors and as many queries, for an anchor-query model)."""
     rng = np.random.default_rng(seed)
+    if model.config.backbone == "erwin":  # whole balls at every level
+        m = model.config.erwin_settings.cloud_multiple()
+        sizes = [-(-n // m) * m for n in sizes]
     points = [rng.normal(size=(n, 3)) for n in sizes]
     features = [rng.normal(size=(n, model.in_features)).astype(np.float32) for n in sizes]
     if model.config.anchors is None:
@@ -310,15 +314,31 @@ def run_exported(path: str | Path, inputs: Mapping[str, np.ndarray]) -> np.ndarr
     return session.run([OUTPUT_NAME], {k: inputs[k] for k in names})[0]
 
 
+#: The default tolerance of :func:`verify_export`, and the backbones that need a wider one: Erwin-NSA's top-k choice
+#: of balls is discrete, and where two balls score within float32 rounding (nearly untrained weights) onnxruntime and
+#: PyTorch may choose differently; outputs then differ by up to about 1e-3 (measured 6e-4 at initialisation).
+TOLERANCE = 1e-4
+BACKBONE_TOLERANCE = {"erwin-nsa": 2e-3}
+
+
 def verify_export(
-    path: str | Path, model: Network, batch: PackedClouds | QueryExample, *, atol: float = 1e-4, rtol: float = 1e-4
+    path: str | Path,
+    model: Network,
+    batch: PackedClouds | QueryExample,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> float:
     """Max abs difference between an exported file and ``model`` on ``batch``; raises beyond tolerance.
 
     Both run the same inference path (:func:`msptcli.model.inference.predict`, whole batch, float32 on the
     CPU; for an anchor-query model its forward pass on the anchors and queries); passes where
-    ``|exported - model| <= atol + rtol * |model|`` at every output (as ``np.allclose``).
+    ``|exported - model| <= atol + rtol * |model|`` at every output (as ``np.allclose``); both default to
+    ``TOLERANCE``, or the backbone's ``BACKBONE_TOLERANCE``.
     """
+    default = BACKBONE_TOLERANCE.get(model.config.backbone, TOLERANCE)
+    atol = default if atol is None else atol
+    rtol = default if rtol is None else rtol
     if isinstance(batch, QueryExample):
         got = run_exported(path, query_inputs(batch))
         net = copy.deepcopy(model).to("cpu", torch.float32).eval()
@@ -349,11 +369,25 @@ def _write_onnx(wrapper: ExportableNetwork, inputs: dict[str, Tensor], tmp: Path
         kwargs=inputs,  # graph inputs in this order
         input_names=list(inputs),
         output_names=[OUTPUT_NAME],
-        dynamic_shapes={name: {**AXES, **query_axes(2, nearest="query_key_rows" in inputs)}[name] for name in inputs},
+        dynamic_shapes=_dynamic_shapes(wrapper.model.config, inputs),
         dynamo=True,
         external_data=False,  # one self-contained file (weights inline; fine below 2 GB)
         verbose=False,
     )
+
+
+def _dynamic_shapes(config: ModelConfig, inputs: dict[str, Tensor]) -> dict[str, dict[int, object]]:
+    """The symbolic axes of every input; Erwin's number of points as a multiple of its whole balls (its reshapes
+    into balls need it, and torch.export must be told)."""
+    axes = {**AXES, **query_axes(2, nearest="query_key_rows" in inputs)}
+    shapes: dict[str, dict[int, object]] = {name: dict(axes[name]) for name in inputs}
+    if config.backbone == "erwin":
+        points = config.erwin_settings.cloud_multiple() * torch.export.Dim("num_point_balls")
+        for dims in shapes.values():
+            for axis, name in dims.items():
+                if name == "num_points":
+                    dims[axis] = points
+    return shapes
 
 
 def _write_torchscript(wrapper: ExportableNetwork, inputs: dict[str, Tensor], tmp: Path) -> None:
