@@ -83,8 +83,12 @@ def parameters(backbone: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def worker(backbone: str, mode: str, n: int, device: str) -> dict:
-    """One measurement in this (fresh) process."""
+def worker(backbone: str, mode: str, n: int, device: str, memory_limit_gb: float) -> dict:
+    """One measurement in this (fresh) process, its address space capped at ``memory_limit_gb`` on the CPU
+    (a run that needs more fails cleanly as "out of memory" instead of pushing the machine into swap)."""
+    if device == "cpu" and memory_limit_gb > 0:
+        limit = int(memory_limit_gb * 1e9)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     from msptcli.model import build_network, predict_queries
     from msptcli.model.queries import pack_anchors
 
@@ -137,8 +141,9 @@ def worker(backbone: str, mode: str, n: int, device: str) -> dict:
     return {"seconds": seconds, "peak_gb": max(peak, 0) / 1e9}
 
 
-def measure(backbone: str, mode: str, n: int, device: str, timeout: float) -> dict | None:
-    cmd = [sys.executable, __file__, "--device", device, "--worker", backbone, mode, str(n)]
+def measure(backbone: str, mode: str, n: int, device: str, timeout: float, memory_limit_gb: float) -> dict | None:
+    cmd = [sys.executable, __file__, "--device", device, "--memory-limit-gb", str(memory_limit_gb)]
+    cmd += ["--worker", backbone, mode, str(n)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -155,7 +160,7 @@ def cell(result: dict | None) -> str:
     return f"{result['seconds']:.2f} s, {result['peak_gb']:.2f} GB"
 
 
-def cost_table(backbones: list[str], sizes: list[int], device: str, timeout: float) -> None:
+def cost_table(backbones: list[str], sizes: list[int], device: str, timeout: float, memory_limit_gb: float) -> None:
     print("Cost (time, peak memory):")
     print()
     cols = [f"train step {n:,}" for n in sizes] + [f"predict {QUERIES:,} queries"]
@@ -164,8 +169,8 @@ def cost_table(backbones: list[str], sizes: list[int], device: str, timeout: flo
     for backbone in backbones:
         cells = [f"{parameters(backbone):,}"]
         for n in sizes:
-            cells.append(cell(measure(backbone, "step", n, device, timeout)))
-        cells.append(cell(measure(backbone, "predict", QUERIES, device, timeout)))
+            cells.append(cell(measure(backbone, "step", n, device, timeout, memory_limit_gb)))
+        cells.append(cell(measure(backbone, "predict", QUERIES, device, timeout, memory_limit_gb)))
         print(f"| {backbone} | " + " | ".join(cells) + " |", flush=True)
     print()
 
@@ -201,6 +206,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="optimiser steps per backbone (accuracy)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(STEP_SIZES), help="points of the train steps")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a measurement is abandoned")
+    parser.add_argument(
+        "--memory-limit-gb", type=float, default=16.0, help="address space of a CPU measurement (0: no limit)"
+    )
     parser.add_argument("--cost-only", action="store_true")
     parser.add_argument("--accuracy-only", action="store_true")
     parser.add_argument("--reuse", action="store_true", help="evaluate finished accuracy runs again")
@@ -208,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         backbone, mode, n = args.worker
-        print(json.dumps(worker(backbone, mode, int(n), args.device)))
+        print(json.dumps(worker(backbone, mode, int(n), args.device, args.memory_limit_gb)))
         return
     print(f"# Backbones, {datetime.date.today().isoformat()}")
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}")
@@ -216,7 +224,7 @@ def main() -> None:
     if not args.cost_only:
         accuracy_table(args.backbones, args.steps, args.device, reuse=args.reuse)
     if not args.accuracy_only:
-        cost_table(args.backbones, args.sizes, args.device, args.timeout)
+        cost_table(args.backbones, args.sizes, args.device, args.timeout, args.memory_limit_gb)
 
 
 if __name__ == "__main__":

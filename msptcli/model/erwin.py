@@ -45,6 +45,7 @@ from torch.utils.checkpoint import checkpoint
 from msptcli.errors import InvalidInputError
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout
+from msptcli.model.mspt import init_weights  # truncated normal (std 0.02), zero biases: as the reference
 from msptcli.model.pmsa import gather_rows
 from msptcli.model.queries import ONE_TREE, AnchorTrees
 
@@ -250,7 +251,7 @@ class ErwinBackbone(nn.Module):
         self.bottleneck = level(settings.enc_depths[last], last)
         self.unpools = nn.ModuleList(BallUnpooling(widths[i + 1], widths[i], s) for i, s in enumerate(self.strides))
         self.decoder = nn.ModuleList(level(settings.dec_depths[i], i) for i in range(last))
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward(
         self,
@@ -303,11 +304,3 @@ class ErwinBackbone(nn.Module):
                 )
         if x.shape[0] != layout.num_points:
             raise ValueError(f"features have {x.shape[0]} rows but the layout has {layout.num_points} points")
-
-
-def _init_weights(module: nn.Module) -> None:
-    """As the reference (and mspt): truncated normal Linear weights (std 0.02), zero biases."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

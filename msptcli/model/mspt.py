@@ -196,7 +196,7 @@ class MSPT(nn.Module):
         self.blocks = nn.ModuleList(MSPTBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_features)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward(
         self,
@@ -291,7 +291,8 @@ class AnchorKeys:
     tree: int
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
+    """Linear layers: truncated normal weights (std 0.02), zero biases (every backbone, as their references)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

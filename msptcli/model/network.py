@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout
-from msptcli.model.mspt import MSPT, AnchorKeys, MSPTBlock, _init_weights
+from msptcli.model.mspt import MSPT, AnchorKeys, MSPTBlock, init_weights
 from msptcli.model.pmsa import gather_rows
 from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
 
@@ -76,10 +76,10 @@ class BackboneNetwork(nn.Module):
         self.readers = None
         if config.anchors is not None:
             self.readers = nn.ModuleList(MSPTBlock(config) for _ in range(config.query_depth))
-            self.readers.apply(_init_weights)
+            self.readers.apply(init_weights)
         self.norm = nn.LayerNorm(config.width)
         self.head = nn.Linear(config.width, out_features)
-        _init_weights(self.head)
+        init_weights(self.head)
 
     def forward(
         self,

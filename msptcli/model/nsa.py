@@ -42,7 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout
-from msptcli.model.mspt import Embedding, Mlp, _init_weights
+from msptcli.model.mspt import Embedding, Mlp, init_weights
 from msptcli.model.pmsa import SupernodePool, gather_rows
 from msptcli.model.queries import ONE_TREE, AnchorTrees
 
@@ -242,7 +242,7 @@ class NSABackbone(nn.Module):
         self.config = config
         self.embed = Embedding(in_features, config.width, config.fourier_features)  # (N, F) -> (N, C), row-wise
         self.blocks = nn.ModuleList(NSABlock(config) for _ in range(config.depth))
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward(
         self,

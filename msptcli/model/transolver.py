@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout, point_cloud
-from msptcli.model.mspt import Mlp, _init_weights
+from msptcli.model.mspt import Mlp, init_weights
 from msptcli.model.queries import ONE_TREE, AnchorTrees
 
 #: Added to a slice's total weight before dividing by it (the official code's constant).
@@ -152,7 +152,7 @@ class TransolverBackbone(nn.Module):
         self.checkpointing = config.checkpointing
         self.preprocess = Mlp(in_features, 2 * dim, dim)
         self.blocks = nn.ModuleList(TransolverBlock(config) for _ in range(config.depth))
-        self.apply(_init_weights)
+        self.apply(init_weights)
         for block in self.blocks:
             nn.init.orthogonal_(block.attn.in_project_slice.weight)
         self.placeholder = nn.Parameter(torch.rand(dim) / dim)  # p
