@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu_name
+from machine import cpu_name, memory_now, peak_bytes
 
 #: Settings of every backbone at about 0.8M parameters (width 128, 8 heads unless said), as config overrides.
 SIZES: dict[str, list[str]] = {
@@ -63,11 +63,6 @@ SIZES: dict[str, list[str]] = {
 }
 STEP_SIZES = (16_384, 65_536, 262_144)
 QUERIES = 1 << 20
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def model_config(backbone: str):  # type: ignore[no-untyped-def]
@@ -125,19 +120,14 @@ def worker(backbone: str, mode: str, n: int, device: str, memory_limit_gb: float
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = rss_bytes()
+    base = memory_now(device)
     started = time.perf_counter()
     for _ in range(repeats):
         run()
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / repeats
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    peak = peak_bytes(device) - base
     return {"seconds": seconds, "peak_gb": max(peak, 0) / 1e9}
 
 

@@ -22,20 +22,15 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
+from machine import memory_now, peak_bytes
 
 from msptcli.model import MSPT, ModelConfig, build_layout
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def worker(n: int, variant: str, mode: str, device: str, chunk_points: int) -> dict:
@@ -65,16 +60,11 @@ def worker(n: int, variant: str, mode: str, device: str, chunk_points: int) -> d
         run()  # warm-up (kernels, allocator)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = rss_bytes()
+    base = memory_now(device)
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
-    if device == "cuda":
-        total = torch.cuda.max_memory_allocated()
-    else:
-        total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    total = peak_bytes(device)
     return {"seconds": seconds, "peak_bytes": max(total - base, 0), "peak_total_bytes": total}
 
 

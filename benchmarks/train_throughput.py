@@ -17,20 +17,15 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from machine import memory_now, peak_bytes
 
 from msptcli.model import MSPT, ModelConfig, build_layout
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def worker(n: int, device: str, compiled: bool, steps: int) -> dict:
@@ -57,15 +52,13 @@ def worker(n: int, device: str, compiled: bool, steps: int) -> dict:
         step()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = rss_bytes()
+    base = memory_now(device)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_bytes(device)
     return {
         "seconds": statistics.median(times),
         "peak_bytes": peak if cuda else max(peak - base, 0),

@@ -186,10 +186,8 @@ class MSPT(nn.Module):
 
     def __init__(self, config: ModelConfig, *, in_features: int, out_features: int) -> None:
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
         self.config = config
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features = channels(in_features, out_features)
         dim = config.width
         self.embed = Embedding(in_features, dim, config.fourier_features)
         self.carried_pool = SupernodePool(dim, config.pooling) if config.supernodes == "carried" else None
@@ -289,6 +287,13 @@ class AnchorKeys:
     kv: Tensor
     sn_kv: tuple[Tensor, Tensor]
     tree: int
+
+
+def channels(in_features: int, out_features: int) -> tuple[int, int]:
+    """The input and output channels of a network, checked positive."""
+    if in_features < 1 or out_features < 1:
+        raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
+    return in_features, out_features
 
 
 def init_weights(module: nn.Module) -> None:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout
-from msptcli.model.mspt import MSPT, AnchorKeys, MSPTBlock, init_weights
+from msptcli.model.mspt import MSPT, AnchorKeys, MSPTBlock, channels, init_weights
 from msptcli.model.pmsa import gather_rows
 from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
 
@@ -68,10 +68,8 @@ class BackboneNetwork(nn.Module):
 
     def __init__(self, config: ModelConfig, *, in_features: int, out_features: int) -> None:
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
         self.config = config
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features = channels(in_features, out_features)
         self.backbone = _backbone(config, in_features)
         self.readers = None
         if config.anchors is not None:
