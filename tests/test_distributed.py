@@ -46,13 +46,15 @@ def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], atol: float 
     assert worst <= atol, worst
 
 
-def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
+@pytest.mark.parametrize("backbone", [[], ["model.backbone=transolver", "model.transolver.slices=8"]], ids=str)
+def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, backbone):
+    """Also for another backbone (Transolver: per-cloud slices, no batch statistics, so the same arithmetic)."""
     data_dir, config = data
-    ddp = torchrun(str(data_dir), "-o", str(tmp_path / "ddp"), "-c", str(config), "train.batch_size=1")
+    ddp = torchrun(str(data_dir), "-o", str(tmp_path / "ddp"), "-c", str(config), "train.batch_size=1", *backbone)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert ddp.stdout.count("trained 2 epochs") == 1  # rank 0 alone reports
     single = runner.invoke(
-        app, ["train", str(data_dir), "-o", str(tmp_path / "one"), "-c", str(config), "train.batch_size=2"]
+        app, ["train", str(data_dir), "-o", str(tmp_path / "one"), "-c", str(config), "train.batch_size=2", *backbone]
     )
     assert single.exit_code == 0, single.output
     assert_same(weights(tmp_path / "ddp"), weights(tmp_path / "one"))
