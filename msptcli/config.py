@@ -178,6 +178,8 @@ def _set(data: dict[str, Any], key: str, value: Any, item: str) -> None:
     parts = key.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
+        if child is None:  # an optional section left out (model.erwin: null): the override gives it
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {item!r}: '{part}' is not a section")
         node = child

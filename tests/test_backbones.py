@@ -165,3 +165,13 @@ def test_a_backbone_setting_for_another_backbone_is_one_line(prepared, tmp_path)
     )
     one_line_error(result, "model.transolver is set but the backbone is mspt")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_override_fills_a_backbone_block_left_out(tmp_path):
+    """A saved config holds ``erwin: null``; ``model.erwin.KEY=VALUE`` then gives the block (defaults + KEY)."""
+    from msptcli.config import load_config
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text(load_config(None).model_dump_json())  # every section, erwin: null among them (JSON is YAML)
+    cfg = load_config(saved, ["model.backbone=erwin", "model.erwin.ball_sizes=[64,64]"])
+    assert cfg.model.erwin_settings.ball_sizes == (64, 64) and cfg.model.erwin_settings.strides == (4,)
