@@ -18,6 +18,7 @@ from msptcli.checkpoint import Checkpoint, load_checkpoint
 from msptcli.errors import InvalidInputError
 from msptcli.io.atomic import atomic_output
 from msptcli.io.meshes import same_file
+from msptcli.model.config import ModelConfig
 from msptcli.model.portable import FORMATS, Format, export_model, random_example, verify_export
 
 #: Cloud sizes of the verification batch: several clouds, padded patches, other sizes than the trace.
@@ -102,7 +103,7 @@ def _sidecar(ckpt: Checkpoint) -> dict:
     }
 
 
-def _backbone_note(config) -> str:  # type: ignore[no-untyped-def]
+def _backbone_note(config: ModelConfig) -> str:
     note = f"{config.backbone} runs on the anchors; the queries read its anchor features in query_depth blocks"
     if config.num_trees == 2:
         note += "; tree_reorder_1 / tree_restore_1: the anchors' rotated ball tree (msptcli.model.queries.pack_anchors)"

@@ -67,10 +67,6 @@ class AnchorConfig(BaseModel):
         return self
 
 
-#: The networks that can run on the points (or, with anchors, on the anchors): ``model.backbone``.
-BACKBONES = ("mspt", "erwin", "erwin-nsa", "transolver")
-
-
 class ErwinConfig(BaseModel):
     """Erwin (Zhdanov et al., ICML 2025): ball attention over a U-Net of the ball tree (``model/erwin.py``).
 
@@ -114,6 +110,8 @@ class ErwinConfig(BaseModel):
             or (self.dec_depths and min(self.dec_depths) < 1)
         ):
             raise ValueError("erwin: depths and width multipliers must be positive")
+        if self.width_multipliers[0] != 1:
+            raise ValueError("erwin.width_multipliers[0] must be 1 (level 0 has model.width channels)")
         return self
 
     def cloud_multiple(self) -> int:
@@ -262,8 +260,6 @@ class ModelConfig(BaseModel):
                 f"backbone erwin: anchors.surface + anchors.volume = {n} is not a multiple of {m} "
                 "(whole balls at every level: ball_sizes times the strides below them)"
             )
-        if erwin.width_multipliers[0] != 1:
-            raise ValueError("erwin.width_multipliers[0] must be 1 (level 0 has model.width channels)")
 
     @property
     def erwin_settings(self) -> ErwinConfig:

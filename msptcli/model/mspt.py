@@ -163,6 +163,16 @@ class MSPTBlock(nn.Module):
                 z_next[subs(ch)] = zc
         return x, z_next
 
+    def anchor_keys(
+        self, x: Tensor, xt: Tensor, layout: PatchLayout, tree: int, *, nearest: bool, z: Tensor | None = None
+    ) -> AnchorKeys:
+        """What queries read of anchors ``x`` (N, C, packed rows) in this block, ``xt`` the same rows in tree
+        ``tree``'s order: the supernode keys and, with ``nearest``, every anchor's keys (N, 2C, packed rows),
+        else the keys of the tree's patches (P, L, 2C)."""
+        sn_kv = self.supernode_keys(xt, layout, z)
+        kv = self.attn.point_kv(self.norm1(x)) if nearest else self.attn.patch_kv(self.norm1(xt), layout.whole)
+        return AnchorKeys(kv, sn_kv, tree)
+
     def query_update(self, xq: Tensor, keys: AnchorKeys, layout: PatchLayout, queries: Queries) -> Tensor:
         """The block on query points ``xq`` (M, C) that read the anchors' ``keys`` at this block's input
         (their patch keys, or with ``reads: nearest`` their nearest anchors' keys, and the supernodes),
@@ -258,10 +268,8 @@ class MSPT(nn.Module):
             tree = index % trees.count
             reorder, restore = trees.reorder[tree], trees.restore[tree]
             xt = x if reorder is None else gather_rows(x, reorder)  # (N, C) in this tree's order
-            sn_kv = block.supernode_keys(xt, layout, z)
-            # reads: nearest: (N, 2C) packed rows, whichever tree this block cuts; else (P, L, 2C), its patches
-            kv = block.attn.point_kv(block.norm1(x)) if nearest else block.attn.patch_kv(block.norm1(xt), whole)
-            keys.append(AnchorKeys(kv, sn_kv, tree))
+            keys.append(block.anchor_keys(x, xt, layout, tree, nearest=nearest, z=z))
+            sn_kv = keys[-1].sn_kv
             if index == len(self.blocks) - 1 and not outputs:
                 break
             if self.config.checkpointing and torch.is_grad_enabled():

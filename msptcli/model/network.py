@@ -111,10 +111,7 @@ class BackboneNetwork(nn.Module):
             tree = index % trees.count
             reorder = trees.reorder[tree]
             ht = h if reorder is None else gather_rows(h, reorder)  # (N, C) in this tree's order
-            sn_kv = block.supernode_keys(ht, layout)
-            # reads: nearest: (N, 2C) packed rows; else (P, L, 2C), the tree's patches
-            kv = block.attn.point_kv(block.norm1(h)) if nearest else block.attn.patch_kv(block.norm1(ht), layout.whole)
-            keys.append(AnchorKeys(kv, sn_kv, tree))
+            keys.append(block.anchor_keys(h, ht, layout, tree, nearest=nearest))
         return keys, (self.head(self.norm(h)) if outputs else None)
 
     def answer_queries(self, keys: Sequence[AnchorKeys], layout: PatchLayout, queries: Queries) -> Tensor:
