@@ -53,6 +53,34 @@ def test_pmsa_equals_dense_masked_reference(patches, q, heads, pooling, supernod
     assert torch.allclose(ours, reference, rtol=0, atol=1e-10), (ours - reference).abs().max()
 
 
+@pytest.mark.parametrize("sizes", [[256], [300, 290, 310], [64, 64]], ids=["exact", "padded", "exact-batch"])
+@pytest.mark.parametrize(("q", "supernodes"), [(1, "keys"), (2, "keys"), (2, "carried")])
+def test_two_kernel_attention_equals_dense_reference_and_fused_gradients(sizes, q, supernodes, monkeypatch):
+    """On the CPU, clouds with the same number of patches run Eq. 6 as two flash kernels merged by their
+    log-sum-exp: the values equal the dense reference and the gradients those of the one fused kernel."""
+    from msptcli.model import pmsa
+
+    model = make(num_heads=3, num_supernodes=q, supernodes=supernodes, num_patches=4)
+    layout = build_layout(sizes, model.config)
+    assert {k for _, k in layout.whole.cloud_runs} == {4} and layout.whole.exact == (sizes != [300, 290, 310])
+    features = randn(sum(sizes), 3)
+    calls = []
+    two_kernels = pmsa._two_kernels
+    monkeypatch.setattr(pmsa, "_two_kernels", lambda t: calls.append(1) or two_kernels(t))
+    out = model(features, layout)
+    assert calls and two_kernels(features)
+    with torch.no_grad():
+        reference = dense_forward(model, features, sizes)
+    assert torch.allclose(out, reference, rtol=0, atol=1e-10), (out - reference).abs().max()
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    monkeypatch.setattr(pmsa, "_two_kernels", lambda t: False)  # the one fused kernel over concatenated keys
+    fused = model(features, layout)
+    fused_grads = torch.autograd.grad(fused.square().sum(), list(model.parameters()))
+    assert torch.allclose(out, fused, rtol=0, atol=1e-12)
+    for a, b in zip(grads, fused_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), (a - b).abs().max()
+
+
 def test_reference_check_can_fail():
     # The comparison above is not vacuous: a different patch rule gives a different output.
     model = make(num_patches=4)

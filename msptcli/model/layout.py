@@ -47,6 +47,9 @@ class PatchChunk:
     sub_slots: Tensor  # (p * Q, Ls) long: local points of each sub-run, padded to the longest (0 where padded)
     sub_count: Tensor  # (p * Q,) points pooled into each supernode (0: empty sub-run)
     key_bias: Tensor | None  # (p, 1, 1, L + S) 0 / -inf, None when nothing is padded
+    # Host-side facts that let attention skip copies (the defaults always work, e.g. in an exported graph):
+    exact: bool = False  # every patch is full: slot (p, i) is local point p * L + i, so gathers are views
+    cloud_runs: tuple[tuple[int, int], ...] = ()  # per cloud met, in order: (cloud, patches of it in the chunk)
 
     @property
     def num_patches(self) -> int:
@@ -67,6 +70,7 @@ class PatchLayout:
     patch_start: np.ndarray  # (P + 1,) on the host: packed rows of patch p are patch_start[p]:patch_start[p+1]
     sub_index: Tensor  # (B, S) long: supernodes of each cloud (0 where padded)
     whole: PatchChunk  # all patches at once
+    patch_cloud_host: np.ndarray | None = None  # (P,) the cloud of every patch, on the host (None: unknown)
 
     @property
     def num_clouds(self) -> int:
@@ -112,6 +116,8 @@ class PatchLayout:
             sub_slots=torch.where(w.sub_slots[p0 * q : p1 * q] >= n0, w.sub_slots[p0 * q : p1 * q] - n0, 0),
             sub_count=w.sub_count[p0 * q : p1 * q],
             key_bias=None if w.key_bias is None else w.key_bias[p0:p1],
+            exact=w.exact,
+            cloud_runs=() if self.patch_cloud_host is None else _cloud_runs(self.patch_cloud_host[p0:p1]),
         )
 
 
@@ -178,6 +184,8 @@ def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
         sub_slots=t(sub_slots),
         sub_count=t(sub_count),
         key_bias=key_bias,
+        exact=bool(valid.all()),
+        cloud_runs=_cloud_runs(patch_cloud),
     )
     return PatchLayout(
         sizes=tuple(int(n) for n in sizes_arr),
@@ -186,7 +194,14 @@ def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
         patch_start=patch_start,
         sub_index=t(sub_index),
         whole=whole,
+        patch_cloud_host=patch_cloud,
     )
+
+
+def _cloud_runs(patch_cloud: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """(cloud, number of its patches) for every run of consecutive patches of one cloud."""
+    clouds, counts = np.unique(patch_cloud, return_counts=True)  # patches are numbered cloud after cloud
+    return tuple((int(c), int(k)) for c, k in zip(clouds, counts, strict=True))
 
 
 def _to(obj, device):  # type: ignore[no-untyped-def]

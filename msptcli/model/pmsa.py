@@ -22,6 +22,12 @@ from torch import Tensor, nn
 from msptcli.model.layout import PatchChunk, PatchLayout
 
 
+def patch_rows(x: Tensor, chunk: PatchChunk) -> Tensor:
+    """(n, D) rows of the chunk's points -> (p, L, D) patch by patch: a view when every patch is full."""
+    p, length = chunk.patch_index.shape
+    return x.view(p, length, x.shape[1]) if chunk.exact else gather_rows(x, chunk.patch_index)
+
+
 def gather_rows(x: Tensor, index: Tensor) -> Tensor:
     """``x[index]`` for a (long) index tensor of any shape, through ``index_select``.
 
@@ -107,19 +113,20 @@ class PMSA(nn.Module):
         """
         c = h.shape[1]
         p, length = chunk.patch_index.shape
-        qkv = gather_rows(self.qkv(h), chunk.patch_index)  # (p, L, 3C)
+        qkv = patch_rows(self.qkv(h), chunk)  # (p, L, 3C)
         q, k, v = qkv.split(c, dim=-1)  # 3 x (p, L, C)
         if self.carried:
             qz = F.linear(hz, self.qkv.weight[:c], self.qkv.bias[:c]).view(p, -1, c)  # (p, Q, C)
             q = torch.cat([q, qz.to(q.dtype)], dim=1)  # (p, L + Q, C)
         o = self.attend(q, k, v, chunk, sn_kv)  # (p, L [+ Q], C)
-        out_points = gather_rows(o[:, :length].reshape(p * length, c), chunk.point_slot)  # (n, C), padding dropped
+        o_points = o[:, :length].reshape(p * length, c)
+        out_points = o_points if chunk.exact else gather_rows(o_points, chunk.point_slot)  # (n, C), padding dropped
         out_sn = o[:, length:].reshape(-1, c) if self.carried else None  # (p * Q, C)
         return out_points, out_sn
 
     def patch_kv(self, h: Tensor, chunk: PatchChunk) -> Tensor:
         """Keys and values of the chunk's points, patch by patch: (p, L, 2C), for queries to read."""
-        return gather_rows(self.point_kv(h), chunk.patch_index)
+        return patch_rows(self.point_kv(h), chunk)
 
     def attend_queries(self, hq: Tensor, kv: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor], groups) -> Tensor:  # type: ignore[no-untyped-def]
         """Attention output of query points that read the chunk's points (anchors) without being read.
@@ -192,15 +199,105 @@ class PMSA(nn.Module):
         """
         p, num_q, c = q.shape
         heads, d = self.num_heads, c // self.num_heads
-        k_sn, v_sn = (gather_rows(t, chunk.patch_cloud if cloud is None else cloud) for t in sn_kv)  # 2 x (p, S, C)
-        k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
-        v = torch.cat([v, v_sn.to(v.dtype)], dim=1)
 
         def heads_first(t: Tensor) -> Tensor:  # (p, T, C) -> (p, H, T, d)
             return t.view(p, t.shape[1], heads, d).transpose(1, 2)
 
+        runs = chunk.cloud_runs if cloud is None and key_bias is None else ()
+        if runs and _two_kernels(q) and all(k_ == runs[0][1] for _, k_ in runs):
+            # The one softmax in two kernels (patch keys; the cloud's supernodes), merged by log-sum-exp.
+            b, per_cloud, first = len(runs), runs[0][1], runs[0][0]
+            k_sn, v_sn = (t[first : first + b].to(q.dtype) for t in sn_kv)  # 2 x (b, S, C)
+            local_bias = sn_bias = None
+            if chunk.key_bias is not None:
+                local_bias = chunk.key_bias[..., : k.shape[1]].to(q.dtype)  # (p, 1, 1, L)
+                sn_bias = chunk.key_bias[::per_cloud, ..., k.shape[1] :].to(q.dtype)  # (b, 1, 1, S)
+            o = TwoPartAttention.apply(
+                heads_first(q).unflatten(0, (b, per_cloud)),
+                heads_first(k),
+                heads_first(v),
+                local_bias,
+                k_sn.view(b, -1, heads, d).transpose(1, 2),
+                v_sn.view(b, -1, heads, d).transpose(1, 2),
+                sn_bias,
+            )  # (b, K, H, T, d)
+            return self.proj(o.flatten(0, 1).transpose(1, 2).reshape(p, num_q, c))
+
+        k_sn, v_sn = (gather_rows(t, chunk.patch_cloud if cloud is None else cloud) for t in sn_kv)  # 2 x (p, S, C)
+        k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
+        v = torch.cat([v, v_sn.to(v.dtype)], dim=1)
         bias = None if chunk.key_bias is None else chunk.key_bias.to(q.dtype)
         if key_bias is not None:  # (p, 1, T, U + S)
             bias = key_bias.to(q.dtype)[:, None]
         o = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), attn_mask=bias)
         return self.proj(o.transpose(1, 2).reshape(p, num_q, c))  # (p, T, C)
+
+
+def _two_kernels(q: Tensor) -> bool:
+    """Whether Eq. 6 runs as two CPU flash-attention kernels merged by their log-sum-exp (``TwoPartAttention``):
+    on the CPU, outside tracing and compiling (an exported graph keeps the one fused kernel)."""
+    return (
+        q.device.type == "cpu"
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+    )
+
+
+class TwoPartAttention(torch.autograd.Function):
+    """Eq. 6, one softmax over [patch keys ; supernodes of the cloud], as two attention kernels.
+
+    With o_1, l_1 the output and log-sum-exp of a query over its patch's keys and o_2, l_2 over its
+    cloud's supernodes, the softmax over both is exactly
+
+        l = log(e^l_1 + e^l_2),   o = e^(l_1 - l) o_1 + e^(l_2 - l) o_2.
+
+    The supernode part batches all queries of a cloud against its S supernodes, so no patch holds a
+    copy of the supernode keys and values, and the backward saves only the patch keys. The backward
+    is that of flash attention for each part, given the merged o and l (its probabilities are then
+    the joint softmax's): the gradients of the one softmax, summed over the parts for the queries.
+
+    Shapes: q (B, K, H, T, d) the queries of K patches of each of B clouds; k, v (B*K, H, L, d) the
+    patch keys; k_sn, v_sn (B, H, S, d); the biases (B*K, 1, 1, L) and (B, 1, 1, S) or None.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, local_bias, k_sn, v_sn, sn_bias):  # type: ignore[no-untyped-def]
+        per_cloud = q.shape[1]
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        o1, l1 = flash(q.flatten(0, 1), k, v, 0.0, False, attn_mask=local_bias)  # (BK, H, T, d), (BK, H, T)
+        o2, l2 = flash(_by_cloud(q), k_sn, v_sn, 0.0, False, attn_mask=sn_bias)  # (B, H, K T, d), (B, H, K T)
+        o1, l1 = o1.view(q.shape), l1.view(q.shape[:-1])
+        o2, l2 = _by_patch(o2, per_cloud), _by_patch(l2[..., None], per_cloud)[..., 0]
+        lse = torch.logaddexp(l1, l2)  # (B, K, H, T), float32 at least
+        o = (o1 * torch.exp(l1 - lse)[..., None] + o2 * torch.exp(l2 - lse)[..., None]).to(q.dtype)
+        ctx.save_for_backward(q, k, v, local_bias, k_sn, v_sn, sn_bias, o, lse)
+        return o
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        q, k, v, local_bias, k_sn, v_sn, sn_bias, o, lse = ctx.saved_tensors
+        backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        grad = grad.contiguous()
+        dq1, dk, dv = backward(
+            grad.flatten(0, 1), q.flatten(0, 1), k, v, o.flatten(0, 1), lse.flatten(0, 1), 0.0, False,
+            attn_mask=local_bias,
+        )  # fmt: skip
+        dq2, dk_sn, dv_sn = backward(
+            _by_cloud(grad), _by_cloud(q), k_sn, v_sn, _by_cloud(o), _by_cloud(lse[..., None])[..., 0], 0.0, False,
+            attn_mask=sn_bias,
+        )  # fmt: skip
+        dq = dq1.view(q.shape) + _by_patch(dq2, q.shape[1])
+        return dq, dk, dv, None, dk_sn, dv_sn, None
+
+
+def _by_cloud(t: Tensor) -> Tensor:
+    """(B, K, H, T, D) -> (B, H, K T, D): the queries of every cloud in one row of the batch."""
+    b, per_cloud, heads, num_q, d = t.shape
+    return t.transpose(1, 2).reshape(b, heads, per_cloud * num_q, d)
+
+
+def _by_patch(t: Tensor, per_cloud: int) -> Tensor:
+    """(B, H, K T, D) -> (B, K, H, T, D), the inverse of :func:`_by_cloud` (a view)."""
+    b, heads, rows, d = t.shape
+    return t.view(b, heads, per_cloud, rows // per_cloud, d).transpose(1, 2)
