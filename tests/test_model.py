@@ -313,3 +313,21 @@ def test_gpu_bf16_uses_fused_attention_kernels(sizes):
     with torch.no_grad():
         streamed = model(features, layout, chunk_points=1000)
     assert (streamed - expected).norm() / expected.norm() < 1e-5
+
+
+def test_mlp_that_recomputes_its_gelu_gives_the_plain_values_and_gradients():
+    from msptcli.model.mspt import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(6, 24, 5).double()
+    x = randn(40, 6).requires_grad_()
+    out = mlp(x)  # GeluLinear: saves the pre-activation only
+    plain = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x)))
+    assert out.grad_fn.name().startswith("GeluLinear") and torch.equal(out, plain)
+    for a, b in zip(
+        torch.autograd.grad(out.square().sum(), [x, *mlp.parameters()]),
+        torch.autograd.grad(plain.square().sum(), [x, *mlp.parameters()]),
+        strict=True,
+    ):
+        assert torch.allclose(a, b, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(mlp, (x[:4].detach().requires_grad_(),))

@@ -34,7 +34,13 @@ from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear."""
+    """Linear -> GELU -> Linear.
+
+    In training (float32, eager) the GELU and the second linear layer are one autograd step
+    (:class:`GeluLinear`) that keeps only the hidden pre-activation for the backward and recomputes
+    its GELU there: the same values and gradients, and the largest saved activation of a block
+    (``mlp_ratio * C`` per point) is kept once instead of twice.
+    """
 
     def __init__(self, dim_in: int, dim_hidden: int, dim_out: int) -> None:
         super().__init__()
@@ -42,7 +48,32 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(dim_hidden, dim_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        a = self.fc1(x)
+        if (
+            torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(a.device.type)
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+        ):
+            return GeluLinear.apply(a, self.fc2.weight, self.fc2.bias)
+        return self.fc2(F.gelu(a))
+
+
+class GeluLinear(torch.autograd.Function):
+    """y = GELU(a) W^T + b, saving a alone: GELU(a) is recomputed in the backward (elementwise, cheap)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a, weight)
+        return F.linear(F.gelu(a), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        a, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        hidden = F.gelu(a).reshape(-1, a.shape[-1])
+        grad_a = torch.ops.aten.gelu_backward(grad @ weight, a)
+        return grad_a, g.t() @ hidden, g.sum(0)
 
 
 class Embedding(Mlp):

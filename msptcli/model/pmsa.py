@@ -220,8 +220,8 @@ class PMSA(nn.Module):
                 k_sn.view(b, -1, heads, d).transpose(1, 2),
                 v_sn.view(b, -1, heads, d).transpose(1, 2),
                 sn_bias,
-            )  # (b, K, H, T, d)
-            return self.proj(o.flatten(0, 1).transpose(1, 2).reshape(p, num_q, c))
+            )  # (b, K, T, H, d), contiguous: the projection's input is a view of what the backward keeps
+            return self.proj(o.view(p, num_q, c))
 
         k_sn, v_sn = (gather_rows(t, chunk.patch_cloud if cloud is None else cloud) for t in sn_kv)  # 2 x (p, S, C)
         k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
@@ -258,7 +258,8 @@ class TwoPartAttention(torch.autograd.Function):
     the joint softmax's): the gradients of the one softmax, summed over the parts for the queries.
 
     Shapes: q (B, K, H, T, d) the queries of K patches of each of B clouds; k, v (B*K, H, L, d) the
-    patch keys; k_sn, v_sn (B, H, S, d); the biases (B*K, 1, 1, L) and (B, 1, 1, S) or None.
+    patch keys; k_sn, v_sn (B, H, S, d); the biases (B*K, 1, 1, L) and (B, 1, 1, S) or None. The
+    output is (B, K, T, H, d), contiguous: heads last, as the output projection reads it.
     """
 
     @staticmethod
@@ -270,15 +271,17 @@ class TwoPartAttention(torch.autograd.Function):
         o1, l1 = o1.view(q.shape), l1.view(q.shape[:-1])
         o2, l2 = _by_patch(o2, per_cloud), _by_patch(l2[..., None], per_cloud)[..., 0]
         lse = torch.logaddexp(l1, l2)  # (B, K, H, T), float32 at least
-        o = (o1 * torch.exp(l1 - lse)[..., None] + o2 * torch.exp(l2 - lse)[..., None]).to(q.dtype)
+        o = torch.empty((*q.shape[:2], q.shape[3], q.shape[2], q.shape[4]), dtype=q.dtype, device=q.device)
+        o = o.transpose(2, 3)  # (B, K, H, T, d) view of (B, K, T, H, d) storage
+        o.copy_(o1 * torch.exp(l1 - lse)[..., None] + o2 * torch.exp(l2 - lse)[..., None])
         ctx.save_for_backward(q, k, v, local_bias, k_sn, v_sn, sn_bias, o, lse)
-        return o
+        return o.transpose(2, 3)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         q, k, v, local_bias, k_sn, v_sn, sn_bias, o, lse = ctx.saved_tensors
         backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        grad = grad.contiguous()
+        grad = grad.transpose(2, 3)  # (B, K, H, T, d), as o
         dq1, dk, dv = backward(
             grad.flatten(0, 1), q.flatten(0, 1), k, v, o.flatten(0, 1), lse.flatten(0, 1), 0.0, False,
             attn_mask=local_bias,
