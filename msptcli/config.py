@@ -91,7 +91,12 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast on a GPU (ignored on the CPU)")
     compile: bool = Field(False, description="torch.compile the training forward pass (dynamic shapes)")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes; null: 1 where this process may use 2 cores or more (the next "
+        "sample is drawn while the step runs), else 0",
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
 
 

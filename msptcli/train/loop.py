@@ -35,7 +35,7 @@ from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
 from msptcli.io.atomic import atomic_output, make_dirs
 from msptcli.model import Network, build_network
-from msptcli.train.dataset import QueryBatch, TrainClouds, collate
+from msptcli.train.dataset import QueryBatch, TrainClouds, collate, loader_workers
 from msptcli.train.distributed import World, join, leave, rank_batches
 from msptcli.train.log import append_metrics, plot_curves, truncate_metrics
 from msptcli.train.objective import channel_weights, lr_factor, masked_mse
@@ -222,7 +222,7 @@ def _train(
         loader = DataLoader(
             dataset,
             batch_sampler=batches[step_in_epoch:],  # resume mid-epoch at the exact step
-            num_workers=tc.num_workers,
+            num_workers=loader_workers(tc.num_workers),
             collate_fn=functools.partial(collate, model_config=model_config),
             pin_memory=device.type == "cuda",
         )
