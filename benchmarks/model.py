@@ -90,17 +90,7 @@ def worker_versus(n: int, variant: str, mode: str, device: str) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    if device == "cuda":
-        run()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    base = memory_now(device)
-    start = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - start
-    total = peak_bytes(device)
-    params = sum(p.numel() for p in model.parameters())
-    return {"seconds": seconds, "peak_bytes": max(total - base, 0), "peak_total_bytes": total, "params": params}
+    return timed(run, device)
 
 
 def versus_transolver(sizes: list[int], device: str, repeats: int, timeout: float) -> None:
@@ -170,6 +160,11 @@ def worker(n: int, variant: str, mode: str, device: str, chunk_points: int) -> d
         if device == "cuda":
             torch.cuda.synchronize()
 
+    return timed(run, device)
+
+
+def timed(run, device: str) -> dict:  # type: ignore[no-untyped-def]
+    """Seconds and peak memory of one ``run()`` (on a GPU after one warm-up run)."""
     if device == "cuda":
         run()  # warm-up (kernels, allocator)
         torch.cuda.empty_cache()
