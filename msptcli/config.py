@@ -94,8 +94,8 @@ class TrainConfig(BaseModel):
     num_workers: int | None = Field(
         None,
         ge=0,
-        description="DataLoader worker processes; null: 1 where this process may use 2 cores or more (the next "
-        "sample is drawn while the step runs), else 0",
+        description="DataLoader worker processes; null: 1 where this process may use 2 cores or more and an "
+        "epoch has at least 8 steps (the next sample is drawn while the step runs), else 0",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
 

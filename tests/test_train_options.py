@@ -57,3 +57,13 @@ def test_validation_metrics_use_whole_meshes_whatever_the_subsampling(data, tmp_
     assert metrics[0] == metrics[1]
     # and they are whole-mesh metrics: the stored tree order covers every point of the case
     assert len(sample.arrays["order"]) == sample.num_surface + sample.num_volume
+
+
+def test_loader_workers_default_to_one_where_two_cores_and_enough_steps():
+    import os
+
+    from msptcli.train.dataset import WORKER_MIN_STEPS, loader_workers
+
+    assert loader_workers(3, 1) == 3 and loader_workers(0, 100) == 0  # asked for: as asked
+    assert loader_workers(None, WORKER_MIN_STEPS - 1) == 0  # a fork every epoch would not pay back
+    assert loader_workers(None, WORKER_MIN_STEPS) == (1 if len(os.sched_getaffinity(0)) >= 2 else 0)

@@ -194,8 +194,13 @@ def collate(clouds: list[Cloud] | list[AnchorCloud], model_config: ModelConfig) 
     )
 
 
-def loader_workers(requested: int | None) -> int:
-    """DataLoader workers: ``requested``, or by default one where this process may use two cores or more.
+#: Steps an epoch needs before the default starts a loader worker: the worker is forked anew every epoch.
+WORKER_MIN_STEPS = 8
+
+
+def loader_workers(requested: int | None, steps_per_epoch: int) -> int:
+    """DataLoader workers: ``requested``, or by default one where this process may use two cores or more
+    and an epoch has at least ``WORKER_MIN_STEPS`` steps.
 
     Loading a sample (the draw, its anchors' trees, the layout and the queries' places) costs about a
     tenth of a default step on two cores; one worker does it while the step runs.
@@ -203,7 +208,7 @@ def loader_workers(requested: int | None) -> int:
     if requested is not None:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if cores >= 2 else 0
+    return 1 if cores >= 2 and steps_per_epoch >= WORKER_MIN_STEPS else 0
 
 
 def _draw(rng: np.random.Generator, n: int, k: int | None) -> np.ndarray:

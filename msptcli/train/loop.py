@@ -222,7 +222,7 @@ def _train(
         loader = DataLoader(
             dataset,
             batch_sampler=batches[step_in_epoch:],  # resume mid-epoch at the exact step
-            num_workers=loader_workers(tc.num_workers),
+            num_workers=loader_workers(tc.num_workers, steps_per_epoch),
             collate_fn=functools.partial(collate, model_config=model_config),
             pin_memory=device.type == "cuda",
         )
