@@ -233,15 +233,14 @@ class PMSA(nn.Module):
         return self.proj(o.transpose(1, 2).reshape(p, num_q, c))  # (p, T, C)
 
 
+#: The CPU flash-attention kernels that return their log-sum-exp, and their backward (private aten ops).
+_CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
 def _two_kernels(q: Tensor) -> bool:
     """Whether Eq. 6 runs as two CPU flash-attention kernels merged by their log-sum-exp (``TwoPartAttention``):
     on the CPU, outside tracing and compiling (an exported graph keeps the one fused kernel)."""
-    return (
-        q.device.type == "cpu"
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
-    )
+    return _CPU_FLASH and q.device.type == "cpu" and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
 
 
 class TwoPartAttention(torch.autograd.Function):
