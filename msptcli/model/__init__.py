@@ -1,6 +1,6 @@
 """The Multi-Scale Patch Transformer (MSPT): config, layout, attention, network, inference."""
 
-from msptcli.model.config import AnchorConfig, ModelConfig
+from msptcli.model.config import AdaptiveConfig, AnchorConfig, ModelConfig
 from msptcli.model.inference import (
     DEFAULT_CHUNK_POINTS,
     PackedClouds,
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_CHUNK_POINTS",
     "MSPT",
     "PMSA",
+    "AdaptiveConfig",
     "AnchorConfig",
     "BackboneNetwork",
     "MSPTBlock",

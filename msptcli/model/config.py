@@ -67,6 +67,29 @@ class AnchorConfig(BaseModel):
         return self
 
 
+class AdaptiveConfig(BaseModel):
+    """Variance-adaptive patches (MATEY on the ball tree, ``geometry/adaptive.py``, docs/model.md).
+
+    A cloud keeps the budget of ``K = 2**level`` patches of the uniform rule (``patch_size`` /
+    ``num_patches`` / K Q ~ sqrt N) but takes them at several depths: from the uniform cut ``refine``
+    levels coarser, the subtree whose input features vary most is split in two until there are K,
+    none deeper than ``refine`` levels below the uniform depth. Patches are then small where the
+    geometry has structure (edges, the body's surface among volume points) and large where it is
+    smooth, with the same number of supernodes. The cut is computed with the sample's tree, from its
+    inputs, so it is deterministic and the same in training, streaming and export.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    refine: int = Field(1, ge=1, le=8, description="levels coarser and finer than the uniform depth a patch may take")
+    from_channel: int = Field(
+        3,
+        ge=0,
+        description="the variance is taken over the input channels from this one on (the first three are the "
+        "coordinates, whose spread within a subtree is its size, not structure)",
+    )
+
+
 class ErwinConfig(BaseModel):
     """Erwin (Zhdanov et al., ICML 2025): ball attention over a U-Net of the ball tree (``model/erwin.py``).
 
@@ -189,6 +212,11 @@ class ModelConfig(BaseModel):
         "a query that reads them (a prediction depends on the geometry and the point alone); null: every point "
         "of the cloud runs the blocks (the paper's MSPT)",
     )
+    adaptive: AdaptiveConfig | None = Field(
+        None,
+        description="variance-adaptive patches (MATEY): the same number of patches at several tree depths, small "
+        "where the inputs vary; null: uniform patches of one depth",
+    )
     rotate_trees: bool = Field(
         False,
         description="odd blocks cut the anchors into the patches of a rotated ball tree (Erwin), so that patch "
@@ -228,6 +256,14 @@ class ModelConfig(BaseModel):
             raise ValueError("give patch_size or num_patches, not both")
         if self.rotate_trees and self.anchors is None:
             raise ValueError("rotate_trees needs anchors (the rotated tree is built on the anchors)")
+        if self.adaptive is not None:
+            for bad, why in (
+                (self.backbone != "mspt", f"belong to MSPT's patches, not to backbone {self.backbone}"),
+                (self.rotate_trees, "and rotate_trees do not combine (the cut follows one tree)"),
+                (self.supernodes == "carried", "need supernodes: keys (carried supernodes have a fixed patch each)"),
+            ):
+                if bad:
+                    raise ValueError(f"adaptive patches {why}")
         if self.rotate_trees and self.supernodes == "carried":
             raise ValueError("rotate_trees needs supernodes: keys (carried supernodes belong to one tree's patches)")
         own = {"erwin": "erwin", "erwin-nsa": "nsa", "transolver": "transolver"}

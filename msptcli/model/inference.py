@@ -87,7 +87,8 @@ def pack_clouds(
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     order = np.concatenate([start + np.asarray(o, dtype=np.int64) for start, o in zip(starts, orders, strict=True)])
     stacked = torch.cat([torch.as_tensor(f, dtype=torch.float32) for f in features])
-    return PackedClouds(features=stacked[torch.from_numpy(order)], layout=build_layout(sizes, config), order=order)
+    ordered = stacked[torch.from_numpy(order)]
+    return PackedClouds(features=ordered, layout=build_layout(sizes, config, ordered), order=order)
 
 
 @torch.no_grad()

@@ -3,8 +3,9 @@
 A batch of B clouds is *packed*: the points of all clouds stacked, ``(N, C)``,
 each cloud already in its ball-tree order, cloud ``b`` at rows
 ``offsets[b]:offsets[b+1]``. Cloud b is cut into ``K_b = 2**level_b`` patches
-(the runs of that level, sizes differing by at most one) and every patch into
-``Q`` sub-runs (the runs ``log2 Q`` levels deeper), each pooled into one
+(the runs of that level, sizes differing by at most one; with adaptive patches,
+subtrees of several depths: ``geometry/adaptive.py``) and every patch into
+``Q`` sub-runs (the subtrees ``log2 Q`` levels deeper), each pooled into one
 supernode. Patches of all clouds are numbered cloud after cloud, ``p = 0..P-1``,
 and patch p owns supernodes ``p*Q .. p*Q+Q-1``.
 
@@ -19,15 +20,28 @@ alone; nothing here depends on the features.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from msptcli.errors import InvalidInputError
-from msptcli.geometry.balltree import run_boundaries
+from msptcli.geometry.adaptive import PatchCut, adaptive_cut, uniform_cut
 from msptcli.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class PatchGroup:
+    """Patches of a chunk of about one size (adaptive patches), padded to their own longest.
+
+    PMSA attends group by group, so that small patches do not pay for the padding of the largest.
+    """
+
+    patch_index: Tensor  # (g, Lg) long: local point of each slot (0 where padded)
+    patch_cloud: Tensor  # (g,) long: cloud of each patch
+    key_bias: Tensor | None  # (g, 1, 1, Lg + S) 0 / -inf, None when nothing is padded
+    cloud_runs: tuple[tuple[int, int], ...] = ()  # per cloud met, in order: (cloud, patches of it in the group)
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,9 @@ class PatchChunk:
     # Host-side facts that let attention skip copies (the defaults always work, e.g. in an exported graph):
     exact: bool = False  # every patch is full: slot (p, i) is local point p * L + i, so gathers are views
     cloud_runs: tuple[tuple[int, int], ...] = ()  # per cloud met, in order: (cloud, patches of it in the chunk)
+    # Patches of very different sizes (adaptive): attention group by group (empty: all at once, padded to L).
+    groups: tuple[PatchGroup, ...] = ()
+    group_slot: Tensor | None = None  # (n,) long: row of each local point in the groups' slots, group after group
 
     @property
     def num_patches(self) -> int:
@@ -71,6 +88,13 @@ class PatchLayout:
     sub_index: Tensor  # (B, S) long: supernodes of each cloud (0 where padded)
     whole: PatchChunk  # all patches at once
     patch_cloud_host: np.ndarray | None = None  # (P,) the cloud of every patch, on the host (None: unknown)
+    sub_valid_host: np.ndarray | None = None  # (B, S) bool: padded supernodes of every cloud that are real
+    size_groups: bool = False  # attend in groups of patches of about one size (adaptive patches)
+
+    @property
+    def patch_sizes(self) -> np.ndarray:
+        """(P,) points of every patch."""
+        return np.diff(self.patch_start)
 
     @property
     def num_clouds(self) -> int:
@@ -105,24 +129,85 @@ class PatchLayout:
         q = self.num_supernodes
         w = self.whole
         n0, n1 = int(self.patch_start[p0]), int(self.patch_start[p1])  # host array: no device sync
-        return PatchChunk(
-            p0=p0,
-            p1=p1,
-            n0=n0,
-            n1=n1,
-            patch_index=torch.where(w.patch_index[p0:p1] >= n0, w.patch_index[p0:p1] - n0, 0),
-            point_slot=w.point_slot[n0:n1] - p0 * self.patch_len,
-            patch_cloud=w.patch_cloud[p0:p1],
-            sub_slots=torch.where(w.sub_slots[p0 * q : p1 * q] >= n0, w.sub_slots[p0 * q : p1 * q] - n0, 0),
-            sub_count=w.sub_count[p0 * q : p1 * q],
-            key_bias=None if w.key_bias is None else w.key_bias[p0:p1],
-            exact=w.exact,
-            cloud_runs=() if self.patch_cloud_host is None else _cloud_runs(self.patch_cloud_host[p0:p1]),
+        return self._grouped(
+            PatchChunk(
+                p0=p0,
+                p1=p1,
+                n0=n0,
+                n1=n1,
+                patch_index=torch.where(w.patch_index[p0:p1] >= n0, w.patch_index[p0:p1] - n0, 0),
+                point_slot=w.point_slot[n0:n1] - p0 * self.patch_len,
+                patch_cloud=w.patch_cloud[p0:p1],
+                sub_slots=torch.where(w.sub_slots[p0 * q : p1 * q] >= n0, w.sub_slots[p0 * q : p1 * q] - n0, 0),
+                sub_count=w.sub_count[p0 * q : p1 * q],
+                key_bias=None if w.key_bias is None else w.key_bias[p0:p1],
+                exact=w.exact,
+                cloud_runs=() if self.patch_cloud_host is None else _cloud_runs(self.patch_cloud_host[p0:p1]),
+            )
         )
 
+    def _grouped(self, chunk: PatchChunk) -> PatchChunk:
+        """``chunk`` with its patches in groups of about one size (``size_groups``: adaptive patches).
 
-def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
-    """The layout of a batch of clouds with ``sizes`` points, patches chosen by ``config.patch_level``."""
+        Patches sorted by size form a group while the largest is at most 1.25 times the smallest
+        (plus one point); none are formed when that gives one group.
+        """
+        if not self.size_groups or self.patch_cloud_host is None or self.sub_valid_host is None:
+            return chunk
+        sizes = np.diff(self.patch_start[chunk.p0 : chunk.p1 + 1])
+        kind = np.zeros(len(sizes), dtype=np.int64)
+        by_size = np.argsort(sizes, kind="stable")
+        smallest = sizes[by_size[0]]
+        for rank, p in enumerate(by_size[1:], start=1):
+            new = sizes[p] > 1.25 * smallest + 1
+            kind[p] = kind[by_size[rank - 1]] + new
+            smallest = sizes[p] if new else smallest
+        kinds = np.unique(kind)
+        if len(kinds) < 2:
+            return chunk
+        starts = self.patch_start[chunk.p0 : chunk.p1] - chunk.n0
+        group_slot = np.empty(chunk.num_points, dtype=np.int64)
+        groups, offset = [], 0
+        for k in kinds:
+            members = np.flatnonzero(kind == k)
+            length = int(sizes[members].max())
+            valid = np.arange(length)[None, :] < sizes[members][:, None]  # (g, Lg)
+            index = np.where(valid, starts[members][:, None] + np.arange(length)[None, :], 0)
+            group_slot[index[valid]] = offset + np.flatnonzero(valid.reshape(-1))
+            offset += valid.size
+            clouds = self.patch_cloud_host[chunk.p0 + members]
+            key_valid = np.concatenate([valid, self.sub_valid_host[clouds]], axis=1)  # (g, Lg + S)
+            bias = None
+            if not key_valid.all():
+                bias = torch.from_numpy(np.where(key_valid, 0.0, -np.inf).astype(np.float32))[:, None, None, :]
+            groups.append(PatchGroup(_long(index), _long(clouds), bias, _cloud_runs(clouds)))
+        grouped = replace(chunk, groups=tuple(groups), group_slot=_long(group_slot))
+        device = chunk.patch_index.device
+        return grouped if device.type == "cpu" else _to(grouped, device)
+
+
+def cloud_cut(n: int, config: ModelConfig, features: np.ndarray | Tensor | None = None) -> PatchCut:
+    """The patches of a cloud of ``n`` points: the uniform cut of ``config.patch_level(n)``, or with
+    ``model.adaptive`` the variance-adaptive cut of its ``features`` (in tree order) at that budget."""
+    level = config.patch_level(n)
+    if config.adaptive is None:
+        return uniform_cut(n, level)
+    if features is None:
+        raise InvalidInputError("adaptive patches need the features of the cloud")
+    values = np.asarray(features.detach().cpu() if isinstance(features, Tensor) else features)
+    values = values[:, config.adaptive.from_channel :]
+    if values.shape[1] == 0:
+        raise InvalidInputError(
+            f"model.adaptive.from_channel {config.adaptive.from_channel} leaves none of the {features.shape[1]} inputs"
+        )
+    return adaptive_cut(values, level, refine=config.adaptive.refine, min_points=config.num_supernodes)
+
+
+def build_layout(sizes: Sequence[int], config: ModelConfig, features: np.ndarray | Tensor | None = None) -> PatchLayout:
+    """The layout of a batch of clouds with ``sizes`` points, patches chosen by ``config`` (``cloud_cut``).
+
+    ``features``: the packed (N, F) inputs, every cloud in tree order; needed for adaptive patches.
+    """
     sizes_arr = np.asarray([int(n) for n in sizes], dtype=np.int64)
     if sizes_arr.ndim != 1 or len(sizes_arr) == 0:
         raise InvalidInputError("a batch needs at least one cloud")
@@ -131,20 +216,25 @@ def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
     q = config.num_supernodes
     q_levels = q.bit_length() - 1
     offsets = np.concatenate([[0], np.cumsum(sizes_arr)])
-    levels = tuple(config.patch_level(int(n)) for n in sizes_arr)
+    if features is not None and len(features) != offsets[-1]:
+        raise InvalidInputError(f"{len(features)} rows of features for clouds of {int(offsets[-1])} points")
+    cuts = [
+        cloud_cut(int(n), config, None if features is None else features[start : start + n])
+        for start, n in zip(offsets[:-1], sizes_arr, strict=True)
+    ]
 
     # Patch and sub-run bounds, as packed rows, cloud after cloud.
-    patch_bounds, sub_bounds = [], []
-    for start, n, level in zip(offsets[:-1], sizes_arr, levels, strict=True):
-        patch_bounds.append(start + run_boundaries(int(n), level)[:-1])
-        sub_bounds.append(start + run_boundaries(int(n), level + q_levels)[:-1])
-    patch_start = np.concatenate([*patch_bounds, [offsets[-1]]])
-    sub_start = np.concatenate([*sub_bounds, [offsets[-1]]])
+    patch_start = np.concatenate(
+        [*(start + cut.bounds()[:-1] for start, cut in zip(offsets[:-1], cuts, strict=True)), [offsets[-1]]]
+    )
+    sub_start = np.concatenate(
+        [*(start + cut.sub_bounds(q_levels)[:-1] for start, cut in zip(offsets[:-1], cuts, strict=True)), [offsets[-1]]]
+    )
     patch_size = np.diff(patch_start)
     sub_count = np.diff(sub_start)
     num_patches = len(patch_size)
     length = int(patch_size.max())
-    cloud_patches = np.concatenate([[0], np.cumsum([1 << lv for lv in levels])])
+    cloud_patches = np.concatenate([[0], np.cumsum([len(cut) for cut in cuts])])
 
     # Padded patches: slot (p, i) holds packed row patch_start[p] + i while i < size_p.
     slot = np.arange(length)
@@ -170,32 +260,36 @@ def build_layout(sizes: Sequence[int], config: ModelConfig) -> PatchLayout:
         bias = np.where(key_valid, 0.0, -np.inf).astype(np.float32)
         key_bias = torch.from_numpy(bias)[:, None, None, :]
 
-    def t(a: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
-
     whole = PatchChunk(
         p0=0,
         p1=num_patches,
         n0=0,
         n1=int(offsets[-1]),
-        patch_index=t(patch_index),
-        point_slot=t(point_slot),
-        patch_cloud=t(patch_cloud),
-        sub_slots=t(sub_slots),
-        sub_count=t(sub_count),
+        patch_index=_long(patch_index),
+        point_slot=_long(point_slot),
+        patch_cloud=_long(patch_cloud),
+        sub_slots=_long(sub_slots),
+        sub_count=_long(sub_count),
         key_bias=key_bias,
         exact=bool(valid.all()),
         cloud_runs=_cloud_runs(patch_cloud),
     )
-    return PatchLayout(
+    layout = PatchLayout(
         sizes=tuple(int(n) for n in sizes_arr),
         num_supernodes=q,
         patch_len=length,
         patch_start=patch_start,
-        sub_index=t(sub_index),
+        sub_index=_long(sub_index),
         whole=whole,
         patch_cloud_host=patch_cloud,
+        sub_valid_host=sub_valid,
+        size_groups=config.adaptive is not None,
     )
+    return replace(layout, whole=layout._grouped(whole))
+
+
+def _long(a: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
 
 
 def _cloud_runs(patch_cloud: np.ndarray) -> tuple[tuple[int, int], ...]:
@@ -213,6 +307,8 @@ def _to(obj, device):  # type: ignore[no-untyped-def]
             v = v.to(device)
         elif isinstance(v, PatchChunk):
             v = _to(v, device)
+        elif isinstance(v, tuple) and v and isinstance(v[0], PatchGroup):
+            v = tuple(_to(g, device) for g in v)
         values[f.name] = v
     return type(obj)(**values)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msptcli.model.layout import PatchChunk, PatchLayout
+from msptcli.model.layout import PatchChunk, PatchGroup, PatchLayout
 
 
 def patch_rows(x: Tensor, chunk: PatchChunk) -> Tensor:
@@ -112,6 +112,8 @@ class PMSA(nn.Module):
             (n, C) outputs of the points; with ``carried`` also (p * Q, C) outputs of the supernodes.
         """
         c = h.shape[1]
+        if chunk.groups and not self.carried and not torch.jit.is_tracing():
+            return self._by_groups(h, chunk, sn_kv), None
         p, length = chunk.patch_index.shape
         qkv = patch_rows(self.qkv(h), chunk)  # (p, L, 3C)
         q, k, v = qkv.split(c, dim=-1)  # 3 x (p, L, C)
@@ -123,6 +125,17 @@ class PMSA(nn.Module):
         out_points = o_points if chunk.exact else gather_rows(o_points, chunk.point_slot)  # (n, C), padding dropped
         out_sn = o[:, length:].reshape(-1, c) if self.carried else None  # (p * Q, C)
         return out_points, out_sn
+
+    def _by_groups(self, h: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor]) -> Tensor:
+        """Eq. 6 for patches of very different sizes (adaptive): each group of patches of about one size
+        padded to its own longest, not to the largest patch of the chunk. The same softmax per point."""
+        c = h.shape[1]
+        rows = self.qkv(h)  # (n, 3C)
+        outs = []
+        for group in chunk.groups:
+            q, k, v = gather_rows(rows, group.patch_index).split(c, dim=-1)  # 3 x (g, Lg, C)
+            outs.append(self.attend(q, k, v, group, sn_kv).reshape(-1, c))  # (g * Lg, C)
+        return gather_rows(torch.cat(outs), chunk.group_slot)  # (n, C), padding dropped
 
     def patch_kv(self, h: Tensor, chunk: PatchChunk) -> Tensor:
         """Keys and values of the chunk's points, patch by patch: (p, L, 2C), for queries to read."""
@@ -186,7 +199,7 @@ class PMSA(nn.Module):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        chunk: PatchChunk,
+        chunk: PatchChunk | PatchGroup,
         sn_kv: tuple[Tensor, Tensor],
         key_bias: Tensor | None = None,
         cloud: Tensor | None = None,
@@ -204,7 +217,11 @@ class PMSA(nn.Module):
             return t.view(p, t.shape[1], heads, d).transpose(1, 2)
 
         runs = chunk.cloud_runs if cloud is None and key_bias is None else ()
-        if runs and _two_kernels(q) and all(k_ == runs[0][1] for _, k_ in runs):
+        if (
+            runs
+            and _two_kernels(q)
+            and all(k_ == runs[0][1] and c_ == runs[0][0] + i for i, (c_, k_) in enumerate(runs))
+        ):
             # The one softmax in two kernels (patch keys; the cloud's supernodes), merged by log-sum-exp.
             b, per_cloud, first = len(runs), runs[0][1], runs[0][0]
             k_sn, v_sn = (t[first : first + b].to(q.dtype) for t in sn_kv)  # 2 x (b, S, C)

@@ -211,9 +211,10 @@ def pack_anchors(
         restore.append(torch.from_numpy(back))
         tree_rank.append(back)
     every = every_given[first]
+    ordered = stacked[torch.from_numpy(first)]
     return PackedAnchors(
-        features=stacked[torch.from_numpy(first)],
-        layout=build_layout(sizes, config),
+        features=ordered,
+        layout=build_layout(sizes, config, ordered if config.adaptive is not None else None),
         trees=AnchorTrees(tuple(reorder), tuple(restore)),
         tree_rank=tuple(tree_rank),
         points=tuple(every[offsets[b] : offsets[b + 1]] for b in range(len(sizes))),

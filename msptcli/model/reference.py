@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from msptcli.geometry.balltree import run_boundaries
+from msptcli.model.layout import cloud_cut
 from msptcli.model.mspt import MSPT, MSPTBlock
 from msptcli.model.pmsa import SupernodePool
 
@@ -37,10 +37,11 @@ def dense_forward(model: MSPT, features: Tensor, sizes: list[int]) -> Tensor:
 def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
     config = model.config
     n = f.shape[0]
-    level = config.patch_level(n)
     q = config.num_supernodes
-    patch = _run_of_point(n, level)  # (n,)
-    sub_bounds = run_boundaries(n, level + int(math.log2(q)))
+    cut = cloud_cut(n, config, f)  # uniform, or adaptive from the inputs
+    bounds = torch.from_numpy(cut.bounds())
+    patch = torch.repeat_interleave(torch.arange(len(cut)), bounds[1:] - bounds[:-1])  # (n,)
+    sub_bounds = cut.sub_bounds(int(math.log2(q)))
     x = model.embed(f)
     z = _pool(model.carried_pool, x, sub_bounds) if model.carried_pool is not None else None
     for block in model.blocks:
@@ -95,8 +96,3 @@ def _pool(pool: SupernodePool, h: Tensor, sub_bounds) -> Tensor:  # type: ignore
             weight = torch.softmax(pool.score(part).squeeze(-1), dim=0)
             rows.append((weight[:, None] * part).sum(dim=0))
     return torch.stack(rows)
-
-
-def _run_of_point(n: int, level: int) -> Tensor:
-    bounds = torch.from_numpy(run_boundaries(n, level))
-    return torch.repeat_interleave(torch.arange(len(bounds) - 1), bounds[1:] - bounds[:-1])

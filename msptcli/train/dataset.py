@@ -186,11 +186,12 @@ def collate(clouds: list[Cloud] | list[AnchorCloud], model_config: ModelConfig) 
             targets=torch.cat([c.targets for c in clouds]),
             mask=torch.cat([c.mask for c in clouds]),
         )
+    features = torch.cat([c.features for c in clouds])
     return Batch(
-        features=torch.cat([c.features for c in clouds]),
+        features=features,
         targets=torch.cat([c.targets for c in clouds]),
         mask=torch.cat([c.mask for c in clouds]),
-        layout=build_layout([len(c.features) for c in clouds], model_config),
+        layout=build_layout([len(c.features) for c in clouds], model_config, features),
     )
 
 
