@@ -111,18 +111,44 @@ def balltree(
     screenshot: Annotated[
         Path | None, typer.Option("--screenshot", help="Save a PNG of the mesh coloured by patch.")
     ] = None,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive", help="Variance-adaptive patches (MATEY): the same budget of 2^level, small where fields vary."
+        ),
+    ] = False,
+    refine: Annotated[
+        int, typer.Option("--refine", min=1, max=8, help="With --adaptive: levels coarser and finer than --level.")
+    ] = 1,
+    adaptive_on: Annotated[
+        str | None,
+        typer.Option(
+            "--adaptive-on",
+            help="With --adaptive: comma-separated point arrays to refine on (default: all; normals if none).",
+        ),
+    ] = None,
     threads: Threads = None,
 ) -> None:
     """Order a mesh's points by the ball tree and show the patches MSPT would use.
 
     Prints the build time, the patch sizes and how compact the patches are next
     to a random split; with --output, writes the mesh with the patch of every
-    point (open it in ParaView and colour by `patch`).
+    point (open it in ParaView and colour by `patch` or `patch_size`). With
+    --adaptive the patches are cut where the point arrays vary most and the PNG
+    shows the points per patch.
     """
     from msptcli.balltree import patch_report, write_patch_mesh
 
     started = time.perf_counter()
-    report = patch_report(mesh, level=level, patch_size=patch_size, num_threads=threads)
+    report = patch_report(
+        mesh,
+        level=level,
+        patch_size=patch_size,
+        num_threads=threads,
+        adaptive=adaptive,
+        refine=refine,
+        adaptive_on=_names(adaptive_on) if adaptive_on else None,
+    )
     written = write_patch_mesh(report, output=output, screenshot=screenshot)
     summary = report.summary
     table = Table(title=f"Ball-tree patches of {mesh.name}", show_header=False)
@@ -130,6 +156,10 @@ def balltree(
     table.add_row("tree build", f"{report.build_seconds * 1e3:.1f} ms ({report.threads} threads)")
     table.add_row("level / patches K", f"{summary.level} / {summary.num_patches}")
     table.add_row("points per patch", f"{summary.min_size} to {summary.max_size}")
+    if report.adaptive:
+        depths = report.cut.depth.tolist()
+        table.add_row("adaptive on", ", ".join(report.adaptive_on))
+        table.add_row("patches per depth", ", ".join(f"{m}: {depths.count(m)}" for m in sorted(set(depths))))
     table.add_row(
         "mean patch radius",
         f"{summary.mean_radius:.4g} (random split: {summary.random_radius:.4g}, "

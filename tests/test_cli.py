@@ -85,6 +85,39 @@ def test_balltree_on_stl_writes_vtp_and_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_balltree_adaptive_shows_patch_sizes_in_vtu_and_png(tmp_path):
+    source = EXAMPLE / "surface.vtu"
+    out, png = tmp_path / "adaptive.vtu", tmp_path / "adaptive.png"
+    args = ["balltree", str(source), "--level", "5", "--adaptive", "--refine", "2", "-o", str(out)]
+    result = runner.invoke(app, [*args, "--screenshot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "adaptive on" in result.output and "p, wallShearStress" in result.output
+    written = pv.read(out)
+    patch, size, depth = (np.asarray(written.point_data[k]) for k in ("patch", "patch_size", "patch_depth"))
+    counts = np.bincount(patch)
+    assert len(counts) == 32  # the budget: as many patches as the uniform level 5
+    assert np.array_equal(size, counts[patch])  # patch_size is the size of the point's patch
+    assert depth.min() >= 3 and depth.max() <= 7 and len(np.unique(depth)) > 1  # refined within 5 +- 2
+    assert counts.max() > 4 * counts.min()  # sizes really vary
+    # Small patches where the pressure varies most: the patch of the largest |dp| is smaller than average.
+    p = np.asarray(written.point_data["p"])
+    assert size[np.argmax(np.abs(p - np.median(p)))] < np.median(size)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    again = tmp_path / "again.vtu"
+    assert runner.invoke(app, [*args[:-1], str(again)]).exit_code == 0
+    assert np.array_equal(pv.read(again).point_data["patch"], patch)  # deterministic
+
+
+def test_balltree_adaptive_on_geometry_of_an_stl(tmp_path):
+    out = tmp_path / "geometry.vtp"
+    args = ["balltree", str(EXAMPLE / "geometry.stl"), "--level", "5", "--adaptive", "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "normals" in result.output
+    counts = np.bincount(pv.read(out).point_data["patch"])
+    assert len(counts) == 32 and counts.max() > counts.min() + 1
+
+
 @pytest.mark.parametrize(
     ("make_input", "extra", "message"),
     [
@@ -98,6 +131,8 @@ def test_balltree_on_stl_writes_vtp_and_png(tmp_path):
         (lambda d: EXAMPLE / "surface.vtu", ["--level", "30"], "deeper than the tree"),
         (lambda d: EXAMPLE / "surface.vtu", ["-o", "{tmp}/out.stl"], "written as one of .vtp, .vtu, .vtk"),
         (lambda d: EXAMPLE / "surface.vtu", ["--screenshot", "{tmp}/shot.jpg"], "written as .png"),
+        (lambda d: EXAMPLE / "surface.vtu", ["--adaptive-on", "p"], "give --adaptive too"),
+        (lambda d: EXAMPLE / "surface.vtu", ["--adaptive", "--adaptive-on", "q"], "no point array 'q'"),
     ],
 )
 def test_bad_input_gives_one_line_and_no_output(tmp_path, make_input, extra, message):

@@ -57,10 +57,17 @@ class PatchSummary:
     random_radius: float  # the same for patches of a random order, for comparison
 
 
-def summarize_patches(points: np.ndarray, perm: np.ndarray, level: int, *, seed: int = 0) -> PatchSummary:
-    """Sizes and radii of the patches of ``points[perm]`` at ``level``, next to a random split."""
+def summarize_patches(
+    points: np.ndarray, perm: np.ndarray, level: int, *, bounds: np.ndarray | None = None, seed: int = 0
+) -> PatchSummary:
+    """Sizes and radii of the patches of ``points[perm]`` at ``level``, next to a random split.
+
+    ``bounds`` (K + 1 tree-order positions) gives other patches than the uniform ones of
+    ``level``, e.g. an adaptive cut (``geometry.adaptive``); the random split keeps their sizes.
+    """
     n = points.shape[0]
-    bounds = run_boundaries(n, level)
+    if bounds is None:
+        bounds = run_boundaries(n, level)
     sizes = np.diff(bounds)
     shuffled = np.random.default_rng(seed).permutation(n)
     return PatchSummary(
