@@ -1,0 +1,123 @@
+"""Adaptive against uniform patches: accuracy on held-out Ahmed bodies against attention cost.
+
+    python benchmarks/adaptive.py                    # CPU: 5 variants, 200 steps each (~60 min)
+    python benchmarks/adaptive.py --steps 100        # a smoke run
+    python benchmarks/adaptive.py --reuse            # evaluate finished runs again
+
+Split, budget rule and evaluation are ``benchmarks/accuracy.py``'s (train 20 Ahmed bodies, test
+case_0003/0009/0015/0021, ``--quick`` evaluation: rel. L2 of the fields on the CFD meshes, drag
+from the CFD surface and from the STL). Every variant is the default model (8192 anchors, width
+128, 4 blocks) with its patches changed only:
+
+- ``uniform-L``: uniform patches of L anchors (``model.patch_size=L``; K = 8192 / L patches);
+- ``adaptive-L-rR``: the same budget of K patches, cut where the anchors' input features vary
+  most (``model.adaptive.refine=R``), so patch sizes range from L / 2^R to L * 2^R.
+
+**Attention cost** is counted, not timed, from the layouts the loader builds for the first 8
+training samples (the patches of every anchor cloud and the patch each query reads), in attention
+scores per point per block and head: an anchor in a patch of size L_p scores L_p + S keys (its
+patch and the S = K Q supernodes of its cloud), a query scores the L_p + S keys of the patch it
+reads. ``rel. cost`` divides by the default's (``uniform-128``). The seconds per step are
+wall-clock of the whole training step (loader, projections and MLPs included), so they move less.
+
+Tables are printed as Markdown; record them in docs/benchmarks.md with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+from pathlib import Path
+
+import accuracy
+import numpy as np
+import torch
+from machine import cpu_name
+
+from msptcli.config import load_config
+from msptcli.data.manifest import read_manifest
+from msptcli.train.dataset import TrainClouds, collate
+
+VARIANTS: dict[str, list[str]] = {
+    "uniform-512": ["model.patch_size=512"],
+    "uniform-256": ["model.patch_size=256"],
+    "uniform-128": ["model.patch_size=128"],  # the default cut of 8192 anchors (K Q ~ sqrt N)
+    "adaptive-256-r2": ["model.patch_size=256", "model.adaptive.refine=2"],
+    "adaptive-128-r2": ["model.patch_size=128", "model.adaptive.refine=2"],
+}
+BASELINE = "uniform-128"
+
+
+def attention_cost(data_dir: Path, overrides: list[str], samples: int = 8) -> dict[str, float]:
+    """Mean attention scores per anchor and per query, and the patch sizes, over the first ``samples`` samples."""
+    cfg = load_config(data_dir / "config.yaml", overrides)
+    manifest = read_manifest(data_dir)
+    entries = manifest.split("train")[:samples]
+    clouds = TrainClouds(
+        data_dir,
+        manifest,
+        entries,
+        surface_points=cfg.train.surface_points,
+        volume_points=cfg.train.volume_points,
+        seed=cfg.train.seed,
+        anchors=cfg.model.anchors,
+    )
+    anchor_scores, query_scores, smallest, largest = [], [], [], []
+    for i in range(len(clouds)):
+        batch = collate([clouds[i]], cfg.model)
+        layout = batch.anchors.layout
+        sizes = layout.patch_sizes.astype(np.float64)
+        keys = sizes + layout.sub_index.shape[1]  # own patch + every supernode of the (single) cloud
+        anchor_scores.append(float((sizes * keys).sum() / sizes.sum()))
+        group = batch.queries.groups[0]
+        patch_of_query = (group.query_slot // group.slots.shape[1]).numpy()
+        query_scores.append(float(keys[patch_of_query].mean()))
+        smallest.append(sizes.min())
+        largest.append(sizes.max())
+    return {
+        "anchor": float(np.mean(anchor_scores)),
+        "query": float(np.mean(query_scores)),
+        "min_size": float(np.min(smallest)),
+        "max_size": float(np.max(largest)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("out/accuracy"), help="prepared data and runs")
+    parser.add_argument("--steps", type=int, default=200, help="optimiser steps per variant")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--reuse", action="store_true", help="evaluate finished runs again")
+    args = parser.parse_args()
+    data_dir = accuracy.prepare(accuracy.DATA, args.work, min(2, os.cpu_count() or 1))
+    print(f"# Adaptive patches, {datetime.date.today().isoformat()}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}")
+    print(f"split of benchmarks/accuracy.py; {args.steps} steps per variant, batch 1; rel. L2, mean of 4 test cases")
+    print()
+    costs = {name: attention_cost(data_dir, VARIANTS[name]) for name in args.variants}
+    base = costs.get(BASELINE) or attention_cost(data_dir, VARIANTS[BASELINE])
+    print("| variant | patch sizes | scores / anchor | scores / query | rel. cost | s / step | surface p "
+          "| wall shear | volume U | volume p | Cd err mesh | Cd err STL |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in args.variants:
+        cost = costs[name]
+        run, seconds = accuracy.train(
+            data_dir, args.work, f"{name}-{args.steps}", VARIANTS[name], args.steps, args.device, reuse=args.reuse
+        )
+        rows = accuracy.evaluate(data_dir, run, accuracy.DATA, args.device, quick=True)
+        mean = {k: float(np.mean(v)) for k, v in rows.items()}
+        rel = (cost["anchor"] + cost["query"]) / (base["anchor"] + base["query"])
+        cells = [f"{cost['min_size']:.0f} to {cost['max_size']:.0f}", f"{cost['anchor']:.0f}", f"{cost['query']:.0f}"]
+        cells += [f"{rel:.2f}x", f"{seconds / args.steps:.2f}"]
+        cells += [f"{mean[f]:.3f}" for f in accuracy.FIELDS]
+        cells += [f"{100 * mean['cd_mesh_rel']:.1f}%", f"{100 * mean['cd_stl_rel']:.1f}%"]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        for i, case in enumerate(accuracy.TEST):
+            detail = ", ".join(f"{k} {v[i]:.3f}" for k, v in rows.items())
+            print(f"<!-- {name} {case}: {detail} -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()
