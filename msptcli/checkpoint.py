@@ -56,6 +56,7 @@ class Checkpoint:
     version: str
     path: Path | None = None
     volume_template: np.ndarray | None = None  # (M, 3) training volume points relative to the body's box
+    parent: dict[str, Any] | None = None  # fine-tuned: the network it started from and what was frozen
 
 
 def force_reference(config: MsptConfig, train_entries: list[SampleEntry]) -> dict[str, Any]:
@@ -85,6 +86,7 @@ def save_checkpoint(
     epoch: int,
     metrics: dict[str, Any] | None = None,
     volume_template: np.ndarray | None = None,
+    parent: dict[str, Any] | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -106,6 +108,8 @@ def save_checkpoint(
         "epoch": str(epoch),
         "metrics": json.dumps(metrics or {}),
     }
+    if parent is not None:
+        meta["parent"] = json.dumps(parent)
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -159,6 +163,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             version=meta.get("mspt_version", "?"),
             path=p,
             volume_template=None if template is None else template.numpy(),
+            parent=json.loads(meta["parent"]) if "parent" in meta else None,
         )
     except CheckpointError:
         raise

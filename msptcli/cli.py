@@ -46,6 +46,12 @@ class ExportFormat(str, enum.Enum):
     torchscript = "torchscript"
 
 
+class Freeze(str, enum.Enum):
+    none = "none"
+    attention = "attention"
+    encoder = "encoder"
+
+
 class OnError(str, enum.Enum):
     fail = "fail"
     skip = "skip"
@@ -243,24 +249,53 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Number of epochs (train.epochs).")] = None,
     device: DeviceOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output where it stopped.")] = False,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Fine-tune: start from this trained run directory or checkpoint (its network)."),
+    ] = None,
+    freeze: Annotated[
+        Freeze | None,
+        typer.Option("--freeze", help="With --init: keep these parameters as the parent's (train.freeze)."),
+    ] = None,
+    field_map: Annotated[
+        str | None,
+        typer.Option(
+            "--field-map",
+            help="With --init: NEW=OLD,... this dataset's field <- the parent's, e.g. surface/pMean=surface/p.",
+        ),
+    ] = None,
 ) -> None:
     """Train MSPT on a prepared dataset (GPU with bf16 when present), with checkpoints and validation.
 
-    Without --config, the run's own config.yaml (with --resume) or the dataset's is used.
+    Without --config, the run's own config.yaml (with --resume) or the dataset's is used. With --init the
+    network (the model: section) is the parent's, changed only by --set model.*=...; the fields'
+    normalisation is this dataset's (docs/finetune.md).
     """
     import signal
 
     from msptcli.config import load_config, train_config_file
     from msptcli.train.loop import train_model
 
+    if init is not None and resume:
+        raise MsptError("--init starts a new run from a trained network, --resume continues this run: give one")
+    if init is None and (freeze is not None or field_map is not None):
+        raise MsptError("--freeze and --field-map fine-tune a trained network: give --init RUN too")
     values: dict[str, object] = {}
+    sections: dict[str, object] = {}
     if epochs is not None:
         values["train.epochs"] = epochs
     if device is not None:
         values["train.device"] = device.value
+    if init is not None:
+        from msptcli.checkpoint import load_checkpoint
+
+        sections["model"] = load_checkpoint(init).config.model.model_dump(mode="json")
+        values["train.init"] = str(init)
+        values["train.freeze"] = (freeze or Freeze.none).value
+        values["train.field_map"] = _field_map(field_map or "")
     if config is None:
         config = train_config_file(data_dir, output, resume=resume)
-    cfg = load_config(config, [*(positional_overrides or []), *(overrides or [])], values=values)
+    cfg = load_config(config, [*(positional_overrides or []), *(overrides or [])], values=values, sections=sections)
     stop = {"asked": False}
 
     def ask_stop(signum: int, frame: object) -> None:
@@ -281,6 +316,14 @@ def train(
             f"interrupted: checkpoint saved in {output}; continue with: mspt train {data_dir} -o {output} --resume"
         )
         raise typer.Exit(130)
+    if summary.parent is not None:
+        p = summary.parent
+        kept = ", ".join(k if k == v else f"{k} <- {v}" for k, v in p["kept_fields"].items()) or "none"
+        console.print(
+            f"fine-tuned from {p['path']} (epoch {p['epoch']}): kept {kept}; new {', '.join(p['new_fields']) or 'none'}"
+            f"; frozen {p['freeze']} ({p['frozen_parameters']:,} of "
+            f"{p['frozen_parameters'] + p['trainable_parameters']:,} parameters)"
+        )
     console.print(f"trained {summary.epochs_done} epochs: checkpoints in {output / 'checkpoints'}")
     console.print(f"metrics in {output / 'metrics.csv'}, curves in {output / 'curves.png'}")
 
@@ -430,6 +473,17 @@ class _TrainProgress:
         if "val_cd_abs_error" in row:
             parts.append(f"|dCd| {row['val_cd_abs_error']:.4f}")
         self.bar.console.print("  ".join(parts), highlight=False)
+
+
+def _field_map(text: str) -> dict[str, str]:
+    """``NEW=OLD,...`` -> {NEW: OLD}; each side ``part/name`` (surface/p, volume/U)."""
+    pairs: dict[str, str] = {}
+    for item in _names(text):
+        new, sep, old = item.partition("=")
+        if not sep or not all("/" in k and k.split("/", 1)[0] in ("surface", "volume") for k in (new, old)):
+            raise MsptError(f"--field-map {item!r}: expected NEW=OLD of part/name fields, e.g. surface/pm=surface/p")
+        pairs[new.strip()] = old.strip()
+    return pairs
 
 
 def _names(csv_names: str) -> list[str]:

@@ -98,6 +98,28 @@ class TrainConfig(BaseModel):
         "epoch has at least 8 steps (the next sample is drawn while the step runs), else 0",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
+    init: str | None = Field(
+        None,
+        description="fine-tuning: start from the network of this run directory or checkpoint (`mspt train --init`); "
+        "the network config is the parent's (docs/finetune.md)",
+    )
+    freeze: Literal["none", "attention", "encoder"] = Field(
+        "none",
+        description="fine-tuning: parameters kept as the parent's. attention: every attention module (MATEY's "
+        "frozen-attention fine-tuning; embeddings, MLPs, norms and head train); encoder: all but the final norm "
+        "and the head",
+    )
+    field_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="fine-tuning: this dataset's field <- the parent's, e.g. {'surface/pMean': 'surface/p'}; "
+        "fields of the same part and name map by default, the others get new head rows",
+    )
+
+    @model_validator(mode="after")
+    def _fine_tuning_needs_a_parent(self) -> TrainConfig:
+        if self.init is None and (self.freeze != "none" or self.field_map):
+            raise ValueError("train.freeze and train.field_map fine-tune a parent network: give train.init too")
+        return self
 
 
 class MsptConfig(BaseModel):
@@ -115,9 +137,11 @@ def load_config(
     overrides: list[str] | None = None,
     *,
     values: dict[str, Any] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> MsptConfig:
     """The defaults, updated by the YAML file ``path``, then by ``section.key=value`` overrides (text, parsed
     as YAML), then by ``values`` (dotted key -> value, already typed, e.g. from command-line options).
+    ``sections`` replace whole sections of the file before the overrides (fine-tuning: the parent's ``model``).
 
     Raises :class:`ConfigError` with one line naming the bad key or value.
     """
@@ -137,6 +161,8 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping of sections (data, model, train)")
         data = loaded
+    for section, value in (sections or {}).items():
+        data[section] = value
     for item in overrides or []:
         key, value = _parse_override(item)
         _set(data, key, value, item)

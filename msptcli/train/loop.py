@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from msptcli.checkpoint import force_reference, save_checkpoint
 from msptcli.config import MsptConfig
 from msptcli.data.features import IN_FEATURES, Channels
-from msptcli.data.manifest import Manifest, read_manifest
+from msptcli.data.manifest import Manifest, Stats, read_manifest
 from msptcli.data.sample import load_sample
 from msptcli.data.template import volume_template
 from msptcli.device import pick_device
@@ -35,6 +35,7 @@ from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
 from msptcli.io.atomic import atomic_output, make_dirs
 from msptcli.model import Network, build_network
+from msptcli.train import finetune
 from msptcli.train.dataset import QueryBatch, TrainClouds, collate, loader_workers
 from msptcli.train.distributed import World, join, leave, rank_batches
 from msptcli.train.log import append_metrics, plot_curves, truncate_metrics
@@ -60,6 +61,7 @@ class TrainSummary:
     interrupted: bool = False
     model: Network | None = None  # the trained network of this process (under torchrun: of this rank)
     main: bool = True  # this process speaks for the run (rank 0 under torchrun)
+    parent: dict[str, Any] | None = None  # fine-tuned (train.init): the parent's record (finetune.parent_record)
 
 
 def train_model(
@@ -80,6 +82,11 @@ def train_model(
         raise DatasetError(f"{data_dir}: the split has no training samples")
     manifest.check_samples(data_dir, [*manifest.split("train"), *manifest.split("val")])
     _check_run_dir(run_dir, data_dir)
+    parent = None  # fine-tuning (train.init): checked before anything is written
+    if tc.init is not None and not resume:
+        parent = finetune.load_parent(tc.init)
+        finetune.check_network(parent, config.model, f"--init {parent.path}")
+        finetune.field_pairs(parent, Channels.from_fields(manifest.fields), tc.field_map)
     world, device = join(tc.device)
     try:
         lock = run_lock(run_dir) if world.main else contextlib.nullcontext()
@@ -94,6 +101,7 @@ def train_model(
                 world,
                 device or pick_device(tc.device),
                 resume=resume,
+                parent=parent,
                 reporter=reporter if world.main else None,
                 should_stop=should_stop,
             )
@@ -119,21 +127,41 @@ def _train(
     device: torch.device,
     *,
     resume: bool,
+    parent: finetune.Parent | None,
     reporter: Reporter | None,
     should_stop: Callable[[], bool],
 ) -> TrainSummary:
     tc = config.train
     train_entries, val_entries = manifest.split("train"), manifest.split("val")
     ckpt_dir = run_dir / "checkpoints"
-    if world.main:
-        make_dirs(ckpt_dir)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
 
     channels = Channels.from_fields(manifest.fields)
     model_config = config.model
-    model = build_network(model_config, in_features=IN_FEATURES, out_features=channels.total).to(device)
+    model = build_network(model_config, in_features=IN_FEATURES, out_features=channels.total)
+    # --- fine-tuning (train.init): the parent's weights, its coordinate normalisation, frozen groups --
+    parent_record = None
+    if tc.init is not None:
+        if resume:  # the weights come from the state; what the run started from was recorded there
+            state = load_train_state(run_dir / STATE)
+            fine = json.loads(state.get("fine_tune") or "null")
+            if fine is None:
+                raise InvalidInputError(f"{run_dir}: was not started with --init; resume it without train.init")
+            manifest = manifest.model_copy(update={"stats": Stats.model_validate(fine["stats"])})
+            parent_record = fine["parent"]
+        else:
+            assert parent is not None  # loaded and checked by train_model
+            manifest = manifest.model_copy(update={"stats": finetune.fine_tune_stats(parent, manifest.stats)})
+            pairs = finetune.field_pairs(parent, channels, tc.field_map)
+            finetune.start_from_parent(model, parent, channels, manifest.stats, pairs)
+        counts = finetune.freeze(model, tc.freeze)
+        if parent_record is None:
+            parent_record = finetune.parent_record(parent, pairs, channels, tc.freeze, counts)
+    model = model.to(device)
+    if world.main:  # after the fine-tuning checks: a refused --init leaves no run directory behind
+        make_dirs(ckpt_dir)
     net = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if (world.distributed)
@@ -153,7 +181,10 @@ def _train(
     steps_per_epoch = math.ceil(len(dataset) / (tc.batch_size * world.size))
     total_steps = tc.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
+        [p for p in model.parameters() if p.requires_grad],  # frozen parameters (train.freeze) stay out
+        lr=tc.lr,
+        weight_decay=tc.weight_decay,
+        fused=device.type == "cuda",
     )
     warmup = tc.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -169,6 +200,7 @@ def _train(
         surface_location=manifest.surface_location,
         reference=reference,
         volume_template=template,
+        parent=parent_record,
     )
 
     # --- resume --------------------------------------------------------------------------------------
@@ -208,6 +240,11 @@ def _train(
                 "best": float("nan") if best is None else best,
                 "loss_sum": loss_sum,
                 "loss_count": loss_count,
+                "fine_tune": json.dumps(
+                    None
+                    if parent_record is None
+                    else {"parent": parent_record, "stats": manifest.stats.model_dump(mode="json")}
+                ),
             },
         )
 
@@ -288,7 +325,7 @@ def _train(
         if not val_entries:  # no validation split: the last model is the best we know
             save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
         plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
-    return TrainSummary(run_dir, epoch, model=model, main=world.main)
+    return TrainSummary(run_dir, epoch, model=model, main=world.main, parent=parent_record)
 
 
 def _validate(model, data_dir, manifest, entries, device, reference, *, bf16) -> dict[str, float]:  # type: ignore[no-untyped-def]
