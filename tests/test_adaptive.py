@@ -157,3 +157,19 @@ def test_adaptive_layout_needs_features_and_a_channel():
 def test_adaptive_config_errors(overrides, message):
     with pytest.raises(ValidationError, match=message):
         ModelConfig(**{"adaptive": {"refine": 1}, **overrides})
+
+
+def test_adaptive_anchor_model_exports_and_verifies(tmp_path, fmt="onnx"):
+    """The exported graph takes the layout as inputs: adaptive cuts of other clouds run through it too."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from msptcli.model.portable import export_model, random_example, verify_export
+
+    torch.manual_seed(0)
+    config = ModelConfig(width=32, num_heads=4, depth=2, anchors={"surface": 64, "volume": 64},
+                         adaptive={"refine": 2})  # fmt: skip
+    model = MSPT(config, in_features=11, out_features=2)
+    path = export_model(model, tmp_path / f"m.{fmt}", fmt=fmt)
+    example = random_example(model, (700, 333, 41), seed=3)
+    assert len(set(np.diff(example.anchors.layout.patch_start).tolist())) > 1  # the example's patches differ in size
+    assert verify_export(path, model, example) < 1e-4
