@@ -90,7 +90,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--reuse", action="store_true", help="evaluate finished runs again")
+    parser.add_argument("--plot", type=Path, help="write the plot of error against attention cost here (PNG)")
+    parser.add_argument("--plot-from", type=Path, help="only plot the table of an earlier run's output (Markdown)")
     args = parser.parse_args()
+    if args.plot_from:
+        plot(read_table(args.plot_from), args.plot or args.plot_from.with_suffix(".png"))
+        return
     data_dir = accuracy.prepare(accuracy.DATA, args.work, min(2, os.cpu_count() or 1))
     print(f"# Adaptive patches, {datetime.date.today().isoformat()}")
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}")
@@ -101,6 +106,7 @@ def main() -> None:
     print("| variant | patch sizes | scores / anchor | scores / query | rel. cost | s / step | surface p "
           "| wall shear | volume U | volume p | Cd err mesh | Cd err STL |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table: dict[str, dict[str, float]] = {}
     for name in args.variants:
         cost = costs[name]
         run, seconds = accuracy.train(
@@ -117,6 +123,45 @@ def main() -> None:
         for i, case in enumerate(accuracy.TEST):
             detail = ", ".join(f"{k} {v[i]:.3f}" for k, v in rows.items())
             print(f"<!-- {name} {case}: {detail} -->", flush=True)
+        table[name] = {"cost": rel, **{f: mean[f] for f in accuracy.FIELDS}, "cd": mean["cd_mesh_rel"]}
+    if args.plot:
+        plot(table, args.plot)
+
+
+def read_table(path: Path) -> dict[str, dict[str, float]]:
+    """The rows of a printed table: variant -> rel. cost, the four field errors and the Cd error (fraction)."""
+    table = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 12 and cells[0] in VARIANTS:
+            fields = dict(zip(accuracy.FIELDS, map(float, cells[6:10]), strict=True))
+            table[cells[0]] = {"cost": float(cells[4].rstrip("x")), **fields, "cd": float(cells[10].rstrip("%")) / 100}
+    return table
+
+
+def plot(table: dict[str, dict[str, float]], path: Path) -> None:
+    """Mean field rel. L2 and Cd error against the relative attention cost, uniform and adaptive marked apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for kind, marker in (("uniform", "o-"), ("adaptive", "s--")):
+        names = sorted((n for n in table if n.startswith(kind)), key=lambda n: table[n]["cost"])
+        costs = [table[n]["cost"] for n in names]
+        axes[0].plot(costs, [np.mean([table[n][f] for f in accuracy.FIELDS]) for n in names], marker, label=kind)
+        axes[1].plot(costs, [100 * table[n]["cd"] for n in names], marker, label=kind)
+        for n, c in zip(names, costs, strict=True):
+            axes[0].annotate(n.split("-", 1)[1], (c, np.mean([table[n][f] for f in accuracy.FIELDS])), fontsize=8)
+    for ax, title in zip(axes, ("mean rel. L2 of the 4 fields", "Cd error from the CFD mesh (%)"), strict=True):
+        ax.set_xlabel(f"attention cost (scores per point, relative to {BASELINE})")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
