@@ -184,6 +184,19 @@ def evaluate(data_dir: Path, run: Path, data: Path, device: str, *, quick: bool 
     return rows
 
 
+def quick_row(label: str, rows: dict[str, list[float]], lead: list[str]) -> dict[str, float]:
+    """Print a table row of a ``--quick`` evaluation (``lead`` cells, the 4 fields, Cd from the mesh and
+    the STL) and one comment line per test case with every number; the means by metric."""
+    mean = {k: float(np.mean(v)) for k, v in rows.items()}
+    cells = [*lead, *(f"{mean[f]:.3f}" for f in FIELDS)]
+    cells += [f"{100 * mean['cd_mesh_rel']:.1f}%", f"{100 * mean['cd_stl_rel']:.1f}%"]
+    print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+    for i, case in enumerate(TEST):
+        detail = ", ".join(f"{k} {v[i]:.3f}" for k, v in rows.items())
+        print(f"<!-- {label} {case}: {detail} -->", flush=True)
+    return mean
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA, help="folder of the 24 Ahmed cases")

@@ -113,16 +113,9 @@ def main() -> None:
             data_dir, args.work, f"{name}-{args.steps}", VARIANTS[name], args.steps, args.device, reuse=args.reuse
         )
         rows = accuracy.evaluate(data_dir, run, accuracy.DATA, args.device, quick=True)
-        mean = {k: float(np.mean(v)) for k, v in rows.items()}
         rel = (cost["anchor"] + cost["query"]) / (base["anchor"] + base["query"])
-        cells = [f"{cost['min_size']:.0f} to {cost['max_size']:.0f}", f"{cost['anchor']:.0f}", f"{cost['query']:.0f}"]
-        cells += [f"{rel:.2f}x", f"{seconds / args.steps:.2f}"]
-        cells += [f"{mean[f]:.3f}" for f in accuracy.FIELDS]
-        cells += [f"{100 * mean['cd_mesh_rel']:.1f}%", f"{100 * mean['cd_stl_rel']:.1f}%"]
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-        for i, case in enumerate(accuracy.TEST):
-            detail = ", ".join(f"{k} {v[i]:.3f}" for k, v in rows.items())
-            print(f"<!-- {name} {case}: {detail} -->", flush=True)
+        lead = [f"{cost['min_size']:.0f} to {cost['max_size']:.0f}", f"{cost['anchor']:.0f}", f"{cost['query']:.0f}"]
+        mean = accuracy.quick_row(name, rows, [*lead, f"{rel:.2f}x", f"{seconds / args.steps:.2f}"])
         table[name] = {"cost": rel, **{f: mean[f] for f in accuracy.FIELDS}, "cd": mean["cd_mesh_rel"]}
     if args.plot:
         plot(table, args.plot)

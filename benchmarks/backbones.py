@@ -178,14 +178,8 @@ def accuracy_table(backbones: list[str], steps: int, device: str, *, reuse: bool
         name = f"{backbone}-{steps}"
         run, seconds = accuracy.train(data_dir, Path("out/accuracy"), name, SIZES[backbone], steps, device, reuse=reuse)
         rows = accuracy.evaluate(data_dir, run, accuracy.DATA, device, quick=True)
-        mean = {k: float(np.mean(v)) for k, v in rows.items()}
-        cells = [f"{parameters(backbone):,}", f"{seconds:.0f}", f"{seconds / steps:.2f}"]
-        cells += [f"{mean[f]:.3f}" for f in accuracy.FIELDS]
-        cells += [f"{100 * mean['cd_mesh_rel']:.1f}%", f"{100 * mean['cd_stl_rel']:.1f}%"]
-        print(f"| {backbone} | " + " | ".join(cells) + " |", flush=True)
-        for i, case in enumerate(accuracy.TEST):
-            detail = ", ".join(f"{k} {v[i]:.3f}" for k, v in rows.items())
-            print(f"<!-- {name} {case}: {detail} -->", flush=True)
+        lead = [f"{parameters(backbone):,}", f"{seconds:.0f}", f"{seconds / steps:.2f}"]
+        accuracy.quick_row(backbone, rows, lead)
     print()
 
 
