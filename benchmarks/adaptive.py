@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import accuracy
@@ -83,6 +85,49 @@ def attention_cost(data_dir: Path, overrides: list[str], samples: int = 8) -> di
     }
 
 
+def step_times(data_dir: Path, names: list[str], repeats: int = 3, samples: int = 4) -> None:
+    """Forward + backward of the default-size network on real training batches, variants alternating;
+    adaptive variants also with the queries read padded to the largest patch (the reading before groups)."""
+    import statistics
+
+    from msptcli.data.features import IN_FEATURES, Channels
+    from msptcli.model import build_network
+
+    manifest = read_manifest(data_dir)
+    out = Channels.from_fields(manifest.fields).total
+    runs = {}
+    for name in names:
+        cfg = load_config(data_dir / "config.yaml", VARIANTS[name])
+        t = cfg.train
+        clouds = TrainClouds(data_dir, manifest, manifest.split("train")[:samples], surface_points=t.surface_points,
+                             volume_points=t.volume_points, seed=0, anchors=cfg.model.anchors)  # fmt: skip
+        batches = [collate([clouds[i]], cfg.model) for i in range(len(clouds))]
+        torch.manual_seed(0)
+        model = build_network(cfg.model, in_features=IN_FEATURES, out_features=out)
+        runs[name] = (model, batches)
+        if cfg.model.adaptive is not None:
+            padded = [replace(b, queries=replace(b.queries, groups=tuple(replace(g, counts_host=None)
+                      for g in b.queries.groups))) for b in batches]  # fmt: skip
+            runs[f"{name}, queries padded"] = (model, padded)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for key, (model, batches) in runs.items():
+            for b in batches:
+                started = time.perf_counter()
+                pred = model(b.anchors.features, b.anchors.layout, queries=b.queries, trees=b.anchors.trees)
+                pred.square().mean().backward()
+                times[key].append(time.perf_counter() - started)
+    base = statistics.median(times[BASELINE]) if BASELINE in times else None
+    print(f"Forward + backward of one training batch (median of {repeats} x {samples} samples, variants alternating):")
+    print()
+    print("| variant | s / step | vs " + BASELINE + " |")
+    print("|---|---:|---:|")
+    for key, t in times.items():
+        median = statistics.median(t)
+        print(f"| {key} | {median:.2f} | {median / base:.2f}x |" if base else f"| {key} | {median:.2f} | - |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("out/accuracy"), help="prepared data and runs")
@@ -91,8 +136,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--reuse", action="store_true", help="evaluate finished runs again")
     parser.add_argument("--plot", type=Path, help="write the plot of error against attention cost here (PNG)")
+    parser.add_argument("--step-times", action="store_true", help="only time training steps of the variants")
     parser.add_argument("--plot-from", type=Path, help="only plot the table of an earlier run's output (Markdown)")
     args = parser.parse_args()
+    if args.step_times:
+        step_times(args.work / "data", args.variants)
+        return
     if args.plot_from:
         plot(read_table(args.plot_from), args.plot or args.plot_from.with_suffix(".png"))
         return
