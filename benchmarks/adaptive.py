@@ -29,7 +29,6 @@ import argparse
 import datetime
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import accuracy
@@ -85,9 +84,8 @@ def attention_cost(data_dir: Path, overrides: list[str], samples: int = 8) -> di
     }
 
 
-def step_times(data_dir: Path, names: list[str], repeats: int = 3, samples: int = 4) -> None:
-    """Forward + backward of the default-size network on real training batches, variants alternating;
-    adaptive variants also with the queries read padded to the largest patch (the reading before groups)."""
+def step_times(data_dir: Path, names: list[str], repeats: int = 2, samples: int = 2) -> None:
+    """Forward + backward of the default-size network on real training batches, variants alternating."""
     import statistics
 
     from msptcli.data.features import IN_FEATURES, Channels
@@ -105,10 +103,6 @@ def step_times(data_dir: Path, names: list[str], repeats: int = 3, samples: int 
         torch.manual_seed(0)
         model = build_network(cfg.model, in_features=IN_FEATURES, out_features=out)
         runs[name] = (model, batches)
-        if cfg.model.adaptive is not None:
-            padded = [replace(b, queries=replace(b.queries, groups=tuple(replace(g, counts_host=None)
-                      for g in b.queries.groups))) for b in batches]  # fmt: skip
-            runs[f"{name}, queries padded"] = (model, padded)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeats):
         for key, (model, batches) in runs.items():

@@ -110,26 +110,6 @@ def test_adaptive_groups_give_the_padded_path_values_and_gradients():
         assert torch.allclose(ga, gb, rtol=1e-9, atol=1e-12)
 
 
-def test_adaptive_queries_read_in_groups_as_in_the_padded_path():
-    """Queries of adaptive patches are read group by group (their own padding): the same values and gradients."""
-    from msptcli.model.portable import random_example
-
-    model = make(anchors={"surface": 64, "volume": 64}, patch_size=8, adaptive={"refine": 2}, num_supernodes=2)
-    model = MSPT(model.config, in_features=11, out_features=2).double()
-    example = random_example(model, (300, 128, 64), seed=4)  # anchors of 3 clouds, queries of each
-    a, q = example.anchors, example.queries
-    features, qf = a.features.double(), replace(q, features=q.features.double())
-    assert a.layout.whole.groups and q.groups[0].counts_host is not None
-    padded = replace(qf, groups=tuple(replace(g, counts_host=None) for g in qf.groups))
-    grouped_out = model(features, a.layout, queries=qf, trees=a.trees)
-    padded_out = model(features, a.layout, queries=padded, trees=a.trees)
-    assert torch.allclose(grouped_out, padded_out, rtol=0, atol=1e-12)
-    ga = torch.autograd.grad(grouped_out.square().sum(), list(model.parameters()))
-    gb = torch.autograd.grad(padded_out.square().sum(), list(model.parameters()))
-    for x, y in zip(ga, gb, strict=True):
-        assert torch.allclose(x, y, rtol=1e-9, atol=1e-12)
-
-
 def test_adaptive_batching_is_invariant():
     model = make(num_supernodes=2)
     cloud = structured_cloud(517, seed=1)

@@ -42,8 +42,6 @@ class PatchGroup:
     patch_cloud: Tensor  # (g,) long: cloud of each patch
     key_bias: Tensor | None  # (g, 1, 1, Lg + S) 0 / -inf, None when nothing is padded
     cloud_runs: tuple[tuple[int, int], ...] = ()  # per cloud met, in order: (cloud, patches of it in the group)
-    patches: Tensor | None = None  # (g,) long: the chunk's patch (row) of each member, for queries to read
-    patches_host: np.ndarray | None = None  # (g,) the same on the host
 
 
 @dataclass(frozen=True)
@@ -182,7 +180,7 @@ class PatchLayout:
             bias = None
             if not key_valid.all():
                 bias = torch.from_numpy(np.where(key_valid, 0.0, -np.inf).astype(np.float32))[:, None, None, :]
-            groups.append(PatchGroup(_long(index), _long(clouds), bias, _cloud_runs(clouds), _long(members), members))
+            groups.append(PatchGroup(_long(index), _long(clouds), bias, _cloud_runs(clouds)))
         grouped = replace(chunk, groups=tuple(groups), group_slot=_long(group_slot))
         device = chunk.patch_index.device
         return grouped if device.type == "cpu" else _to(grouped, device)

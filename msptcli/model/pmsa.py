@@ -15,7 +15,6 @@ the S supernodes of its cloud. All patches go through one
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -159,33 +158,10 @@ class PMSA(nn.Module):
             (m, C) outputs of the queries.
         """
         c = hq.shape[1]
-        rows = F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c])  # (m, C)
+        q = gather_rows(F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]), groups.slots)  # (p, Lq, C)
         k, v = kv.split(c, dim=-1)
-        if chunk.groups and groups.counts_host is not None and not torch.jit.is_tracing():
-            return self._queries_by_groups(rows, k, v, chunk, sn_kv, groups)
-        o = self.attend(gather_rows(rows, groups.slots), k, v, chunk, sn_kv)  # (p, Lq, C)
+        o = self.attend(q, k, v, chunk, sn_kv)  # (p, Lq, C)
         return gather_rows(o.reshape(-1, c), groups.query_slot)  # (m, C), padded slots dropped
-
-    def _queries_by_groups(self, rows, k, v, chunk, sn_kv, groups) -> Tensor:  # type: ignore[no-untyped-def]
-        """``attend_queries`` group by group of patches of about one size (adaptive patches): each group's
-        queries padded to its own most queries per patch, its keys to its own longest patch."""
-        c = rows.shape[1]
-        lq = groups.slots.shape[1]
-        base = np.zeros(len(groups.counts_host), dtype=np.int64)  # first output row of each patch's queries
-        outs, offset = [], 0
-        for group in chunk.groups:
-            length = int(groups.counts_host[group.patches_host].max())
-            if length == 0:
-                continue
-            base[group.patches_host] = offset + np.arange(len(group.patches_host)) * length
-            offset += len(group.patches_host) * length
-            q = gather_rows(rows, groups.slots.index_select(0, group.patches)[:, :length])  # (g, Lq_g, C)
-            lg = group.patch_index.shape[1]
-            kg, vg = (t.index_select(0, group.patches)[:, :lg] for t in (k, v))  # (g, Lg, C)
-            outs.append(self.attend(q, kg, vg, group, sn_kv).reshape(-1, c))  # (g * Lq_g, C)
-        slot = groups.query_slot
-        first = torch.from_numpy(base).to(slot.device)
-        return gather_rows(torch.cat(outs), first.index_select(0, slot // lq) + slot % lq)  # (m, C)
 
     def point_kv(self, h: Tensor) -> Tensor:
         """Keys and values of points (anchors) row by row: (n, 2C), for queries that read their nearest anchors."""

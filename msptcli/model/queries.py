@@ -34,7 +34,7 @@ no patch boundary of any tree shows in the fields.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -66,10 +66,9 @@ class QueryGroups:
 
     slots: Tensor  # (P, Lq) long: query row of each slot (0 where padded)
     query_slot: Tensor  # (M,) long: flat slot (patch * Lq + j) of each query
-    counts_host: np.ndarray | None = None  # (P,) queries of every patch, on the host (None: unknown, e.g. traced)
 
     def to(self, device: torch.device | str) -> QueryGroups:
-        return QueryGroups(self.slots.to(device), self.query_slot.to(device), self.counts_host)
+        return QueryGroups(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 def group_queries(query_patch: np.ndarray, num_patches: int) -> QueryGroups:
@@ -87,9 +86,7 @@ def group_queries(query_patch: np.ndarray, num_patches: int) -> QueryGroups:
     rank[order] = np.arange(len(patch)) - starts[patch[order]]  # position of each query within its patch
     slots = np.zeros((num_patches, length), dtype=np.int64)
     slots[patch, rank] = np.arange(len(patch))
-    return QueryGroups(
-        slots=torch.from_numpy(slots), query_slot=torch.from_numpy(patch * length + rank), counts_host=counts
-    )
+    return QueryGroups(slots=torch.from_numpy(slots), query_slot=torch.from_numpy(patch * length + rank))
 
 
 @dataclass(frozen=True)
