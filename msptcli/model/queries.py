@@ -214,7 +214,7 @@ def pack_anchors(
     ordered = stacked[torch.from_numpy(first)]
     return PackedAnchors(
         features=ordered,
-        layout=build_layout(sizes, config, ordered if config.adaptive is not None else None),
+        layout=build_layout(sizes, config, ordered),
         trees=AnchorTrees(tuple(reorder), tuple(restore)),
         tree_rank=tuple(tree_rank),
         points=tuple(every[offsets[b] : offsets[b + 1]] for b in range(len(sizes))),

@@ -38,7 +38,7 @@ from msptcli.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from msptcli.data.features import Channels
 from msptcli.data.manifest import Stats
 from msptcli.errors import InvalidInputError
-from msptcli.model import ModelConfig, Network
+from msptcli.model import ModelConfig, Network, build_network
 
 #: Parameters ``train.freeze: encoder`` leaves trainable (``norm`` only at the top level: the final norm).
 HEAD_PREFIXES = ("head.", "norm.")
@@ -69,22 +69,29 @@ def load_parent(init: str | Path) -> Parent:
 
 
 def check_network(parent: Parent, config: ModelConfig, where: str) -> None:
-    """The run's network is the parent's: same backbone, and every weight but the head's of the same shape."""
+    """The run's network is the parent's: same backbone, and every weight but the head's of the same shape
+    (checked on a network built from ``config``, so no option that changes a weight is missed)."""
     own = parent.checkpoint.config.model
     if own.backbone != config.backbone:
         raise InvalidInputError(
             f"{where}: the parent's backbone is {own.backbone}, this run's model.backbone {config.backbone} "
             "(fine-tuning keeps the parent's backbone)"
         )
-    changed = [
-        f"model.{k} {getattr(own, k)} there, {getattr(config, k)} here"
-        for k in ("width", "num_heads", "depth", "mlp_ratio", "num_supernodes", "pooling", "supernodes", "query_depth")
-        if getattr(own, k) != getattr(config, k)
+    theirs = parent.checkpoint.model
+    mine = build_network(config, in_features=theirs.in_features, out_features=theirs.out_features).state_dict()
+    body = theirs.state_dict()
+    bad = [
+        k
+        for k in sorted(mine.keys() | body.keys())
+        if not k.startswith("head.") and (k not in mine or k not in body or mine[k].shape != body[k].shape)
     ]
-    if (own.anchors is None) != (config.anchors is None):
-        changed.append("model.anchors on in one, off in the other")
-    if changed:
-        raise InvalidInputError(f"{where}: the parent's network has other weights ({changed[0]})")
+    if bad:
+        changed = [
+            f"model.{k} {getattr(own, k)} there, {getattr(config, k)} here"
+            for k in type(config).model_fields
+            if getattr(own, k) != getattr(config, k)
+        ]
+        raise InvalidInputError(f"{where}: the parent's network has other weights ({(changed or bad)[0]})")
 
 
 def field_pairs(parent: Parent, channels: Channels, field_map: dict[str, str]) -> dict[str, str]:
@@ -116,15 +123,9 @@ def fine_tune_stats(parent: Parent, stats: Stats) -> Stats:
 
 def start_from_parent(model: Network, parent: Parent, channels: Channels, stats: Stats, pairs: dict[str, str]) -> None:
     """Load the parent's weights into ``model`` (built for ``channels``), mapping its head rows (module docstring)."""
-    source = parent.checkpoint.model.state_dict()
+    source = parent.checkpoint.model.state_dict()  # its shapes fit ``model``'s: ``check_network``
     own = model.state_dict()
     body = {k: v for k, v in source.items() if not k.startswith("head.")}
-    for key, value in body.items():
-        if key not in own or own[key].shape != value.shape:
-            raise InvalidInputError(f"--init {parent.path}: its weight {key} does not fit this run's network")
-    missing = [k for k in own if not k.startswith("head.") and k not in body]
-    if missing:
-        raise InvalidInputError(f"--init {parent.path}: has no weight {missing[0]} of this run's network")
     weight, bias = own["head.weight"].clone(), own["head.bias"].clone()
     old_w, old_b = source["head.weight"], source["head.bias"]
     old_channels, old_stats = parent.checkpoint.channels, parent.checkpoint.stats

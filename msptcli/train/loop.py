@@ -82,11 +82,11 @@ def train_model(
         raise DatasetError(f"{data_dir}: the split has no training samples")
     manifest.check_samples(data_dir, [*manifest.split("train"), *manifest.split("val")])
     _check_run_dir(run_dir, data_dir)
-    parent = None  # fine-tuning (train.init): checked before anything is written
+    start = None  # fine-tuning (train.init): the parent and its field pairs, checked before anything is written
     if tc.init is not None and not resume:
         parent = finetune.load_parent(tc.init)
         finetune.check_network(parent, config.model, f"--init {parent.path}")
-        finetune.field_pairs(parent, Channels.from_fields(manifest.fields), tc.field_map)
+        start = (parent, finetune.field_pairs(parent, Channels.from_fields(manifest.fields), tc.field_map))
     world, device = join(tc.device)
     try:
         lock = run_lock(run_dir) if world.main else contextlib.nullcontext()
@@ -101,7 +101,7 @@ def train_model(
                 world,
                 device or pick_device(tc.device),
                 resume=resume,
-                parent=parent,
+                start=start,
                 reporter=reporter if world.main else None,
                 should_stop=should_stop,
             )
@@ -127,7 +127,7 @@ def _train(
     device: torch.device,
     *,
     resume: bool,
-    parent: finetune.Parent | None,
+    start: tuple[finetune.Parent, dict[str, str]] | None,
     reporter: Reporter | None,
     should_stop: Callable[[], bool],
 ) -> TrainSummary:
@@ -142,19 +142,19 @@ def _train(
     model_config = config.model
     model = build_network(model_config, in_features=IN_FEATURES, out_features=channels.total)
     # --- fine-tuning (train.init): the parent's weights, its coordinate normalisation, frozen groups --
+    state = load_train_state(run_dir / STATE) if resume else None
     parent_record = None
     if tc.init is not None:
-        if resume:  # the weights come from the state; what the run started from was recorded there
-            state = load_train_state(run_dir / STATE)
+        if state is not None:  # the weights come from the state; what the run started from was recorded there
             fine = json.loads(state.get("fine_tune") or "null")
             if fine is None:
                 raise InvalidInputError(f"{run_dir}: was not started with --init; resume it without train.init")
             manifest = manifest.model_copy(update={"stats": Stats.model_validate(fine["stats"])})
             parent_record = fine["parent"]
         else:
-            assert parent is not None  # loaded and checked by train_model
+            assert start is not None  # loaded and checked by train_model
+            parent, pairs = start
             manifest = manifest.model_copy(update={"stats": finetune.fine_tune_stats(parent, manifest.stats)})
-            pairs = finetune.field_pairs(parent, channels, tc.field_map)
             finetune.start_from_parent(model, parent, channels, manifest.stats, pairs)
         counts = finetune.freeze(model, tc.freeze)
         if parent_record is None:
@@ -206,8 +206,7 @@ def _train(
     # --- resume --------------------------------------------------------------------------------------
     epoch, step_in_epoch, best = 0, 0, None
     loss_sum, loss_count = 0.0, 0  # the running training loss of the current epoch
-    if resume:
-        state = load_train_state(run_dir / STATE)
+    if state is not None:
         _check_same_model(state, model, run_dir)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
