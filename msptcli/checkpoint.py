@@ -28,8 +28,9 @@ import torch
 
 from msptcli import __version__
 from msptcli.config import MsptConfig, validate_config
-from msptcli.data.features import IN_FEATURES, Channels
+from msptcli.data.features import Channels
 from msptcli.data.manifest import SampleEntry, Stats
+from msptcli.data.transient import input_width
 from msptcli.errors import CheckpointError
 from msptcli.io.atomic import atomic_output
 from msptcli.model import ModelConfig, Network, build_network
@@ -71,6 +72,18 @@ def force_reference(config: MsptConfig, train_entries: list[SampleEntry]) -> dic
         "pressure_field": d.pressure_field,
         "wall_shear_field": d.wall_shear_field,
         "training_reference_areas": [e.reference_area for e in train_entries if e.reference_area],
+        **({} if d.transient is None else {"transient": _transient_reference(d.transient, train_entries)}),
+    }
+
+
+def _transient_reference(transient: Any, train_entries: list[SampleEntry]) -> dict[str, Any]:
+    """What the 2D forces of a rollout need: L_ref, the viscosity (or where to find it in a case's params),
+    and the training cases' snapshot spacings and conditions (a rollout says when it leaves their range)."""
+    return {
+        "length": transient.reference_length,
+        "viscosity": transient.viscosity,
+        "viscosity_key": transient.viscosity_key,
+        "training_conditions": {e.name: e.params for e in train_entries},
     }
 
 
@@ -141,7 +154,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         )
         stats = Stats.model_validate_json(meta["stats"])
         in_features, out_features = int(meta["in_features"]), int(meta["out_features"])
-        _check_parts(channels, stats, in_features, out_features, template)
+        config = validate_config(json.loads(meta["config"]), source=str(p))
+        expected = input_width(config.data.transient, channels)
+        if in_features != expected:
+            raise ValueError(f"the network takes {in_features} input features, mspt computes {expected}")
+        _check_parts(channels, stats, out_features, template, transient=config.data.transient is not None)
         model = build_network(
             ModelConfig.model_validate_json(meta["model_config"]), in_features=in_features, out_features=out_features
         )
@@ -153,7 +170,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 raise ValueError(f"the reference {key} must be a positive number, got {value}")
         return Checkpoint(
             model=model.eval(),
-            config=validate_config(json.loads(meta["config"]), source=str(p)),
+            config=config,
             channels=channels,
             stats=stats,
             surface_location=meta["surface_location"],
@@ -193,11 +210,13 @@ def unwrap(model: torch.nn.Module) -> Network:
 
 
 def _check_parts(
-    channels: Channels, stats: Stats, in_features: int, out_features: int, template: torch.Tensor | None
+    channels: Channels, stats: Stats, out_features: int, template: torch.Tensor | None, *, transient: bool
 ) -> None:
     """The parts of a checkpoint agree: widths, channels, statistics, template."""
-    if in_features != IN_FEATURES:
-        raise ValueError(f"the network takes {in_features} input features, mspt computes {IN_FEATURES}")
+    if transient:
+        missing = [n for n, _ in channels.volume if n not in stats.increments]
+        if missing or channels.surface:
+            raise ValueError(f"a transient network needs increment statistics of every field (not of {missing})")
     if out_features != channels.total:
         raise ValueError(f"the network predicts {out_features} channels but the fields have {channels.total}")
     if not channels.total:

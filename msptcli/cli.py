@@ -225,9 +225,16 @@ def prepare(
     table = Table(title=f"Prepared {output}", show_header=False)
     table.add_row("cases", f"{len(report.written)} written, {len(report.reused)} reused, {len(report.failed)} failed")
     table.add_row("split", ", ".join(f"{s} {len(m.split(s))}" for s in ("train", "val", "test")))
-    for part, fields in m.fields.items():
-        table.add_row(f"{part} fields", ", ".join(f"{n} ({k})" for n, k in fields.items()) or "none")
-    table.add_row("surface fields at", m.surface_location)
+    if m.kind == "transient":
+        steps = sorted({s.num_steps for s in m.samples})
+        dts = [s.dt for s in m.samples]
+        table.add_row("series", f"{steps[0]}-{steps[-1]} snapshots per case, dt {min(dts):.4g}-{max(dts):.4g}")
+        table.add_row("fields", ", ".join(f"{n} ({k})" for n, k in m.fields["volume"].items()))
+        table.add_row("conditions", ", ".join(m.stats.conditions))
+    else:
+        for part, fields in m.fields.items():
+            table.add_row(f"{part} fields", ", ".join(f"{n} ({k})" for n, k in fields.items()) or "none")
+        table.add_row("surface fields at", m.surface_location)
     console.print(table)
     for name, error in report.failed:
         err_console.print(f"[yellow]skipped[/] {name}: {error}", highlight=False, soft_wrap=True)
@@ -332,7 +339,9 @@ def train(
 @user_errors
 def predict(
     run: Annotated[Path, typer.Argument(help="A run directory (its best checkpoint) or a checkpoint file.")],
-    geometry: Annotated[list[Path], typer.Argument(help="New designs: STL/OBJ/PLY or a VTK surface.")],
+    geometry: Annotated[
+        list[Path] | None, typer.Argument(help="New designs: STL/OBJ/PLY or a VTK surface (steady models).")
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the predicted files.")] = Path(
         "predictions"
     ),
@@ -353,13 +362,37 @@ def predict(
         float | None, typer.Option("--reference-velocity", min=0, help="U_ref for Cd/Cl.")
     ] = None,
     density: Annotated[float | None, typer.Option("--density", min=0, help="rho (1 for kinematic fields).")] = None,
+    initial: Annotated[
+        Path | None,
+        typer.Option(
+            "--initial", help="Transient models: roll out from a snapshot of this series (.pvd or case folder)."
+        ),
+    ] = None,
+    start: Annotated[int, typer.Option("--start", min=0, help="With --initial: the snapshot to start from.")] = 0,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="With --initial: steps to roll out (default: to its end).")
+    ] = None,
+    conditions: Annotated[
+        list[str] | None,
+        typer.Option("--condition", help="With --initial: a condition KEY=VALUE (e.g. Re=250), else from params."),
+    ] = None,
     device: DeviceOption = None,
 ) -> None:
-    """Predict the trained fields on new geometries; write VTK, a PNG preview and drag/lift coefficients."""
+    """Predict the trained fields on new geometries (VTK, a PNG preview, drag/lift), or roll a transient model
+    out from a snapshot of a series (--initial: a ParaView series, drag/lift histories, Strouhal number)."""
     from msptcli.checkpoint import load_checkpoint
     from msptcli.device import pick_device
     from msptcli.predict import output_names, predict_geometry
 
+    if initial is not None:
+        if geometry:
+            raise MsptError("give geometries (steady models) or --initial (transient models), not both")
+        _rollout(run, initial, output, start=start, steps=steps, conditions=conditions or [], device=device)
+        return
+    if not geometry:
+        raise MsptError("give the geometries to predict on (or --initial SERIES for a transient model)")
+    if start or steps is not None or conditions:
+        raise MsptError("--start, --steps and --condition belong to --initial (transient models)")
     if volume is not None and volume_points is not None:
         raise MsptError("give --volume or --volume-points, not both")
     if volume is not None and len(geometry) > 1:
@@ -383,6 +416,59 @@ def predict(
         for f in result.files:
             console.print(f"wrote {f}")
         console.print(_prediction_table(result, epoch=ckpt.epoch))
+
+
+def _rollout(
+    run: Path, initial: Path, output: Path, *, start: int, steps: int | None, conditions: list[str], device: Any
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from msptcli.checkpoint import load_checkpoint
+    from msptcli.device import pick_device
+    from msptcli.rollout import rollout_series
+
+    values = {}
+    for item in conditions:
+        key, sep, raw = item.partition("=")
+        try:
+            values[key.strip()] = float(raw)
+        except ValueError:
+            raise MsptError(f"--condition {item!r}: expected KEY=NUMBER, e.g. Re=250") from None
+        if not sep or not key.strip():
+            raise MsptError(f"--condition {item!r}: expected KEY=NUMBER, e.g. Re=250")
+    torch_device = pick_device(device.value if device is not None else "auto")
+    ckpt = load_checkpoint(run)
+    columns = (TextColumn("rollout"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("", total=steps)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = rollout_series(
+            ckpt, initial, output, start=start, steps=steps, conditions=values, device=torch_device, progress=advance
+        )
+    for f in result.files:
+        console.print(f"wrote {f}")
+    if result.diverged_at is not None:
+        err_console.print(f"[yellow]the rollout diverged at step {result.diverged_at}[/]: it stops before it")
+    table = Table(title=f"{result.name}: {result.steps} steps from snapshot {start} (checkpoint of epoch {ckpt.epoch})")
+    for col in ("", "predicted", "series' fields", "solver"):
+        table.add_column(col, justify="right")
+    s = result.summary
+    for key, label, fmt in (
+        ("St", "Strouhal number", ".4f"),
+        ("Cd_mean", "mean Cd", ".4f"),
+        ("Cl_amp", "Cl amplitude", ".4f"),
+    ):
+        cells = [s.get(src, {}).get(key) for src in ("predicted", "fields", "solver")]
+        table.add_row(label, *("-" if v is None or v != v else format(v, fmt) for v in cells))
+    for name, errs in result.errors.items():
+        known = [e for e in errs if e is not None]
+        if known:
+            table.add_row(f"rel. L2 {name}, step 1 / last", f"{known[0]:.4f} / {known[-1]:.4f}", "", "")
+    table.caption = f"{result.seconds_per_step:.3f} s per step"
+    console.print(table)
 
 
 def _prediction_table(result: Any, *, epoch: int) -> Table:

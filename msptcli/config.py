@@ -40,6 +40,43 @@ class SplitConfig(BaseModel):
         return self
 
 
+class TransientConfig(BaseModel):
+    """A transient dataset (``data.transient``): each case is a time series of snapshots on one fixed mesh.
+
+    ``mspt train`` then learns the step ``fields(t) [+ history] -> fields(t + dt)`` and ``mspt predict
+    --initial`` rolls it out (docs/transient.md).
+    """
+
+    model_config = Strict
+
+    series_file: str = Field(
+        "series.pvd",
+        description="glob, inside a case folder, of its series: a ParaView .pvd collection, or numbered snapshot "
+        "files (e.g. 'fields_*.vtu', ordered by the last number in the name)",
+    )
+    fields: list[str] = Field(["U", "p"], min_length=1, description="point (or cell) fields of every snapshot")
+    dt: float | None = Field(
+        None, gt=0, description="snapshot spacing of numbered files that carry no TimeValue field data"
+    )
+    conditions: list[str] = Field(
+        ["Re"],
+        description="keys of the case's params (dotted, e.g. 'reference.nu') given to the model as inputs, "
+        "besides the snapshot spacing dt, which always is",
+    )
+    history: int = Field(0, ge=0, le=8, description="previous steps' increments given to the model as inputs")
+    noise: float = Field(
+        0.1,
+        ge=0,
+        description="training noise on the input fields, in units of each channel's one-step change; the target "
+        "is the step from the noisy state (noise injection: rollouts recover from their own errors)",
+    )
+    reference_length: float = Field(1.0, gt=0, description="L_ref of the 2D force coefficients (per unit depth)")
+    viscosity: float | None = Field(None, gt=0, description="kinematic viscosity for the viscous forces")
+    viscosity_key: str | None = Field(
+        "reference.nu", description="key of the kinematic viscosity in the case's params (dotted)"
+    )
+
+
 class DataConfig(BaseModel):
     """What ``mspt prepare`` reads from each case and which fields become targets.
 
@@ -65,6 +102,9 @@ class DataConfig(BaseModel):
     reference_velocity: float = Field(40.0, gt=0)
     density: float = Field(1.0, gt=0, description="1 for kinematic fields (p / rho)")
     split: SplitConfig = SplitConfig()
+    transient: TransientConfig | None = Field(
+        None, description="time series of snapshots on a fixed mesh instead of steady cases (docs/transient.md)"
+    )
 
 
 class TrainConfig(BaseModel):
@@ -130,6 +170,29 @@ class MsptConfig(BaseModel):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transient_runs_on_the_mesh(cls, data: Any) -> Any:
+        """A transient step reads the current fields at every mesh point, so its network runs on the points:
+        ``model.anchors`` defaults to null there (anchors asked for explicitly are an error), and
+        ``train.volume_points`` to null (every step sees the whole mesh)."""
+        if not isinstance(data, dict) or not isinstance(data.get("data"), dict) or not data["data"].get("transient"):
+            return data
+        train = data.get("train")
+        if train is None or isinstance(train, dict):  # a step sees the whole mesh unless asked otherwise
+            data = {**data, "train": {"volume_points": None, **(train or {})}}
+        model = data.get("model")
+        if model is None or isinstance(model, dict):
+            model = dict(model or {})
+            if model.get("anchors") is not None:
+                raise ValueError(
+                    "model.anchors: a transient step reads the current fields at every mesh point; set "
+                    "model.anchors: null (the default of transient datasets)"
+                )
+            model["anchors"] = None
+            data = {**data, "model": model}
+        return data
 
 
 def load_config(

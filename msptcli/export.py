@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from msptcli.checkpoint import Checkpoint, load_checkpoint
+from msptcli.data.transient import condition_names
 from msptcli.errors import InvalidInputError
 from msptcli.io.atomic import atomic_output
 from msptcli.io.meshes import same_file
@@ -76,6 +77,18 @@ def _sidecar(ckpt: Checkpoint) -> dict:
         }
         if ckpt.model.config.backbone != "mspt":
             anchors["anchors"]["backbone"] = _backbone_note(ckpt.model.config)
+    transient = ckpt.config.data.transient
+    if transient is not None:
+        anchors["transient"] = {
+            "step": "one step of the rollout: inputs(t) -> standardised increment; f(t+1) = f(t) + output * "
+            "stats.increments (docs/transient.md)",
+            "inputs": "the 11 geometry features below (wall points as surface points), then f(t) standardised with "
+            "stats.volume, then f(t-j+1) - f(t-j) / stats.increments for j = 1..history, then the conditions "
+            "standardised with stats.conditions (msptcli.data.transient.step_inputs)",
+            "fields": [n for n, _ in ckpt.channels.volume],
+            "history": transient.history,
+            "conditions": condition_names(transient),
+        }
     return {
         **anchors,
         "inputs": {

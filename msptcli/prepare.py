@@ -19,9 +19,19 @@ import yaml
 
 from msptcli.config import DataConfig, MsptConfig
 from msptcli.data.cases import CaseFiles, find_cases
-from msptcli.data.manifest import Manifest, SampleEntry, assign_split, compute_stats, new_manifest, write_manifest
+from msptcli.data.manifest import (
+    Manifest,
+    SampleEntry,
+    Stats,
+    assign_split,
+    compute_stats,
+    new_manifest,
+    write_manifest,
+)
 from msptcli.data.prepare_case import case_fingerprint, prepare_case
-from msptcli.data.sample import read_sample_meta, save_sample
+from msptcli.data.prepare_series import prepare_series_case, series_fingerprint
+from msptcli.data.sample import load_sample, read_sample_meta, save_sample
+from msptcli.data.transient import series_stats
 from msptcli.errors import DatasetError, InvalidInputError, MsptError, OutputError
 from msptcli.io.atomic import atomic_output, make_dirs
 
@@ -107,11 +117,13 @@ def _run_all(cases: list[CaseFiles], data: DataConfig, out: Path, workers: int):
 def _prepare_one(case: CaseFiles, data: DataConfig, out: Path) -> tuple[str, object]:
     """(status, meta) for a case: reuse a finished sample with the same fingerprint, else prepare it."""
     path = out / SAMPLES / f"{case.name}.safetensors"
+    transient = data.transient is not None
     try:
         existing = read_sample_meta(path) if path.exists() else None
-        if existing and existing.get("fingerprint") == case_fingerprint(case, data):
+        fingerprint = series_fingerprint(case, data) if transient else case_fingerprint(case, data)
+        if existing and existing.get("fingerprint") == fingerprint:
             return "reused", existing
-        sample = prepare_case(case, data)
+        sample = prepare_series_case(case, data) if transient else prepare_case(case, data)
         save_sample(sample, path)
         return "written", sample.meta
     except MsptError as exc:
@@ -132,6 +144,8 @@ def _build_manifest(out: Path, config: MsptConfig, metas: dict[str, dict], faile
         if metas[name]["surface_location"] != location:
             raise DatasetError(f"case {name}: surface fields at {metas[name]['surface_location']}, not {location}")
     split = assign_split(names, config.data.split)
+    if config.data.transient is not None:
+        return _series_manifest(out, config, metas, failed, names, split)
     entries = [
         SampleEntry(
             name=n,
@@ -152,6 +166,50 @@ def _build_manifest(out: Path, config: MsptConfig, metas: dict[str, dict], faile
         samples=entries,
         stats=stats,
         skipped=[{"case": n, "error": e} for n, e in failed],
+    )
+
+
+def _series_manifest(
+    out: Path, config: MsptConfig, metas: dict[str, dict], failed: list[tuple[str, str]], names: list[str],
+    split: dict[str, str],
+) -> Manifest:
+    """The manifest of a transient dataset: statistics of the fields, their increments and the conditions."""
+    conditions = list(metas[names[0]]["conditions"])
+    entries = [
+        SampleEntry(
+            name=n,
+            file=f"{SAMPLES}/{n}.safetensors",
+            split=split[n],
+            num_surface=metas[n]["num_surface"],
+            num_volume=metas[n]["num_volume"],
+            params={k: v for k, v in metas[n]["conditions"].items()},
+            num_steps=metas[n]["num_steps"],
+            dt=metas[n]["dt"],
+        )
+        for n in names
+    ]
+    train = [e for e in entries if e.split == "train"]
+    if not train:
+        raise DatasetError("no training samples: the split leaves the training set empty")
+    fields = metas[names[0]]["fields"]
+    samples = [load_sample(out / e.file) for e in train]
+    values, increments, condition_stats, coord_mean, coord_scale = series_stats(samples, fields["volume"], conditions)
+    stats = Stats(
+        coord_mean=coord_mean.tolist(),
+        coord_scale=coord_scale,
+        surface={},
+        volume=values,
+        increments=increments,
+        conditions=condition_stats,
+    )
+    return new_manifest(
+        config,
+        fields=fields,
+        surface_location=metas[names[0]]["surface_location"],
+        samples=entries,
+        stats=stats,
+        skipped=[{"case": n, "error": e} for n, e in failed],
+        kind="transient",
     )
 
 

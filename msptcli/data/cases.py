@@ -52,6 +52,8 @@ def find_cases(inputs: Sequence[str], data: DataConfig, *, require_volume: bool 
 
 
 def _case_of(path: Path, data: DataConfig, *, require_volume: bool) -> CaseFiles:
+    if data.transient is not None:
+        return _series_case_of(path, data)
     if path.is_file():
         return CaseFiles(name=path.stem, surface=path)
     surface = _one(path, data.surface_file, "surface")
@@ -60,6 +62,19 @@ def _case_of(path: Path, data: DataConfig, *, require_volume: bool) -> CaseFiles
         volume = _one(path, data.volume_file, "volume") if require_volume else _optional(path, data.volume_file)
     params = _optional(path, data.params_file) if data.params_file else None
     return CaseFiles(name=path.name, surface=surface, volume=volume, params=params)
+
+
+def _series_case_of(path: Path, data: DataConfig) -> CaseFiles:
+    """A transient case: a folder holding its series (``data.transient.series_file``), or the series file
+    itself; either way the case is named by the folder, and ``surface`` is what the series is read from."""
+    assert data.transient is not None
+    folder = path.parent if path.is_file() else path
+    if path.is_dir() and not any(folder.glob(data.transient.series_file)):
+        raise InvalidInputError(
+            f"{folder}: no series matching {data.transient.series_file!r} (set data.transient.series_file)"
+        )
+    params = _optional(folder, data.params_file) if data.params_file else None
+    return CaseFiles(name=folder.resolve().name, surface=path, params=params)
 
 
 def _one(folder: Path, pattern: str, what: str) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -39,6 +39,9 @@ class Stats(BaseModel):
     coord_scale: float  # one scale for all axes: geometry is not distorted
     surface: dict[str, FieldStats]
     volume: dict[str, FieldStats]
+    #: Transient datasets: the one-step change of each field (the targets' scale) and the conditions (inputs).
+    increments: dict[str, FieldStats] = {}
+    conditions: dict[str, FieldStats] = {}
 
     def check(self, fields: dict[str, dict[str, int]]) -> None:
         """Raise ``ValueError`` (one line) unless these statistics fit ``fields`` (part -> field -> components):
@@ -72,6 +75,8 @@ class SampleEntry(BaseModel):
     num_volume: int
     reference_area: float | None = None
     params: dict[str, Any] = {}
+    num_steps: int | None = None  # transient: snapshots in the series
+    dt: float | None = None  # transient: their spacing
 
 
 class Manifest(BaseModel):
@@ -84,6 +89,7 @@ class Manifest(BaseModel):
     samples: list[SampleEntry]
     stats: Stats
     skipped: list[dict[str, str]] = []
+    kind: Literal["steady", "transient"] = "steady"
 
     def split(self, name: str) -> list[SampleEntry]:
         return [s for s in self.samples if s.split == name]
@@ -102,6 +108,9 @@ class Manifest(BaseModel):
         """Raise :class:`DatasetError` (naming ``path``) unless ``sample`` holds every field of the manifest,
         one row per point, with the manifest's number of components: an edited manifest or a sample of
         another dataset would otherwise be trained on (broadcast) or fail deep inside training."""
+        if self.kind == "transient":
+            self._check_series(sample, path)
+            return
         points = {part: sample.arrays.get(f"{part}/points") for part in ("surface", "volume")}
         for part, names in self.fields.items():
             for name, k in names.items():
@@ -117,6 +126,20 @@ class Manifest(BaseModel):
                     raise DatasetError(
                         f"{path}: {part} field {name!r} has {values.shape[1]} components, the manifest says {k}"
                     )
+
+
+    def _check_series(self, sample: Sample, path: Path) -> None:
+        """A transient sample: every field as (T, N, k) on its N mesh points, T snapshot times."""
+        points, times = sample.arrays.get("mesh/points"), sample.arrays.get("times")
+        if points is None or times is None or "order" not in sample.arrays:
+            raise DatasetError(f"{path}: not a prepared transient sample (no mesh/points, times or order)")
+        for name, k in self.fields.get("volume", {}).items():
+            values = sample.arrays.get(f"series/{name}")
+            expected = (len(times), len(points), k)
+            if values is None:
+                raise DatasetError(f"{path}: no series of the field {name!r}, which the manifest lists")
+            if tuple(values.shape) != expected:
+                raise DatasetError(f"{path}: field {name!r} has shape {tuple(values.shape)}, expected {expected}")
 
 
 def assign_split(names: list[str], split: SplitConfig) -> dict[str, str]:

@@ -26,10 +26,11 @@ from torch.utils.data import DataLoader
 
 from msptcli.checkpoint import force_reference, save_checkpoint
 from msptcli.config import MsptConfig
-from msptcli.data.features import IN_FEATURES, Channels
+from msptcli.data.features import Channels
 from msptcli.data.manifest import Manifest, Stats, read_manifest
 from msptcli.data.sample import load_sample
 from msptcli.data.template import volume_template
+from msptcli.data.transient import input_width
 from msptcli.device import pick_device
 from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
@@ -41,6 +42,7 @@ from msptcli.train.distributed import World, join, leave, rank_batches
 from msptcli.train.log import append_metrics, plot_curves, truncate_metrics
 from msptcli.train.objective import channel_weights, lr_factor, masked_mse
 from msptcli.train.state import STATE, load_train_state, run_lock, save_train_state
+from msptcli.train.transient import StepPairs, validate_steps
 
 #: Steps between two readings of the loss for the progress bar.
 LOG_EVERY = 10
@@ -83,6 +85,13 @@ def train_model(
     manifest.check_samples(data_dir, [*manifest.split("train"), *manifest.split("val")])
     _check_run_dir(run_dir, data_dir)
     start = None  # fine-tuning (train.init): the parent and its field pairs, checked before anything is written
+    transient = config.data.transient if manifest.kind == "transient" else None
+    if manifest.kind == "transient" and transient is None:
+        raise InvalidInputError(f"{data_dir}: is a transient dataset; train it with its own config (data.transient)")
+    if manifest.kind == "steady" and config.data.transient is not None:
+        raise InvalidInputError(f"{data_dir}: is a steady dataset, but the config sets data.transient")
+    if transient is not None and tc.init is not None:
+        raise InvalidInputError("fine-tuning (--init) of transient runs is not supported yet")
     if tc.init is not None and not resume:
         parent = finetune.load_parent(tc.init)
         finetune.check_network(parent, config.model, f"--init {parent.path}")
@@ -140,7 +149,9 @@ def _train(
 
     channels = Channels.from_fields(manifest.fields)
     model_config = config.model
-    model = build_network(model_config, in_features=IN_FEATURES, out_features=channels.total)
+    transient = config.data.transient if manifest.kind == "transient" else None
+    width = input_width(transient, channels)
+    model = build_network(model_config, in_features=width, out_features=channels.total)
     # --- fine-tuning (train.init): the parent's weights, its coordinate normalisation, frozen groups --
     state = load_train_state(run_dir / STATE) if resume else None
     parent_record = None
@@ -169,14 +180,18 @@ def _train(
     )  # what the steps call; ``model`` is what is saved and validated
     if tc.compile:
         net = torch.compile(net, dynamic=True)  # every batch has its own layout: shapes vary
-    dataset = TrainClouds(
-        data_dir,
-        manifest,
-        train_entries,
-        surface_points=tc.surface_points,
-        volume_points=tc.volume_points,
-        seed=tc.seed,
-        anchors=model_config.anchors,
+    dataset = (
+        TrainClouds(
+            data_dir,
+            manifest,
+            train_entries,
+            surface_points=tc.surface_points,
+            volume_points=tc.volume_points,
+            seed=tc.seed,
+            anchors=model_config.anchors,
+        )
+        if transient is None
+        else StepPairs(data_dir, manifest, train_entries, transient, points=tc.volume_points, seed=tc.seed)
     )
     steps_per_epoch = math.ceil(len(dataset) / (tc.batch_size * world.size))
     total_steps = tc.epochs * steps_per_epoch
@@ -192,7 +207,7 @@ def _train(
     )
     weights = channel_weights(channels, tc).to(device)
     reference = force_reference(config, train_entries)
-    template = volume_template(data_dir, train_entries) if channels.volume else None
+    template = volume_template(data_dir, train_entries) if channels.volume and transient is None else None
     save_kw = dict(
         config=config,
         channels=channels,
@@ -307,7 +322,10 @@ def _train(
         }
         loss_sum, loss_count = 0.0, 0
         if val_entries and (epoch % tc.val_every == 0 or epoch == tc.epochs) and world.main:
-            row.update(_validate(model, data_dir, manifest, val_entries, device, reference, bf16=tc.bf16))
+            if transient is None:
+                row.update(_validate(model, data_dir, manifest, val_entries, device, reference, bf16=tc.bf16))
+            else:
+                row.update(validate_steps(model, data_dir, manifest, val_entries, transient, device, bf16=tc.bf16))
         row["seconds"] = time.perf_counter() - started
         score = row.get("val_loss")
         if score is not None and (best is None or score < best):

@@ -1,0 +1,220 @@
+"""Transient MSPT on real vortex shedding: one-step error, rollouts, Strouhal number and mean drag.
+
+    python benchmarks/transient.py                 # CPU: prepare, train (~35 min), evaluate
+    python benchmarks/transient.py --reuse         # evaluate a finished run again
+
+Data: the six pimpleFoam runs of ``../shared/data/transient`` (laminar shedding past 2D bluff bodies,
+48 snapshots each, about 12 per shedding period). Split (documented in docs/benchmarks.md):
+
+- **train** case_0000 (circle, Re 279), case_0001 (ellipse, Re 363), case_0003 (square, Re 422),
+  case_0004 (rounded rectangle 2.0, Re 194): every shape family, the extremes of Re;
+- **test** case_0002 (rounded rectangle 0.73, Re 263) and case_0005 (ellipse 0.52 at 58°, Re 194):
+  shapes and Reynolds numbers the model has not seen, inside the training range.
+
+The model is the default MSPT (width 128, 4 blocks, 8 heads) on every mesh point, trained on every
+step of the training cases (``data.transient``: increments, noise 0.1, conditions Re and dt). On each
+case:
+
+- **one step**: from every true snapshot t, the predicted t + 1 (teacher forcing): mean rel. L2 of U
+  and p, next to *persistence* (f(t+1) = f(t)), the error of not predicting at all;
+- **rollout**: ``mspt predict --initial`` from snapshot 0 over all 47 steps (``msptcli.rollout``): rel.
+  L2 after 1, 10 and 47 steps, the Strouhal number of the predicted lift (zero up-crossings, the
+  data's README) and the mean Cd over its whole cycles, against the solver's (``params.json``) and
+  against the same method on the series' own fields; seconds per step.
+
+Tables are printed as Markdown and the plot is written to docs/images/transient_rollout.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from machine import cpu_name
+
+from msptcli.checkpoint import load_checkpoint
+from msptcli.config import load_config
+from msptcli.data.features import Channels
+from msptcli.data.manifest import read_manifest
+from msptcli.data.sample import load_sample
+from msptcli.model.inference import predict_clouds
+from msptcli.prepare import prepare_dataset
+from msptcli.rollout import rollout_series
+from msptcli.train.loop import train_model
+from msptcli.train.transient import step_arrays, step_errors
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "transient"
+TRAIN = ["case_0000", "case_0001", "case_0003", "case_0004"]
+TEST = ["case_0002", "case_0005"]
+IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "transient_rollout.png"
+
+
+def config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return load_config(
+        values={
+            "data.reference_velocity": 1.0,
+            "data.transient": {
+                "fields": ["U", "p"],
+                "conditions": ["Re"],
+                "history": args.history,
+                "noise": args.noise,
+            },
+            "data.split.train": TRAIN,
+            "data.split.test": TEST,
+            "data.split.val": [],
+            "data.split.fractions": [1, 0, 0],
+            "train.epochs": args.epochs,
+            "train.warmup_epochs": 0.5,
+            "train.lr": args.lr,
+            "train.val_every": 1000,
+            "train.threads": args.threads,
+        }
+    )
+
+
+def one_step(ckpt, data_dir: Path, manifest, name: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Mean one-step rel. L2 per field over every snapshot of a case, and persistence's."""
+    channels = Channels.from_fields(manifest.fields)
+    entry = next(e for e in manifest.samples if e.name == name)
+    sample = load_sample(data_dir / entry.file)
+    transient = ckpt.config.data.transient
+    points = np.asarray(sample.arrays["mesh/points"])
+    model_errs: dict[str, list[float]] = {}
+    still_errs: dict[str, list[float]] = {}
+    for t in range(transient.history, entry.num_steps - 1):
+        inputs, _ = step_arrays(sample, ckpt_manifest(ckpt, manifest), channels, transient, t)
+        (out,) = predict_clouds(ckpt.model, [points], [inputs], orders=[sample.arrays["order"]])
+        for f, e in step_errors(sample, channels, ckpt_manifest(ckpt, manifest), t, out).items():
+            model_errs.setdefault(f, []).append(e)
+        for f, e in step_errors(sample, channels, ckpt_manifest(ckpt, manifest), t, 0 * out).items():
+            still_errs.setdefault(f, []).append(e)
+    return {
+        **{f"{f}": float(np.mean(v)) for f, v in model_errs.items()},
+        **{f"{f}_max": float(np.max(v)) for f, v in model_errs.items()},
+        **{f"{f}_persistence": float(np.mean(v)) for f, v in still_errs.items()},
+    }
+
+
+def ckpt_manifest(ckpt, manifest):  # type: ignore[no-untyped-def]
+    """The manifest with the checkpoint's statistics (what the network was trained with)."""
+    return manifest.model_copy(update={"stats": ckpt.stats})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("out/bench-transient"))
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--history", type=int, default=0)
+    parser.add_argument("--noise", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--reuse", action="store_true", help="evaluate the finished run in --work again")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"no data at {DATA}: this benchmark needs ../shared/data/transient")
+    work = args.work
+    data_dir, run = work / "data", work / "run"
+    cfg = config(args)
+    started = time.perf_counter()
+    if not (args.reuse and (run / "checkpoints" / "last.safetensors").is_file()):
+        shutil.rmtree(run, ignore_errors=True)
+        prepare_dataset([str(DATA / c) for c in TRAIN + TEST], data_dir, config=cfg, workers=2)
+        summary = train_model(data_dir, run, config=cfg)
+        print(f"trained {summary.epochs_done} epochs in {time.perf_counter() - started:.0f} s", flush=True)
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()]
+    seconds = sum(float(r[rows[0].index("seconds")]) for r in rows[1:])
+    manifest = read_manifest(data_dir)
+    ckpt = load_checkpoint(run)
+    steps_per_epoch = sum(e.num_steps - 1 - args.history for e in manifest.split("train"))
+    results = {}
+    for name in TRAIN + TEST:
+        one = one_step(ckpt, data_dir, manifest, name)
+        roll = rollout_series(ckpt, DATA / name / "series.pvd", work / "rollouts", start=args.history)
+        results[name] = {
+            "one_step": one,
+            "rollout": roll,
+            "params": json.loads((DATA / name / "params.json").read_text()),
+        }
+        print(f"{name}: one-step U {one['U']:.4f} p {one['p']:.4f}; rollout of {roll.steps} steps", flush=True)
+
+    print(f"\n## Transient MSPT ({cpu_name()}, {torch.get_num_threads()} threads, {datetime.date.today()})\n")
+    print(f"{args.epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, "
+          f"{seconds / (args.epochs * steps_per_epoch):.2f} s per step; history {args.history}, noise {args.noise}\n")  # fmt: skip
+    print(
+        "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "
+        "| p after 1 / 10 / all | St predicted / fields / solver | St error | mean Cd predicted / solver "
+        "| Cd error | s / step |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        one, roll, params = r["one_step"], r["rollout"], r["params"]
+        s = roll.summary
+        st = [s.get(k, {}).get("St") for k in ("predicted", "fields", "solver")]
+        cd = [s.get(k, {}).get("Cd_mean") for k in ("predicted", "solver")]
+        u, p = roll.errors["U"], roll.errors["p"]
+        last = len(u) - 1
+        st_err = abs(st[0] / st[2] - 1) if st[0] and st[2] else float("nan")
+        cd_err = abs(cd[0] / cd[1] - 1) if cd[0] and cd[1] else float("nan")
+        print(
+            f"| {name} | {'train' if name in TRAIN else 'test'} | {params['shape']}, {params['Re']:.0f} "
+            f"| {one['U']:.4f} ({one['U_persistence']:.3f}) | {one['p']:.4f} ({one['p_persistence']:.3f}) "
+            f"| {u[0]:.3f} / {u[min(9, last)]:.3f} / {u[last]:.3f} | {p[0]:.3f} / {p[min(9, last)]:.3f} / {p[last]:.3f} "
+            f"| {_f(st[0])} / {_f(st[1])} / {_f(st[2])} | {st_err:.1%} | {_f(cd[0])} / {_f(cd[1])} | {cd_err:.1%} "
+            f"| {roll.seconds_per_step:.3f} |"
+        )
+    plot(results, IMAGE)
+    (work / "results.json").write_text(json.dumps(
+        {n: {"one_step": r["one_step"], "errors": r["rollout"].errors, "shedding": r["rollout"].summary}
+         for n, r in results.items()}, indent=1, default=float))  # fmt: skip
+    print(f"\nplot: {IMAGE}")
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{x:.4f}"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for name, r in results.items():
+        roll = r["rollout"]
+        style = "-" if name in TEST else ":"
+        steps = np.arange(1, roll.steps + 1)
+        axes[0].plot(steps, roll.errors["U"], style, label=f"{name} ({'test' if name in TEST else 'train'})")
+        axes[1].plot(steps, roll.errors["p"], style, label=name)
+    axes[0].set_title("rel. L2 of U along the rollout")
+    axes[1].set_title("rel. L2 of p along the rollout")
+    for ax in axes[:2]:
+        ax.set_xlabel("rollout step (about 12 per shedding period)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    test = TEST[0]
+    data = json.loads((Path(results[test]["rollout"].files[2])).read_text())
+    times = np.asarray(data["times"])
+    axes[2].plot(times, data["forces"]["predicted"]["cl"], "-o", ms=3, label="predicted (rollout)")
+    if "fields" in data["forces"]:
+        axes[2].plot(times, data["forces"]["fields"]["cl"], "-k", label="from the solver's fields")
+    axes[2].set_title(f"{test} (test): lift coefficient")
+    axes[2].set_xlabel("t (D/U)")
+    axes[2].legend(fontsize=8)
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

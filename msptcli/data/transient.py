@@ -1,0 +1,199 @@
+"""The inputs and targets of one transient step, and back from the model's outputs to the next state.
+
+A transient sample holds one mesh and the fields of T equally spaced snapshots on it. The network
+learns the *increment* of a step (standard for stable rollouts):
+
+    inputs(t)  = [ static (11) | f(t) (F) | f(t-j+1) - f(t-j), j = 1..h  (h F) | conditions (C) ]
+    target(t)  = ( f(t+1) - f(t) ) / sigma_inc                                   per channel
+    f(t+1)     = f(t) + sigma_inc * output                                       in a rollout
+
+``static`` are the 11 geometry channels of steady mspt (``data/features.py``): coordinates, the body's
+outward normal on wall points, distance and direction to the body elsewhere, the wall flag. ``f`` are
+the configured fields (e.g. U, p), standardised with the training snapshots' mean and deviation; the
+history increments and the targets with the deviation of one step's change, ``sigma_inc``, per channel;
+the conditions (the case's params, e.g. Re, and always the spacing dt) with their training statistics.
+In training, noise of ``noise * sigma_inc`` is added to f(t) and the target is the step from the noisy
+state, so the network learns to pull a slightly wrong state back towards the solution (noise
+injection, Sanchez-Gonzalez et al. 2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from msptcli.config import TransientConfig
+from msptcli.data.features import IN_FEATURES, Channels
+from msptcli.data.manifest import FieldStats, Stats
+from msptcli.errors import InvalidInputError
+
+#: The condition every transient model gets: the spacing of its snapshots.
+DT = "dt"
+
+
+def input_width(transient: TransientConfig | None, channels: Channels) -> int:
+    """Per-point input channels of the network: 11 for steady data, more for a transient step."""
+    if transient is None:
+        return IN_FEATURES
+    fields = sum(k for _, k in channels.volume)
+    return IN_FEATURES + fields * (1 + transient.history) + len(condition_names(transient))
+
+
+def condition_names(transient: TransientConfig) -> list[str]:
+    """The conditions the model is given, in input order: the configured params, then dt."""
+    return [*transient.conditions, DT]
+
+
+def condition_values(transient: TransientConfig, params: dict[str, Any], dt: float, *, source: str) -> dict[str, float]:
+    """The values of :func:`condition_names` for a case: each key looked up (dotted) in its ``params``."""
+    values = {}
+    for key in transient.conditions:
+        value = lookup(params, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            got = "nothing" if value is None else repr(value)
+            raise InvalidInputError(
+                f"{source}: condition {key!r} must be a number in the case's params, found {got} "
+                "(set data.transient.conditions)"
+            )
+        values[key] = float(value)
+    values[DT] = float(dt)
+    return values
+
+
+def lookup(params: dict[str, Any], key: str) -> Any:
+    """``params['a']['b']`` for the dotted key ``'a.b'``; None where a part is missing."""
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def field_matrix(fields: dict[str, np.ndarray], channels: Channels) -> np.ndarray:
+    """(..., N, F) float32 of the fields in channel order, from name -> (..., N, k)."""
+    return np.concatenate([np.asarray(fields[name], dtype=np.float32) for name, _ in channels.volume], axis=-1)
+
+
+def split_fields(matrix: np.ndarray, channels: Channels) -> dict[str, np.ndarray]:
+    """The inverse of :func:`field_matrix`."""
+    out, start = {}, 0
+    for name, k in channels.volume:
+        out[name] = matrix[..., start : start + k]
+        start += k
+    return out
+
+
+def _vector(table: dict[str, FieldStats], channels: Channels, what: str) -> tuple[np.ndarray, np.ndarray]:
+    missing = [name for name, _ in channels.volume if name not in table]
+    if missing:
+        raise ValueError(f"no {what} statistics for the field {missing[0]!r}")
+    mean = np.concatenate([np.asarray(table[n].mean, dtype=np.float64) for n, _ in channels.volume])
+    std = np.concatenate([np.asarray(table[n].std, dtype=np.float64) for n, _ in channels.volume])
+    return mean, std
+
+
+def step_inputs(
+    stats: Stats,
+    channels: Channels,
+    transient: TransientConfig,
+    static: np.ndarray,
+    states: Sequence[np.ndarray],
+    conditions: dict[str, float],
+) -> np.ndarray:
+    """(N, input_width) float32 inputs of one step.
+
+    Args:
+        static: (N, 11) geometry channels (:func:`static_features`).
+        states: the physical fields (N, F) at t - h, ..., t (oldest first, ``1 + history`` of them).
+        conditions: the case's values of :func:`condition_names`.
+    """
+    if len(states) != 1 + transient.history:
+        raise ValueError(f"a step with history {transient.history} needs {1 + transient.history} states")
+    mean, std = _vector(stats.volume, channels, "field")
+    _, inc = _vector(stats.increments, channels, "increment")
+    current = states[-1]
+    parts = [static, (current - mean) / std]
+    for j in range(1, transient.history + 1):
+        parts.append((states[-j] - states[-j - 1]) / inc)
+    names = condition_names(transient)
+    cond = np.array(
+        [(conditions[n] - stats.conditions[n].mean[0]) / stats.conditions[n].std[0] for n in names], dtype=np.float64
+    )
+    parts.append(np.broadcast_to(cond, (len(static), len(names))))
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def step_target(stats: Stats, channels: Channels, current: np.ndarray, following: np.ndarray) -> np.ndarray:
+    """(N, F) float32 standardised increment from the state ``current`` to ``following``."""
+    _, inc = _vector(stats.increments, channels, "increment")
+    return ((following - current) / inc).astype(np.float32)
+
+
+def next_state(stats: Stats, channels: Channels, current: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """The physical state after one step: ``current + sigma_inc * output``."""
+    _, inc = _vector(stats.increments, channels, "increment")
+    return (current + output.astype(np.float64) * inc).astype(np.float32)
+
+
+def noise_scale(stats: Stats, channels: Channels, transient: TransientConfig) -> np.ndarray:
+    """(F,) deviation of the training noise on each channel of the state, physical units."""
+    _, inc = _vector(stats.increments, channels, "increment")
+    return (transient.noise * inc).astype(np.float32)
+
+
+def static_features(stats: Stats, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, 11) float32 geometry channels of a transient mesh, in mesh order (``data/features.py``'s layout:
+    wall points as surface points with their normal, the others as volume points)."""
+    mean, scale = np.asarray(stats.coord_mean, dtype=np.float64), stats.coord_scale
+    points = np.asarray(arrays["mesh/points"], dtype=np.float64)
+    out = np.zeros((len(points), IN_FEATURES), dtype=np.float32)
+    out[:, 0:3] = (points - mean) / scale
+    out[:, 3:6] = arrays["mesh/normals"]
+    out[:, 6] = np.asarray(arrays["mesh/distance"]).reshape(-1) / scale
+    out[:, 7:10] = arrays["mesh/direction"]
+    out[:, 10] = arrays["mesh/wall"]
+    return out
+
+
+def robust_std(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Deviations safe to divide by: a condition that never varies (the one Re of a single training case)
+    gets ``max(|mean|, 1)``, so that a new value reads as a relative change, not as 1e12."""
+    std, mean = np.asarray(std, dtype=np.float64), np.asarray(mean, dtype=np.float64)
+    flat = std < 1e-6 * np.maximum(np.abs(mean), 1.0)
+    return np.where(flat, np.maximum(np.abs(mean), 1.0), std)
+
+
+def series_stats(
+    samples: Sequence[Any], fields: dict[str, int], condition_keys: Sequence[str]
+) -> tuple[dict[str, FieldStats], dict[str, FieldStats], dict[str, FieldStats], np.ndarray, float]:
+    """From the training samples (:class:`~msptcli.data.sample.Sample` of transient cases): the statistics of
+    the fields over every snapshot, of their one-step increments, and of the conditions, plus the coordinate
+    mean and scale. A field channel that never varies (w of a 2D flow) keeps a deviation of 1e-12, as in
+    steady datasets: it stays 0 in inputs, targets, noise and rollouts. The conditions' deviations go
+    through :func:`robust_std`: one training Reynolds number must not make another one read as 1e12."""
+    coords = np.concatenate([np.asarray(s.arrays["mesh/points"], dtype=np.float64) for s in samples])
+    coord_mean = coords.mean(0)
+    coord_scale = float(np.sqrt(np.mean(coords.var(0))))
+    values, increments = {}, {}
+    for name in fields:
+        s1 = s2 = d1 = d2 = 0.0
+        n = m = 0
+        for sample in samples:
+            x = np.asarray(sample.arrays[f"series/{name}"], dtype=np.float64)  # (T, N, k)
+            d = np.diff(x, axis=0)
+            s1, s2, n = s1 + x.sum((0, 1)), s2 + (x * x).sum((0, 1)), n + x.shape[0] * x.shape[1]
+            d1, d2, m = d1 + d.sum((0, 1)), d2 + (d * d).sum((0, 1)), m + d.shape[0] * d.shape[1]
+        for table, a, b, count in ((values, s1, s2, n), (increments, d1, d2, m)):
+            mean = np.asarray(a) / count
+            std = np.sqrt(np.maximum(np.asarray(b) / count - mean**2, 0.0))
+            table[name] = FieldStats(mean=mean.tolist(), std=np.maximum(std, 1e-12).tolist())
+    conditions = {}
+    for key in condition_keys:
+        c = np.array([s.meta["conditions"][key] for s in samples], dtype=np.float64)
+        conditions[key] = FieldStats(
+            mean=[float(c.mean())], std=robust_std(c.std(keepdims=True), c.mean(keepdims=True)).tolist()
+        )
+    return values, increments, conditions, coord_mean, coord_scale

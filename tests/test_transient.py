@@ -1,0 +1,256 @@
+"""Transient runs end to end on real pimpleFoam snapshots: prepare a series, train the step, roll it out.
+
+One tiny run (width 16, one block, history 1) on the two example cases (12 snapshots each) is shared
+by the module: prepare -> train -> rollout, then resume, streaming, export and errors on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pyvista as pv
+import yaml
+from helpers import ROOT, invoke, ok, one_line_error
+
+from msptcli.checkpoint import load_checkpoint
+from msptcli.config import load_config
+from msptcli.data.features import Channels
+from msptcli.data.manifest import read_manifest
+from msptcli.data.sample import load_sample
+from msptcli.data.transient import input_width, next_state, split_fields
+from msptcli.errors import ConfigError, InvalidInputError
+from msptcli.model.inference import predict_clouds
+from msptcli.rollout import rollout_series
+from msptcli.train.loop import train_model
+from msptcli.train.transient import StepPairs, step_arrays
+
+pytest_plugins = ["helpers"]
+
+EXAMPLES = ROOT / "examples" / "transient"
+TINY = {
+    "data": {
+        "reference_velocity": 1.0,
+        "transient": {"fields": ["U", "p"], "conditions": ["Re"], "history": 1, "noise": 0.1},
+        "split": {"train": ["case_0000"], "val": ["case_0002"]},
+    },
+    "model": {"width": 16, "num_heads": 2, "depth": 1},
+    "train": {"epochs": 2, "warmup_epochs": 0.5, "val_every": 1, "num_workers": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(config file, dataset, run directory) of the module's tiny transient run."""
+    work = tmp_path_factory.mktemp("transient")
+    config = work / "config.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    ok("prepare", str(EXAMPLES / "case_*"), "-o", work / "data", "-c", config)
+    ok("train", work / "data", "-o", work / "run")
+    return config, work / "data", work / "run"
+
+
+def test_prepare_stores_geometry_once_and_every_snapshot(run):
+    _, data, _ = run
+    manifest = read_manifest(data)
+    assert manifest.kind == "transient"
+    assert manifest.fields == {"surface": {}, "volume": {"U": 3, "p": 1}}
+    assert set(manifest.stats.increments) == {"U", "p"} and set(manifest.stats.conditions) == {"Re", "dt"}
+    entry = manifest.split("train")[0]
+    assert entry.num_steps == 12 and entry.dt == pytest.approx(0.399)
+    a = load_sample(data / entry.file).arrays
+    n = len(a["mesh/points"])
+    source = pv.read(EXAMPLES / "case_0000" / "fields_007.vtu")
+    np.testing.assert_array_equal(a["series/U"][7], source.point_data["U"])
+    np.testing.assert_array_equal(a["series/p"][7, :, 0], source.point_data["p"])
+    assert sorted(a["order"].tolist()) == list(range(n))
+    wall = a["mesh/wall"] > 0
+    assert 100 < wall.sum() < 400
+    assert np.abs(a["series/U"][:, wall]).max() == 0  # no-slip: the outline found is the body
+    assert (a["mesh/distance"][wall] == 0).all() and (a["mesh/distance"][~wall] > 0).all()
+    np.testing.assert_allclose(np.linalg.norm(a["mesh/normals"][wall], axis=1), 1, atol=1e-5)
+    # outward: from the body's centre (the origin) a wall point's normal points away
+    assert (np.einsum("ij,ij->i", a["mesh/normals"][wall, :2], a["mesh/points"][wall, :2]) > 0).all()
+    inside = ~wall  # the direction leads towards the body: a step along it shortens the distance
+    step = a["mesh/points"][inside, :2] + 1e-3 * a["mesh/direction"][inside, :2]
+    assert (np.linalg.norm(step, axis=1) < np.linalg.norm(a["mesh/points"][inside, :2], axis=1) + 1e-9).mean() > 0.99
+
+
+def test_config_runs_transient_steps_on_the_mesh(tmp_path):
+    cfg = load_config(values={"data.transient": {"fields": ["U"]}})
+    assert cfg.model.anchors is None and cfg.train.volume_points is None
+    with pytest.raises(ConfigError, match="set model.anchors: null"):
+        load_config(values={"data.transient": {"fields": ["U"]}, "model.anchors": {"surface": 256}})
+    assert load_config().model.anchors is not None  # steady configs keep their defaults
+
+
+def test_targets_are_increments_and_noise_is_corrected_for(run):
+    config, data, _ = run
+    cfg = load_config(config)
+    manifest, transient = read_manifest(data), cfg.data.transient
+    channels = Channels.from_fields(manifest.fields)
+    sample = load_sample(data / manifest.split("train")[0].file)
+    a = sample.arrays
+    current = np.concatenate([a["series/U"][4], a["series/p"][4]], axis=1)
+    following = np.concatenate([a["series/U"][5], a["series/p"][5]], axis=1)
+    inputs, target = step_arrays(sample, manifest, channels, transient, 4)
+    assert inputs.shape == (len(current), input_width(transient, channels)) == (len(current), 11 + 4 + 4 + 2)
+    np.testing.assert_allclose(next_state(manifest.stats, channels, current, target), following, atol=1e-5)
+    noisy_inputs, noisy_target = step_arrays(sample, manifest, channels, transient, 4, rng=np.random.default_rng(0))
+    std = np.array(manifest.stats.volume["U"].std + manifest.stats.volume["p"].std)
+    mean = np.array(manifest.stats.volume["U"].mean + manifest.stats.volume["p"].mean)
+    noisy_state = noisy_inputs[:, 11:15] * std + mean
+    assert 0 < np.abs(noisy_state - current).max() < 0.2  # noise of 0.1 of one step's change
+    np.testing.assert_allclose(next_state(manifest.stats, channels, noisy_state, noisy_target), following, atol=1e-4)
+    pairs = StepPairs(data, manifest, manifest.split("train"), transient, points=None, seed=0)
+    assert len(pairs) == 12 - 1 - 1  # history 1: from t = 1 to t = 10
+    np.testing.assert_array_equal(pairs[3].features, pairs[3].features)  # the draw is a function of the index
+
+
+def test_training_learns_the_step(run):
+    _, _, run_dir = run
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"val_loss", "val_U_rel_l2", "val_p_rel_l2"} <= set(header)
+    first, last = (dict(zip(header, r.split(","), strict=True)) for r in (rows[1], rows[-1]))
+    assert float(last["train_loss"]) < float(first["train_loss"])
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt.model.in_features == 21 and ckpt.config.data.transient.history == 1
+
+
+def test_rollout_writes_a_series_pyvista_reads_back(run, tmp_path):
+    _, data, run_dir = run
+    ckpt = load_checkpoint(run_dir)
+    result = invoke("predict", run_dir, "--initial", EXAMPLES / "case_0002" / "series.pvd", "--start", 2,
+                    "--steps", 4, "-o", tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Strouhal" in result.output and "rel. L2 U" in result.output
+    pvd = tmp_path / "case_0002.pvd"
+    entries = ET.parse(pvd).getroot().findall("./Collection/DataSet")
+    assert len(entries) == 4 and len(list((tmp_path / "case_0002").glob("*.vtu"))) == 4
+    times = json.loads((EXAMPLES / "case_0002" / "params.json").read_text())["snapshots"]["times"]
+    reader = pv.get_reader(pvd)
+    np.testing.assert_allclose(reader.time_values, times[3:7], rtol=1e-9)
+    reader.set_active_time_value(reader.time_values[0])
+    first = reader.read()[0]
+    truth = pv.read(EXAMPLES / "case_0002" / "fields_003.vtu")
+    assert {"U", "p", "U_true", "p_true", "U_error", "p_error"} <= set(first.point_data)
+    np.testing.assert_allclose(first.point_data["U_true"], truth.point_data["U"])
+    np.testing.assert_allclose(first.point_data["U_error"], first.point_data["U"] - truth.point_data["U"], atol=1e-6)
+    # step 1 is the network's one step from the true snapshots 1 and 2
+    manifest = read_manifest(data)
+    sample = load_sample(data / next(e.file for e in manifest.samples if e.name == "case_0002"))
+    inputs, _ = step_arrays(sample, manifest, ckpt.channels, ckpt.config.data.transient, 2)
+    (out,) = predict_clouds(ckpt.model, [sample.arrays["mesh/points"]], [inputs], orders=[sample.arrays["order"]])
+    current = np.concatenate([sample.arrays["series/U"][2], sample.arrays["series/p"][2]], axis=1)
+    expected = split_fields(next_state(ckpt.stats, ckpt.channels, current, out), ckpt.channels)
+    np.testing.assert_allclose(first.point_data["U"], expected["U"], atol=1e-5)
+    summary = json.loads((tmp_path / "case_0002.json").read_text())
+    assert summary["steps"] == 4 and len(summary["relative_l2"]["U"]) == 4
+    assert len(summary["forces"]["predicted"]["cl"]) == 4 and summary["shedding"]["solver"]["St"] == pytest.approx(
+        0.2068, abs=1e-4
+    )
+    assert (tmp_path / "case_0002_rollout.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rollout_past_the_series_has_no_truth_and_leaves_inputs_alone(run, tmp_path):
+    _, _, run_dir = run
+    series = tmp_path / "case"
+    shutil.copytree(EXAMPLES / "case_0002", series)
+    before = {p.name: p.stat().st_mtime_ns for p in series.iterdir()}
+    result = rollout_series(load_checkpoint(run_dir), series, tmp_path / "out", start=9, steps=5)
+    assert result.steps == 5 and result.errors["U"][:2] != [None, None] and result.errors["U"][2:] == [None] * 3
+    last = pv.read(tmp_path / "out" / "case" / "case_005.vtu")
+    assert "U_true" not in last.point_data and np.isfinite(last.point_data["U"]).all()
+    assert {p.name: p.stat().st_mtime_ns for p in series.iterdir()} == before
+    with pytest.raises(InvalidInputError, match="refusing to overwrite the input series"):
+        rollout_series(load_checkpoint(run_dir), series, tmp_path, name="case", start=1, steps=1)
+
+
+def test_streaming_one_step_equals_the_whole_mesh(run):
+    _, data, run_dir = run
+    ckpt = load_checkpoint(run_dir)
+    manifest = read_manifest(data)
+    sample = load_sample(data / manifest.split("val")[0].file)
+    inputs, _ = step_arrays(sample, manifest, ckpt.channels, ckpt.config.data.transient, 5)
+    kw = dict(orders=[sample.arrays["order"]])
+    (whole,) = predict_clouds(ckpt.model, [sample.arrays["mesh/points"]], [inputs], chunk_points=None, **kw)
+    (streamed,) = predict_clouds(ckpt.model, [sample.arrays["mesh/points"]], [inputs], chunk_points=1000, **kw)
+    np.testing.assert_allclose(streamed, whole, atol=1e-5)
+
+
+def test_resume_continues_the_transient_run_exactly(run, tmp_path):
+    config, data, run_dir = run
+    calls = iter(range(10_000))
+    stopped = train_model(data, tmp_path / "half", config=load_config(config), should_stop=lambda: next(calls) == 13)
+    assert stopped.interrupted and stopped.epochs_done == 1  # in the middle of the second epoch
+    ok("train", data, "-o", tmp_path / "half", "--resume")
+    resumed, straight = load_checkpoint(tmp_path / "half"), load_checkpoint(run_dir)
+    for key, value in straight.model.state_dict().items():
+        np.testing.assert_allclose(resumed.model.state_dict()[key].numpy(), value.numpy(), atol=1e-6, err_msg=key)
+
+
+def test_one_step_exports_to_onnx_verified_in_onnxruntime(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, _, run_dir = run
+    result = ok("export", run_dir, "-o", tmp_path / "step.onnx")
+    assert "verified" in result.output
+    sidecar = json.loads((tmp_path / "step.onnx.json").read_text())
+    assert sidecar["in_features"] == 21 and sidecar["transient"]["history"] == 1
+    assert sidecar["transient"]["conditions"] == ["Re", "dt"]
+
+
+def test_rollout_errors_are_one_line(run, trained, tmp_path):
+    _, _, run_dir = run
+    series = EXAMPLES / "case_0002" / "series.pvd"
+    one_line_error(invoke("predict", trained.run, "--initial", series, "-o", tmp_path), "steady model")
+    one_line_error(invoke("predict", run_dir, "--initial", series, "--start", 0, "-o", tmp_path), "start at 1")
+    one_line_error(invoke("predict", run_dir, "x.stl", "--initial", series, "-o", tmp_path), "not both")
+    one_line_error(invoke("predict", run_dir, "-o", tmp_path), "--initial")
+    one_line_error(invoke("predict", run_dir, "--initial", series, "--start", 11, "-o", tmp_path), "last")
+    one_line_error(
+        invoke("predict", run_dir, "--initial", series, "--condition", "Re=fast", "-o", tmp_path), "KEY=NUMBER"
+    )
+    one_line_error(
+        invoke("predict", run_dir, "--initial", tmp_path / "none.pvd", "--start", 1, "-o", tmp_path), "none.pvd"
+    )
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(
+    shutil.which("pvpython") is None or shutil.which("xvfb-run") is None,
+    reason="needs Debian's ParaView (pvpython) and xvfb-run: apt-get install paraview xvfb xauth",
+)
+def test_paraview_plays_the_predicted_series(run, tmp_path):
+    _, _, run_dir = run
+    ok("predict", run_dir, "--initial", EXAMPLES / "case_0000", "--start", 1, "--steps", 3, "-o", tmp_path)
+    script = tmp_path / "play.py"
+    script.write_text(
+        "import sys\n"
+        "from paraview.simple import OpenDataFile, UpdatePipeline\n"
+        "source = OpenDataFile(sys.argv[1])\n"
+        "times = list(source.TimestepValues)\n"
+        "print('TIMES', len(times))\n"
+        "for t in times:\n"
+        "    source.UpdatePipeline(t)\n"
+        "    info = source.GetPointDataInformation()\n"
+        "    names = sorted(info.GetArray(i).GetName() for i in range(info.GetNumberOfArrays()))\n"
+        "    low, high = source.PointData['U_error'].GetRange(-1)\n"
+        "    print('STEP', t, source.GetDataInformation().GetNumberOfPoints(), ','.join(names), high - low)\n"
+    )
+    xvfb = ["xvfb-run", "-a", "-n", str(200 + os.getpid() % 30_000), "-s", "-screen 0 1280x1024x24"]
+    done = subprocess.run([*xvfb, "pvpython", str(script), str(tmp_path / "case_0000.pvd")], capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "TIMES 3" in lines
+    steps = [line.split() for line in lines if line.startswith("STEP")]
+    assert len(steps) == 3 and len({s[1] for s in steps}) == 3
+    for s in steps:
+        assert int(s[2]) == 11650 and "U_error" in s[3] and "p_true" in s[3] and float(s[4]) > 0
