@@ -145,8 +145,9 @@ def main() -> None:
         print(f"{name}: one-step U {one['U']:.4f} p {one['p']:.4f}; rollout of {roll.steps} steps", flush=True)
 
     print(f"\n## Transient MSPT ({cpu_name()}, {torch.get_num_threads()} threads, {datetime.date.today()})\n")
-    print(f"{args.epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, "
-          f"{seconds / (args.epochs * steps_per_epoch):.2f} s per step; history {args.history}, noise {args.noise}\n")  # fmt: skip
+    per_step = seconds / (args.epochs * steps_per_epoch)
+    print(f"{args.epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
+          f"step; history {args.history}, noise {args.noise}\n")  # fmt: skip
     print(
         "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "
         "| p after 1 / 10 / all | St predicted / fields / solver | St error | mean Cd predicted / solver "
@@ -165,7 +166,8 @@ def main() -> None:
         print(
             f"| {name} | {'train' if name in TRAIN else 'test'} | {params['shape']}, {params['Re']:.0f} "
             f"| {one['U']:.4f} ({one['U_persistence']:.3f}) | {one['p']:.4f} ({one['p_persistence']:.3f}) "
-            f"| {u[0]:.3f} / {u[min(9, last)]:.3f} / {u[last]:.3f} | {p[0]:.3f} / {p[min(9, last)]:.3f} / {p[last]:.3f} "
+            f"| {u[0]:.3f} / {u[min(9, last)]:.3f} / {u[last]:.3f} "
+            f"| {p[0]:.3f} / {p[min(9, last)]:.3f} / {p[last]:.3f} "
             f"| {_f(st[0])} / {_f(st[1])} / {_f(st[2])} | {st_err:.1%} | {_f(cd[0])} / {_f(cd[1])} | {cd_err:.1%} "
             f"| {roll.seconds_per_step:.3f} |"
         )

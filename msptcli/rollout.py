@@ -298,7 +298,9 @@ def _shape(values: np.ndarray, components: int) -> np.ndarray:
 
 
 def _pvd(written: list[tuple[float, str]]) -> str:
-    rows = "\n".join(f'    <DataSet timestep="{float(t)!r}" group="" part="0" file={quoteattr(f)}/>' for t, f in written)
+    rows = "\n".join(
+        f'    <DataSet timestep="{float(t)!r}" group="" part="0" file={quoteattr(f)}/>' for t, f in written
+    )
     return (
         '<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1" byte_order="LittleEndian">\n'
         f"  <Collection>\n{rows}\n  </Collection>\n</VTKFile>\n"

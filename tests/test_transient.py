@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,7 +84,7 @@ def test_prepare_stores_geometry_once_and_every_snapshot(run):
 def test_config_runs_transient_steps_on_the_mesh(tmp_path):
     cfg = load_config(values={"data.transient": {"fields": ["U"]}})
     assert cfg.model.anchors is None and cfg.train.volume_points is None
-    with pytest.raises(ConfigError, match="set model.anchors: null"):
+    with pytest.raises(ConfigError, match=r"set model\.anchors: null"):
         load_config(values={"data.transient": {"fields": ["U"]}, "model.anchors": {"surface": 256}})
     assert load_config().model.anchors is not None  # steady configs keep their defaults
 
