@@ -31,7 +31,7 @@ from msptcli.data.template import place_template
 from msptcli.errors import InvalidInputError, OutputError
 from msptcli.evaluate import drag_lift, relative_l2
 from msptcli.geometry.faces import refined
-from msptcli.io.atomic import atomic_output
+from msptcli.io.atomic import write_json
 from msptcli.io.meshes import as_polydata, is_surface, read_mesh, same_file, write_mesh
 from msptcli.io.render import render_png
 from msptcli.model import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries_averaged
@@ -176,8 +176,7 @@ def predict_geometry(
         "solver": result.solver,
         "fields": {p: [n for n, _ in getattr(channels, p)] for p in ("surface", "volume")},
     }
-    with atomic_output(files["json"]) as tmp:
-        tmp.write_text(json.dumps(_finite(summary), indent=1, allow_nan=False))
+    write_json(files["json"], summary)
     result.files.append(files["json"])
     pressure = ckpt.reference.get("pressure_field")
     if preview and pressure and pressure in phys["surface"]:
@@ -309,16 +308,6 @@ def _coefficients(
         out.update({"cd_true_fields": cd_t, "cl_true_fields": cl_t})
     return out
 
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or Infinity: such numbers become null."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def _params_beside(geometry: Path) -> dict[str, Any]:

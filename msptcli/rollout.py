@@ -46,7 +46,7 @@ from msptcli.data.transient import (
 )
 from msptcli.errors import InvalidInputError, MsptError, OutputError
 from msptcli.geometry.balltree import ball_tree_order
-from msptcli.io.atomic import atomic_output, make_dirs
+from msptcli.io.atomic import atomic_output, make_dirs, write_json
 from msptcli.io.meshes import write_mesh
 from msptcli.model.inference import DEFAULT_CHUNK_POINTS, predict_clouds
 
@@ -202,8 +202,7 @@ def rollout_series(
         "seconds_per_step": result.seconds_per_step,
         "notes": _range_notes(ckpt, values),
     }
-    with atomic_output(files["json"]) as f:
-        f.write_text(json.dumps(_finite(summary), indent=1, allow_nan=False))
+    write_json(files["json"], summary)
     _plot(files["png"], name, times, forces, result.errors)
     with atomic_output(pvd) as f:
         f.write_text(_pvd(written))
@@ -338,15 +337,3 @@ def _plot(path: Path, name: str, times: np.ndarray, forces: dict[str, Any], erro
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

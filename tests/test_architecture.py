@@ -16,7 +16,7 @@ LAYERS = [
     {"config"},
     {"data"},
     {"checkpoint", "evaluate"},
-    {"prepare", "train", "predict", "export", "balltree"},
+    {"prepare", "train", "predict", "rollout", "export", "balltree"},
     {"cli", "__main__"},
 ]
 COMMANDS = LAYERS[-2]

@@ -253,3 +253,29 @@ def test_paraview_plays_the_predicted_series(run, tmp_path):
     assert len(steps) == 3 and len({s[1] for s in steps}) == 3
     for s in steps:
         assert int(s[2]) == 11650 and "U_error" in s[3] and "p_true" in s[3] and float(s[4]) > 0
+
+
+def test_prepare_errors_are_one_line_and_numbered_snapshots_work(tmp_path):
+    case = tmp_path / "cases" / "run_a"
+    case.mkdir(parents=True)
+    for k in range(4):
+        shutil.copy(EXAMPLES / "case_0000" / f"fields_{k:03d}.vtu", case / f"snap_{k}.vtu")
+    shutil.copy(EXAMPLES / "case_0000" / "params.json", case)
+    numbered = {**TINY, "data": {**TINY["data"], "split": {"fractions": [1, 0, 0]}}}
+    numbered["data"]["transient"] = {**TINY["data"]["transient"], "series_file": "snap_*.vtu"}
+    config = tmp_path / "numbered.yaml"
+    config.write_text(yaml.safe_dump(numbered))
+    one_line_error(invoke("prepare", case, "-o", tmp_path / "none", "-c", config), "data.transient.dt")
+    ok("prepare", case, "-o", tmp_path / "data", "-c", config, "--set", "data.transient.dt=0.5")
+    sample = load_sample(tmp_path / "data" / "samples" / "run_a.safetensors")
+    np.testing.assert_allclose(sample.arrays["times"], [0, 0.5, 1.0, 1.5])
+    (case / "snap_2.vtu").unlink()
+    one_line_error(invoke("prepare", case, "-o", tmp_path / "gap", "-c", config, "--set", "data.transient.dt=0.5"),
+                   "snapshot 2 is missing")  # fmt: skip
+    broken = tmp_path / "broken"
+    shutil.copytree(EXAMPLES / "case_0002", broken)
+    pvd = broken / "series.pvd"
+    pvd.write_text(pvd.read_text().replace('timestep="31.215"', 'timestep="31.3"'))
+    one_line_error(invoke("prepare", broken, "-o", tmp_path / "uneven", "-c", tmp_path / "numbered.yaml",
+                          "--set", "data.transient.series_file=series.pvd"), "not equally spaced")  # fmt: skip
+    assert not (tmp_path / "uneven" / "manifest.json").exists() and not (tmp_path / "gap" / "manifest.json").exists()

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from msptcli.errors import MsptError, OutputError
 
@@ -57,6 +61,28 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise OutputError(f"cannot write {final}: {reason}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike[str], value: Any) -> Path:
+    """Write ``value`` as indented JSON through :func:`atomic_output`. JSON has no NaN or Infinity:
+    such numbers become null; NumPy scalars become Python numbers."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(_finite(value), indent=1, allow_nan=False))
+    return Path(path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def make_dirs(folder: str | os.PathLike[str]) -> Path:
