@@ -220,6 +220,8 @@ def _forces(ckpt, series, geometry, params, predicted, truth, true_at, times) ->
     velocity_name, pressure_name = "U", ckpt.config.data.pressure_field or "p"
     if velocity_name not in names or pressure_name not in names:
         return {"note": f"forces need the fields {velocity_name!r} and {pressure_name!r}"}
+    if len(geometry["body/edges"]) == 0:
+        return {"note": "no body: the mesh has no inner boundary"}
     nu = transient.viscosity if transient.viscosity is not None else lookup(params, transient.viscosity_key or "")
     nu = float(nu) if isinstance(nu, (int, float)) and not isinstance(nu, bool) else None
     kw = dict(

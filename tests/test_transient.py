@@ -279,3 +279,16 @@ def test_prepare_errors_are_one_line_and_numbered_snapshots_work(tmp_path):
     one_line_error(invoke("prepare", broken, "-o", tmp_path / "uneven", "-c", tmp_path / "numbered.yaml",
                           "--set", "data.transient.series_file=series.pvd"), "not equally spaced")  # fmt: skip
     assert not (tmp_path / "uneven" / "manifest.json").exists() and not (tmp_path / "gap" / "manifest.json").exists()
+
+
+def test_a_flow_without_a_body_has_no_wall_channels(tmp_path):
+    from msptcli.data.prepare_series import mesh_geometry
+    from msptcli.data.series import read_series
+
+    for k in range(3):  # the wake only: a box behind the body, its boundary all on the bounding box
+        mesh = pv.read(EXAMPLES / "case_0000" / f"fields_{k:03d}.vtu")
+        mesh.extract_cells(np.flatnonzero(mesh.cell_centers().points[:, 0] > 2.0)).save(tmp_path / f"w_{k}.vtu")
+    series = read_series(tmp_path, ["U", "p"], pattern="w_*.vtu", dt=0.4)
+    geometry = mesh_geometry(series)
+    assert len(geometry["body/edges"]) == 0 and not geometry["mesh/wall"].any()
+    assert not geometry["mesh/distance"].any() and not geometry["mesh/normals"].any()

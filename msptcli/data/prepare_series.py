@@ -10,8 +10,9 @@ The mesh does not move, so its geometry features and its ball-tree order are com
     times (T,)                                 the snapshot times, equally spaced
     series/<field> (T, N, k)                   the fields of every snapshot
 
-The body is the mesh's inner boundary. Meshes are planar (2D, one plane of a one-cell-thick
-OpenFOAM case): distances are to the outline's segments, in the plane.
+The body is the mesh's inner boundary (none: a flow without a body; its wall channels are 0). Meshes
+are planar (2D, one plane of a one-cell-thick OpenFOAM case): distances are to the outline's
+segments, in the plane.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def mesh_geometry(series: Series) -> dict[str, np.ndarray]:
     points = np.asarray(series.points, dtype=np.float64)
     if series.location != "points":
         raise InvalidInputError(f"{series.source}: transient fields must be point data (found cell data)")
-    edges = body_edges(series.mesh)
+    edges = body_edges(series.mesh, required=False)  # (E, 2); none for a flow without a body
     normals = np.zeros_like(points)
     edge_normals = outward_normals(points, edges)  # (E, 3) unit, into the fluid
     np.add.at(normals, edges[:, 0], edge_normals)
@@ -113,7 +114,9 @@ def outward_normals(points: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def distance_to_outline(points: np.ndarray, edges: np.ndarray, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(N,) distance of every point to the nearest outline segment, in the plane, and (N, 3) the unit
-    direction towards it (0 where the distance is 0)."""
+    direction towards it (0 where the distance is 0; both 0 everywhere without an outline)."""
+    if len(edges) == 0:
+        return np.zeros(len(points)), np.zeros((len(points), 3))
     a, b = points[edges[:, 0], :2], points[edges[:, 1], :2]  # (E, 2)
     ab = b - a
     length2 = np.maximum((ab**2).sum(1), 1e-300)

@@ -58,8 +58,9 @@ __all__ = ["body_edges", "body_forces", "cycle_mean", "shedding_summary", "strou
 # --- the body -----------------------------------------------------------------------------------------------
 
 
-def body_edges(mesh: pv.DataSet) -> np.ndarray:
+def body_edges(mesh: pv.DataSet, *, required: bool = True) -> np.ndarray:
     """The body's boundary edges ``(E, 2)`` int64, counter-clockwise around the body (module docstring).
+    ``required=False``: a mesh without an inner boundary gives no edges, ``(0, 2)``, instead of an error.
 
     The edges come loop by loop, each in order along its loop (``edges[i, 1] == edges[i + 1, 0]``,
     the last edge of a loop ending where its first begins); the fluid is on the right of each
@@ -88,6 +89,8 @@ def body_edges(mesh: pv.DataSet) -> np.ndarray:
     on_box = ((xy - lo <= tol) | (hi - xy <= tol)).any(axis=1)
     loops = [loop for loop in _loops(edges, len(points)) if not on_box[edges[loop, 0]].any()]
     if not loops:
+        if not required:
+            return np.zeros((0, 2), dtype=np.int64)
         raise InvalidInputError("no body: the mesh has no inner boundary")
     return edges[np.concatenate(loops)].astype(np.int64)
 
