@@ -115,7 +115,9 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=0)
     parser.add_argument("--noise", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-derivatives", action="store_true", help="the plain variant: no mesh-derivative inputs")
     parser.add_argument("--reuse", action="store_true", help="evaluate the finished run in --work again")
+    parser.add_argument("--compare", type=Path, help="the --work of another variant: its results beside these")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"no data at {DATA}: this benchmark needs ../shared/data/transient")
@@ -147,7 +149,7 @@ def main() -> None:
     print(f"\n## Transient MSPT ({cpu_name()}, {torch.get_num_threads()} threads, {datetime.date.today()})\n")
     per_step = seconds / (args.epochs * steps_per_epoch)
     print(f"{args.epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
-          f"step; history {args.history}, noise {args.noise}\n")  # fmt: skip
+          f"step; history {args.history}, noise {args.noise}, derivatives {not args.no_derivatives}\n")  # fmt: skip
     print(
         "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "
         "| p after 1 / 10 / all | St predicted / fields / solver | St error | mean Cd predicted / solver "
@@ -171,10 +173,24 @@ def main() -> None:
             f"| {_f(st[0])} / {_f(st[1])} / {_f(st[2])} | {st_err:.1%} | {_f(cd[0])} / {_f(cd[1])} | {cd_err:.1%} "
             f"| {roll.seconds_per_step:.3f} |"
         )
-    plot(results, IMAGE)
-    (work / "results.json").write_text(json.dumps(
-        {n: {"one_step": r["one_step"], "errors": r["rollout"].errors, "shedding": r["rollout"].summary}
-         for n, r in results.items()}, indent=1, default=float))  # fmt: skip
+    saved = {n: {"one_step": r["one_step"], "errors": r["rollout"].errors, "shedding": r["rollout"].summary}
+             for n, r in results.items()}  # fmt: skip
+    (work / "results.json").write_text(json.dumps(saved, indent=1, default=float))
+    other = json.loads((args.compare / "results.json").read_text()) if args.compare else None
+    if other:
+        print(f"\n### Against {args.compare} (test cases)\n")
+        print("| case | variant | one-step U | one-step p | U after 1 / 10 / all | St error | Cd error |")
+        print("|---|---|---|---|---|---|---|")
+        for name in TEST:
+            for label, r in (("this run", saved[name]), (str(args.compare), other[name])):
+                u, sh = r["errors"]["U"], r["shedding"]
+                st = [sh.get(k, {}).get("St") for k in ("predicted", "solver")]
+                cd = [sh.get(k, {}).get("Cd_mean") for k in ("predicted", "solver")]
+                st_err = f"{abs(st[0] / st[1] - 1):.1%}" if st[0] and st[1] else "-"
+                cd_err = f"{abs(cd[0] / cd[1] - 1):.1%}" if cd[0] and cd[1] else "-"
+                print(f"| {name} | {label} | {r['one_step']['U']:.4f} | {r['one_step']['p']:.4f} "
+                      f"| {u[0]:.3f} / {u[min(9, len(u) - 1)]:.3f} / {u[-1]:.3f} | {st_err} | {cd_err} |")  # fmt: skip
+    plot(results, IMAGE, other)
     print(f"\nplot: {IMAGE}")
 
 
@@ -182,7 +198,7 @@ def _f(x: float | None) -> str:
     return "-" if x is None or x != x else f"{x:.4f}"
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, other: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,6 +211,11 @@ def plot(results: dict, path: Path) -> None:
         steps = np.arange(1, roll.steps + 1)
         axes[0].plot(steps, roll.errors["U"], style, label=f"{name} ({'test' if name in TEST else 'train'})")
         axes[1].plot(steps, roll.errors["p"], style, label=name)
+    for name in TEST if other else ():
+        for ax, key in zip(axes[:2], ("U", "p"), strict=True):
+            errs = other[name]["errors"][key]
+            ax.plot(np.arange(1, len(errs) + 1), errs, "--", color="0.6", lw=1,
+                    label=f"{name}, without derivative inputs" if key == "U" else None)  # fmt: skip
     axes[0].set_title("rel. L2 of U along the rollout")
     axes[1].set_title("rel. L2 of p along the rollout")
     for ax in axes[:2]:

@@ -266,6 +266,10 @@ def _without_anchors_if_older(meta: dict[str, str]) -> dict[str, str]:
     them: no ``anchors`` key (before anchor-query MSPT): every point ran through the blocks; anchors without
     ``reads``: queries read their nearest anchor's patch."""
     net, config = json.loads(meta["model_config"]), json.loads(meta["config"])
+    transient = config.get("data", {}).get("transient")
+    if isinstance(transient, dict) and "derivatives" not in transient:  # before the derivative inputs
+        transient["derivatives"] = False
+        meta = {**meta, "config": json.dumps(config)}
     if "anchors" not in net:
         net["anchors"] = None
         config.setdefault("model", {})["anchors"] = None

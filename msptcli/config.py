@@ -64,6 +64,12 @@ class TransientConfig(BaseModel):
         "besides the snapshot spacing dt, which always is",
     )
     history: int = Field(0, ge=0, le=8, description="previous steps' increments given to the model as inputs")
+    derivatives: bool = Field(
+        True,
+        description="the mesh gradient and Laplacian of the current fields, times the local cell size h and h^2, "
+        "and log h as inputs (least squares over the mesh edges): the stencil a step needs, which attention "
+        "alone learns slowly",
+    )
     noise: float = Field(
         0.1,
         ge=0,

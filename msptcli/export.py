@@ -83,8 +83,11 @@ def _sidecar(ckpt: Checkpoint) -> dict:
             "step": "one step of the rollout: inputs(t) -> standardised increment; f(t+1) = f(t) + output * "
             "stats.increments (docs/transient.md)",
             "inputs": "the 11 geometry features below (wall points as surface points), then f(t) standardised with "
-            "stats.volume, then f(t-j+1) - f(t-j) / stats.increments for j = 1..history, then the conditions "
-            "standardised with stats.conditions (msptcli.data.transient.step_inputs)",
+            "stats.volume, then (with derivatives) h Dx f, h Dy f, h^2 L f over the field deviations and log(h / "
+            "coord_scale) (msptcli.geometry.mesh_gradient over the mesh edges), then f(t-j+1) - f(t-j) / "
+            "stats.increments for j = 1..history, then the conditions standardised with stats.conditions "
+            "(msptcli.data.transient.step_inputs)",
+            "derivatives": transient.derivatives,
             "fields": [n for n, _ in ckpt.channels.volume],
             "history": transient.history,
             "conditions": condition_names(transient),

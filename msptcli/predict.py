@@ -309,7 +309,6 @@ def _coefficients(
     return out
 
 
-
 def _params_beside(geometry: Path) -> dict[str, Any]:
     path = geometry.parent / "params.json"
     try:

@@ -170,7 +170,11 @@ def _build_manifest(out: Path, config: MsptConfig, metas: dict[str, dict], faile
 
 
 def _series_manifest(
-    out: Path, config: MsptConfig, metas: dict[str, dict], failed: list[tuple[str, str]], names: list[str],
+    out: Path,
+    config: MsptConfig,
+    metas: dict[str, dict],
+    failed: list[tuple[str, str]],
+    names: list[str],
     split: dict[str, str],
 ) -> Manifest:
     """The manifest of a transient dataset: statistics of the fields, their increments and the conditions."""

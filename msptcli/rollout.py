@@ -40,6 +40,7 @@ from msptcli.data.transient import (
     field_matrix,
     lookup,
     next_state,
+    operators_of,
     split_fields,
     static_features,
     step_inputs,
@@ -113,6 +114,7 @@ def rollout_series(
     points = geometry["mesh/points"]
     order = ball_tree_order(points)
     static = static_features(stats, geometry)
+    operators = operators_of(geometry) if transient.derivatives else None
     params = _params_of(initial, ckpt)
     values = condition_values(transient, {**params, **(conditions or {})}, series.dt, source=str(series.source))
     truth = field_matrix(series.fields, channels)  # (T', N, F) from snapshot start - h
@@ -124,7 +126,7 @@ def rollout_series(
     predicted: list[np.ndarray] = []
     started = time.perf_counter()
     for step in range(1, steps + 1):
-        inputs = step_inputs(stats, channels, transient, static, states[-(h + 1) :], values)
+        inputs = step_inputs(stats, channels, transient, static, states[-(h + 1) :], values, operators)
         (out_step,) = predict_clouds(ckpt.model, [points], [inputs], orders=[order], device=device,
                                      chunk_points=chunk_points)  # fmt: skip
         state = next_state(stats, channels, states[-1], out_step)

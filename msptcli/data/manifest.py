@@ -127,7 +127,6 @@ class Manifest(BaseModel):
                         f"{path}: {part} field {name!r} has {values.shape[1]} components, the manifest says {k}"
                     )
 
-
     def _check_series(self, sample: Sample, path: Path) -> None:
         """A transient sample: every field as (T, N, k) on its N mesh points, T snapshot times."""
         points, times = sample.arrays.get("mesh/points"), sample.arrays.get("times")

@@ -6,6 +6,7 @@ The mesh does not move, so its geometry features and its ball-tree order are com
     mesh/distance (N,), mesh/direction (N, 3)  to the body's outline (0 on the wall)
     mesh/wall (N,)                             1 on the body's outline, else 0
     body/edges (E, 2)                          the outline's mesh edges (``physics/shedding.py``)
+    mesh/edges (M, 2)                          every edge of the mesh (its derivatives, ``geometry/mesh_gradient.py``)
     order (N,)                                 the ball-tree order of the mesh points
     times (T,)                                 the snapshot times, equally spaced
     series/<field> (T, N, k)                   the fields of every snapshot
@@ -31,10 +32,11 @@ from msptcli.data.series import Series, read_series
 from msptcli.data.transient import condition_values
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order
+from msptcli.geometry.mesh_gradient import mesh_edges
 from msptcli.physics.shedding import body_edges
 
 #: What a prepared transient sample holds; part of the fingerprint.
-SERIES_CONTENT = "series-1"
+SERIES_CONTENT = "series-2"  # since the mesh edges (derivative inputs)
 
 
 def series_fingerprint(case: CaseFiles, data: DataConfig) -> str:
@@ -101,6 +103,7 @@ def mesh_geometry(series: Series) -> dict[str, np.ndarray]:
         "mesh/direction": direction.astype(np.float32),
         "mesh/wall": wall,
         "body/edges": edges.astype(np.int64),
+        "mesh/edges": mesh_edges(series.mesh),
     }
 
 

@@ -3,13 +3,17 @@
 A transient sample holds one mesh and the fields of T equally spaced snapshots on it. The network
 learns the *increment* of a step (standard for stable rollouts):
 
-    inputs(t)  = [ static (11) | f(t) (F) | f(t-j+1) - f(t-j), j = 1..h  (h F) | conditions (C) ]
+    inputs(t)  = [ static (11) | f(t) (F) | h Df(t), h^2 Lf(t), log h  (3F + 1) | f(t-j+1) - f(t-j), j = 1..h  (h F)
+                   | conditions (C) ]
     target(t)  = ( f(t+1) - f(t) ) / sigma_inc                                   per channel
     f(t+1)     = f(t) + sigma_inc * output                                       in a rollout
 
 ``static`` are the 11 geometry channels of steady mspt (``data/features.py``): coordinates, the body's
 outward normal on wall points, distance and direction to the body elsewhere, the wall flag. ``f`` are
-the configured fields (e.g. U, p), standardised with the training snapshots' mean and deviation; the
+the configured fields (e.g. U, p), standardised with the training snapshots' mean and deviation.
+``D f`` and ``L f`` are the mesh gradient (x, y) and Laplacian of the current fields
+(``geometry/mesh_gradient.py``), times the local cell size h and h^2, over the field's deviation
+(``data.transient.derivatives``): the stencil of a step, given rather than left to attention. The
 history increments and the targets with the deviation of one step's change, ``sigma_inc``, per channel;
 the conditions (the case's params, e.g. Re, and always the spacing dt) with their training statistics.
 In training, noise of ``noise * sigma_inc`` is added to f(t) and the target is the step from the noisy
@@ -28,6 +32,7 @@ from msptcli.config import TransientConfig
 from msptcli.data.features import IN_FEATURES, Channels
 from msptcli.data.manifest import FieldStats, Stats
 from msptcli.errors import InvalidInputError
+from msptcli.geometry.mesh_gradient import MeshOperators, mesh_operators
 
 #: The condition every transient model gets: the spacing of its snapshots.
 DT = "dt"
@@ -38,7 +43,8 @@ def input_width(transient: TransientConfig | None, channels: Channels) -> int:
     if transient is None:
         return IN_FEATURES
     fields = sum(k for _, k in channels.volume)
-    return IN_FEATURES + fields * (1 + transient.history) + len(condition_names(transient))
+    derivatives = 3 * fields + 1 if transient.derivatives else 0
+    return IN_FEATURES + fields * (1 + transient.history) + derivatives + len(condition_names(transient))
 
 
 def condition_names(transient: TransientConfig) -> list[str]:
@@ -102,6 +108,7 @@ def step_inputs(
     static: np.ndarray,
     states: Sequence[np.ndarray],
     conditions: dict[str, float],
+    operators: MeshOperators | None = None,
 ) -> np.ndarray:
     """(N, input_width) float32 inputs of one step.
 
@@ -109,6 +116,7 @@ def step_inputs(
         static: (N, 11) geometry channels (:func:`static_features`).
         states: the physical fields (N, F) at t - h, ..., t (oldest first, ``1 + history`` of them).
         conditions: the case's values of :func:`condition_names`.
+        operators: the mesh's derivatives (:func:`operators_of`), with ``transient.derivatives``.
     """
     if len(states) != 1 + transient.history:
         raise ValueError(f"a step with history {transient.history} needs {1 + transient.history} states")
@@ -116,6 +124,13 @@ def step_inputs(
     _, inc = _vector(stats.increments, channels, "increment")
     current = states[-1]
     parts = [static, (current - mean) / std]
+    if transient.derivatives:
+        if operators is None:
+            raise ValueError("transient.derivatives needs the mesh operators")
+        h = operators.size[:, None]
+        f = current.astype(np.float64)
+        parts += [h * (operators.dx @ f) / std, h * (operators.dy @ f) / std, h**2 * (operators.laplacian @ f) / std,
+                  np.log(operators.size / stats.coord_scale)[:, None]]  # fmt: skip
     for j in range(1, transient.history + 1):
         parts.append((states[-j] - states[-j - 1]) / inc)
     names = condition_names(transient)
@@ -132,16 +147,35 @@ def step_target(stats: Stats, channels: Channels, current: np.ndarray, following
     return ((following - current) / inc).astype(np.float32)
 
 
+#: The deviation a channel that never changed in training is given (``series_stats``).
+FLAT = 1e-12
+
+
 def next_state(stats: Stats, channels: Channels, current: np.ndarray, output: np.ndarray) -> np.ndarray:
-    """The physical state after one step: ``current + sigma_inc * output``."""
+    """The physical state after one step: ``current + sigma_inc * output``. A channel that never changed in
+    training (w of a 2D flow) keeps its value: its outputs were never trained, and a drift of it, however
+    small, would read as O(1) in the next step's standardised inputs."""
     _, inc = _vector(stats.increments, channels, "increment")
-    return (current + output.astype(np.float64) * inc).astype(np.float32)
+    return (current + output.astype(np.float64) * np.where(inc > 2 * FLAT, inc, 0.0)).astype(np.float32)
 
 
 def noise_scale(stats: Stats, channels: Channels, transient: TransientConfig) -> np.ndarray:
     """(F,) deviation of the training noise on each channel of the state, physical units."""
     _, inc = _vector(stats.increments, channels, "increment")
     return (transient.noise * inc).astype(np.float32)
+
+
+def operators_of(arrays: dict[str, np.ndarray], rows: np.ndarray | None = None) -> MeshOperators:
+    """The derivative operators of a prepared transient mesh (``mesh/points``, ``mesh/edges``). With ``rows``
+    (a subset of the points, training's ``train.volume_points``) the operators of the subset: the edges between
+    kept points (a coarser stencil, as the subset is a coarser mesh)."""
+    points, edges = np.asarray(arrays["mesh/points"]), np.asarray(arrays["mesh/edges"])
+    if rows is None:
+        return mesh_operators(points, edges)
+    index = np.full(len(points), -1)
+    index[rows] = np.arange(len(rows))
+    kept = index[edges]
+    return mesh_operators(points[rows], kept[(kept >= 0).all(axis=1)])
 
 
 def static_features(stats: Stats, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -189,7 +223,7 @@ def series_stats(
         for table, a, b, count in ((values, s1, s2, n), (increments, d1, d2, m)):
             mean = np.asarray(a) / count
             std = np.sqrt(np.maximum(np.asarray(b) / count - mean**2, 0.0))
-            table[name] = FieldStats(mean=mean.tolist(), std=np.maximum(std, 1e-12).tolist())
+            table[name] = FieldStats(mean=mean.tolist(), std=np.maximum(std, FLAT).tolist())
     conditions = {}
     for key in condition_keys:
         c = np.array([s.meta["conditions"][key] for s in samples], dtype=np.float64)

@@ -20,8 +20,16 @@ from msptcli.config import TransientConfig
 from msptcli.data.features import Channels
 from msptcli.data.manifest import Manifest, SampleEntry
 from msptcli.data.sample import Sample, load_sample, map_sample
-from msptcli.data.transient import field_matrix, noise_scale, static_features, step_inputs, step_target
+from msptcli.data.transient import (
+    field_matrix,
+    noise_scale,
+    operators_of,
+    static_features,
+    step_inputs,
+    step_target,
+)
 from msptcli.geometry.balltree import ball_tree_order
+from msptcli.geometry.mesh_gradient import MeshOperators
 from msptcli.model.inference import predict_clouds
 from msptcli.model.network import Network
 from msptcli.train.dataset import Cloud
@@ -50,6 +58,7 @@ class StepPairs(Dataset):
         h = transient.history
         self.items = [(e, t) for e in entries for t in range(h, (e.num_steps or 0) - 1)]
         self.epoch = 0
+        self._operators: dict[str, MeshOperators] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -63,9 +72,18 @@ class StepPairs(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         n = len(sample.arrays["mesh/points"])
         rows = np.arange(n) if self.points is None or self.points >= n else np.sort(rng.choice(n, self.points, False))
+        operators = None
+        if self.transient.derivatives:
+            if len(rows) == n:  # the whole mesh: its operators once per case (and loader worker)
+                if entry.name not in self._operators:
+                    self._operators[entry.name] = operators_of(sample.arrays)
+                operators = self._operators[entry.name]
+            else:
+                operators = operators_of(sample.arrays, rows)
         inputs, target = step_arrays(
-            sample, self.manifest, self.channels, self.transient, t, rows, rng=rng if self.noise else None
-        )
+            sample, self.manifest, self.channels, self.transient, t, rows, rng=rng if self.noise else None,
+            operators=operators,
+        )  # fmt: skip
         order = (
             np.asarray(sample.arrays["order"])
             if len(rows) == n
@@ -89,9 +107,11 @@ def step_arrays(
     rows: np.ndarray | None = None,
     *,
     rng: np.random.Generator | None = None,
+    operators: MeshOperators | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inputs (n, width) and standardised increment (n, F) of the step t -> t + 1 at ``rows`` (all: None);
-    with ``rng`` the input state gets the training noise and the target is the step from it."""
+    with ``rng`` the input state gets the training noise and the target is the step from it. ``operators``:
+    the derivatives of the mesh (of ``rows``), built here when the inputs need them and none are given."""
     a = sample.arrays
     rows = np.arange(len(a["mesh/points"])) if rows is None else rows
     geometry = {k: np.asarray(a[k])[rows] for k in ("mesh/points", "mesh/normals", "mesh/distance", "mesh/direction",
@@ -106,7 +126,9 @@ def step_arrays(
             manifest.stats, channels, transient
         )
     conditions = sample.meta["conditions"]
-    inputs = step_inputs(manifest.stats, channels, transient, static, states, conditions)
+    if transient.derivatives and operators is None:
+        operators = operators_of(a, None if len(rows) == len(a["mesh/points"]) else rows)
+    inputs = step_inputs(manifest.stats, channels, transient, static, states, conditions, operators)
     return inputs, step_target(manifest.stats, channels, states[-1], following)
 
 
@@ -122,8 +144,9 @@ def validate_steps(
         sample = load_sample(data_dir / entry.file)
         points = np.asarray(sample.arrays["mesh/points"])
         h, steps = transient.history, entry.num_steps or 0
+        operators = operators_of(sample.arrays) if transient.derivatives else None
         for t in np.unique(np.linspace(h, steps - 2, VAL_STEPS).round().astype(int)):
-            inputs, target = step_arrays(sample, manifest, channels, transient, int(t))
+            inputs, target = step_arrays(sample, manifest, channels, transient, int(t), operators=operators)
             (out,) = predict_clouds(
                 model, [points], [inputs], orders=[sample.arrays["order"]], device=device, bf16=bf16
             )
