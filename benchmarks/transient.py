@@ -147,8 +147,9 @@ def main() -> None:
         print(f"{name}: one-step U {one['U']:.4f} p {one['p']:.4f}; rollout of {roll.steps} steps", flush=True)
 
     print(f"\n## Transient MSPT ({cpu_name()}, {torch.get_num_threads()} threads, {datetime.date.today()})\n")
-    per_step = seconds / (args.epochs * steps_per_epoch)
-    print(f"{args.epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
+    epochs = len(rows) - 1  # done (a run stopped early has fewer than --epochs)
+    per_step = seconds / (epochs * steps_per_epoch)
+    print(f"{epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
           f"step; history {args.history}, noise {args.noise}, derivatives {not args.no_derivatives}\n")  # fmt: skip
     print(
         "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "

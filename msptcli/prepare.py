@@ -144,20 +144,10 @@ def _build_manifest(out: Path, config: MsptConfig, metas: dict[str, dict], faile
         if metas[name]["surface_location"] != location:
             raise DatasetError(f"case {name}: surface fields at {metas[name]['surface_location']}, not {location}")
     split = assign_split(names, config.data.split)
-    if config.data.transient is not None:
-        return _series_manifest(out, config, metas, failed, names, split)
-    entries = [
-        SampleEntry(
-            name=n,
-            file=f"{SAMPLES}/{n}.safetensors",
-            split=split[n],
-            num_surface=metas[n]["num_surface"],
-            num_volume=metas[n]["num_volume"],
-            reference_area=metas[n].get("reference_area"),
-            params=metas[n].get("params", {}),
-        )
-        for n in names
-    ]
+    transient = config.data.transient is not None
+    entries = [_entry(n, split[n], metas[n], transient=transient) for n in names]
+    if transient:
+        return _series_manifest(out, config, metas, failed, entries)
     stats = compute_stats(out, [e for e in entries if e.split == "train"], fields)
     return new_manifest(
         config,
@@ -169,29 +159,28 @@ def _build_manifest(out: Path, config: MsptConfig, metas: dict[str, dict], faile
     )
 
 
+def _entry(name: str, split: str, meta: dict, *, transient: bool) -> SampleEntry:
+    """A case's line in the manifest; a transient case's params are its conditions (the model's inputs)."""
+    if transient:
+        extra = {"params": dict(meta["conditions"]), "num_steps": meta["num_steps"], "dt": meta["dt"]}
+    else:
+        extra = {"params": meta.get("params", {}), "reference_area": meta.get("reference_area")}
+    return SampleEntry(
+        name=name,
+        file=f"{SAMPLES}/{name}.safetensors",
+        split=split,
+        num_surface=meta["num_surface"],
+        num_volume=meta["num_volume"],
+        **extra,
+    )
+
+
 def _series_manifest(
-    out: Path,
-    config: MsptConfig,
-    metas: dict[str, dict],
-    failed: list[tuple[str, str]],
-    names: list[str],
-    split: dict[str, str],
+    out: Path, config: MsptConfig, metas: dict[str, dict], failed: list[tuple[str, str]], entries: list[SampleEntry]
 ) -> Manifest:
     """The manifest of a transient dataset: statistics of the fields, their increments and the conditions."""
+    names = [e.name for e in entries]
     conditions = list(metas[names[0]]["conditions"])
-    entries = [
-        SampleEntry(
-            name=n,
-            file=f"{SAMPLES}/{n}.safetensors",
-            split=split[n],
-            num_surface=metas[n]["num_surface"],
-            num_volume=metas[n]["num_volume"],
-            params={k: v for k, v in metas[n]["conditions"].items()},
-            num_steps=metas[n]["num_steps"],
-            dt=metas[n]["dt"],
-        )
-        for n in names
-    ]
     train = [e for e in entries if e.split == "train"]
     if not train:
         raise DatasetError("no training samples: the split leaves the training set empty")

@@ -106,7 +106,7 @@ def rollout_series(
     name = name or _case_name(initial)
     folder, pvd = out / name, out / f"{name}.pvd"
     files = {"json": out / f"{name}.json", "png": out / f"{name}_rollout.png"}
-    _check_outputs(out, [folder, pvd, *files.values()], series.files)
+    _check_outputs(out, [folder, pvd, *files.values()], series.files, files=[pvd, *files.values()])
 
     # --- the case: geometry, tree order and conditions, once ---------------------------------------------
     channels, stats = ckpt.channels, ckpt.stats
@@ -285,15 +285,18 @@ def _case_name(initial: Path) -> str:
     return folder.resolve().name if initial.is_dir() or initial.stem == "series" else initial.stem
 
 
-def _check_outputs(out: Path, paths: list[Path], inputs: list[Path]) -> None:
+def _check_outputs(out: Path, paths: list[Path], inputs: list[Path], *, files: list[Path]) -> None:
+    """Before anything is written: ``out`` is a directory (or new), no output is or holds an input, and no
+    output file is a directory."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory; choose another --output")
     resolved = {p.resolve() for p in inputs}
     for path in paths:
         if path.resolve() in resolved or any(q.is_relative_to(path.resolve()) for q in resolved):
             raise InvalidInputError(f"{path}: refusing to overwrite the input series; choose another --output")
-    if paths[1].is_dir():
-        raise OutputError(f"cannot write {paths[1]}: it is a directory")
+    for path in files:
+        if path.is_dir():
+            raise OutputError(f"cannot write {path}: it is a directory")
 
 
 def _shape(values: np.ndarray, components: int) -> np.ndarray:
