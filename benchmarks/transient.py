@@ -12,7 +12,7 @@ Data: the six pimpleFoam runs of ``../shared/data/transient`` (laminar shedding 
   shapes and Reynolds numbers the model has not seen, inside the training range.
 
 The model is the default MSPT (width 128, 4 blocks, 8 heads) on every mesh point, trained on every
-step of the training cases (``data.transient``: increments, noise 0.1, conditions Re and dt). On each
+step of the training cases (``data.transient``: increments, noise 0.5, conditions Re and dt). On each
 case:
 
 - **one step**: from every true snapshot t, the predicted t + 1 (teacher forcing): mean rel. L2 of U
@@ -113,11 +113,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--history", type=int, default=0)
-    parser.add_argument("--noise", type=float, default=0.1)
+    parser.add_argument("--noise", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-derivatives", action="store_true", help="the plain variant: no mesh-derivative inputs")
     parser.add_argument("--reuse", action="store_true", help="evaluate the finished run in --work again")
     parser.add_argument("--compare", type=Path, help="the --work of another variant: its results beside these")
+    parser.add_argument("--compare-label", default=None, help="what the --compare variant is, for the plot")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"no data at {DATA}: this benchmark needs ../shared/data/transient")
@@ -191,7 +192,7 @@ def main() -> None:
                 cd_err = f"{abs(cd[0] / cd[1] - 1):.1%}" if cd[0] and cd[1] else "-"
                 print(f"| {name} | {label} | {r['one_step']['U']:.4f} | {r['one_step']['p']:.4f} "
                       f"| {u[0]:.3f} / {u[min(9, len(u) - 1)]:.3f} / {u[-1]:.3f} | {st_err} | {cd_err} |")  # fmt: skip
-    plot(results, IMAGE, other)
+    plot(results, IMAGE, other, args.compare_label or (args.compare.name if args.compare else ""))
     print(f"\nplot: {IMAGE}")
 
 
@@ -199,7 +200,7 @@ def _f(x: float | None) -> str:
     return "-" if x is None or x != x else f"{x:.4f}"
 
 
-def plot(results: dict, path: Path, other: dict | None = None) -> None:
+def plot(results: dict, path: Path, other: dict | None = None, label: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,7 +217,7 @@ def plot(results: dict, path: Path, other: dict | None = None) -> None:
         for ax, key in zip(axes[:2], ("U", "p"), strict=True):
             errs = other[name]["errors"][key]
             ax.plot(np.arange(1, len(errs) + 1), errs, "--", color="0.6", lw=1,
-                    label=f"{name}, without derivative inputs" if key == "U" else None)  # fmt: skip
+                    label=f"{name}, {label}" if key == "U" else None)  # fmt: skip
     axes[0].set_title("rel. L2 of U along the rollout")
     axes[1].set_title("rel. L2 of p along the rollout")
     for ax in axes[:2]:

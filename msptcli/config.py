@@ -71,7 +71,7 @@ class TransientConfig(BaseModel):
         "alone learns slowly",
     )
     noise: float = Field(
-        0.1,
+        0.5,
         ge=0,
         description="training noise on the input fields, in units of each channel's one-step change; the target "
         "is the step from the noisy state (noise injection: rollouts recover from their own errors)",
