@@ -368,7 +368,12 @@ def predict(
             "--initial", help="Transient models: roll out from a snapshot of this series (.pvd or case folder)."
         ),
     ] = None,
-    start: Annotated[int, typer.Option("--start", min=0, help="With --initial: the snapshot to start from.")] = 0,
+    start: Annotated[
+        int | None,
+        typer.Option(
+            "--start", min=0, help="With --initial: the snapshot to start from (default: the first possible)."
+        ),
+    ] = None,
     steps: Annotated[
         int | None, typer.Option("--steps", min=1, help="With --initial: steps to roll out (default: to its end).")
     ] = None,
@@ -391,7 +396,7 @@ def predict(
         return
     if not geometry:
         raise MsptError("give the geometries to predict on (or --initial SERIES for a transient model)")
-    if start or steps is not None or conditions:
+    if start is not None or steps is not None or conditions:
         raise MsptError("--start, --steps and --condition belong to --initial (transient models)")
     if volume is not None and volume_points is not None:
         raise MsptError("give --volume or --volume-points, not both")
@@ -419,7 +424,7 @@ def predict(
 
 
 def _rollout(
-    run: Path, initial: Path, output: Path, *, start: int, steps: int | None, conditions: list[str], device: Any
+    run: Path, initial: Path, output: Path, *, start: int | None, steps: int | None, conditions: list[str], device: Any
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -452,7 +457,9 @@ def _rollout(
         console.print(f"wrote {f}")
     if result.diverged_at is not None:
         err_console.print(f"[yellow]the rollout diverged at step {result.diverged_at}[/]: it stops before it")
-    table = Table(title=f"{result.name}: {result.steps} steps from snapshot {start} (checkpoint of epoch {ckpt.epoch})")
+    table = Table(
+        title=f"{result.name}: {result.steps} steps from snapshot {result.start} (checkpoint of epoch {ckpt.epoch})"
+    )
     for col in ("", "predicted", "series' fields", "solver"):
         table.add_column(col, justify="right")
     s = result.summary

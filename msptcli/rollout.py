@@ -60,6 +60,7 @@ class Rollout:
     """What a rollout wrote and measured."""
 
     name: str
+    start: int = 0  # the snapshot the rollout started from
     files: list[Path] = field(default_factory=list)
     steps: int = 0
     diverged_at: int | None = None  # the first step whose state was not finite (the rollout stopped before it)
@@ -73,7 +74,7 @@ def rollout_series(
     initial: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    start: int = 0,
+    start: int | None = None,
     steps: int | None = None,
     name: str | None = None,
     conditions: dict[str, float] | None = None,
@@ -81,8 +82,9 @@ def rollout_series(
     chunk_points: int | None = DEFAULT_CHUNK_POINTS,
     progress: Progress | None = None,
 ) -> Rollout:
-    """Roll the transient model of ``ckpt`` out from snapshot ``start`` of the series ``initial`` for ``steps``
-    steps (default: to the end of the series); see the module docstring.
+    """Roll the transient model of ``ckpt`` out from snapshot ``start`` (default: the first with the model's
+    ``history`` snapshots before it) of the series ``initial`` for ``steps`` steps (default: to the end of the
+    series); see the module docstring.
 
     ``conditions`` set or override the case's condition values (else read from its params file).
     """
@@ -91,6 +93,7 @@ def rollout_series(
         raise InvalidInputError(f"{ckpt.path}: is a steady model; --initial rolls out transient models only")
     initial, out = Path(initial), Path(out_dir)
     h = transient.history
+    start = h if start is None else start  # the first snapshot with h before it
     if start < h:
         raise InvalidInputError(f"--start {start}: the model reads {h} earlier snapshots, so start at {h} or later")
     stop = None if steps is None else start + steps + 1
@@ -122,7 +125,7 @@ def rollout_series(
     dt, t0 = series.dt, float(series.times[h])
 
     # --- the rollout -------------------------------------------------------------------------------------
-    result = Rollout(name=name)
+    result = Rollout(name=name, start=start)
     predicted: list[np.ndarray] = []
     started = time.perf_counter()
     for step in range(1, steps + 1):

@@ -296,8 +296,8 @@ def test_a_flow_without_a_body_has_no_wall_channels(tmp_path):
 
 def test_a_condition_outside_the_training_range_is_noted(run, tmp_path):
     _, _, run_dir = run
-    ok("predict", run_dir, "--initial", EXAMPLES / "case_0002", "--start", 1, "--steps", 1, "--condition", "Re=1000",
-       "-o", tmp_path)  # fmt: skip
+    ok("predict", run_dir, "--initial", EXAMPLES / "case_0002", "--steps", 1, "--condition", "Re=1000", "-o", tmp_path)
     summary = json.loads((tmp_path / "case_0002.json").read_text())
+    assert summary["start"] == 1  # by default the first snapshot with the model's history of 1 before it
     assert summary["conditions"]["Re"] == 1000
     assert any("Re = 1000 is outside the training cases' 278.8..278.8" in n for n in summary["notes"])
