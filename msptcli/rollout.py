@@ -33,7 +33,7 @@ import torch
 
 from msptcli.checkpoint import Checkpoint
 from msptcli.data.prepare_series import mesh_geometry
-from msptcli.data.series import read_series
+from msptcli.data.series import Series, read_series
 from msptcli.data.transient import (
     condition_names,
     condition_values,
@@ -215,8 +215,18 @@ def rollout_series(
     return result
 
 
-def _forces(ckpt, series, geometry, params, predicted, truth, true_at, times) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Drag and lift histories from the predicted fields and from the series' own, with St and mean Cd."""
+def _forces(
+    ckpt: Checkpoint,
+    series: Series,
+    geometry: dict[str, np.ndarray],
+    params: dict[str, Any],
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    true_at: list[int | None],
+    times: np.ndarray,
+) -> dict[str, Any]:
+    """Drag and lift histories from the ``predicted`` (S, N, F) states and from the series' own (``truth`` rows
+    ``true_at`` of each step, None past its end), with the shedding summaries: St, mean Cd, Cl amplitude."""
     from msptcli.physics.shedding import body_forces, shedding_summary
 
     ref = ckpt.reference.get("transient", {})
