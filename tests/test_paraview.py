@@ -6,13 +6,8 @@ only where ``pvpython`` or ``xvfb-run`` is not installed.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
-import pytest
 import pyvista as pv
-from helpers import distinct_colours, is_png
+from helpers import distinct_colours, is_png, needs_pvpython, run_pvpython
 
 pytest_plugins = ["helpers"]
 
@@ -40,10 +35,7 @@ for path, field, png in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
 """
 
 
-@pytest.mark.skipif(
-    shutil.which("pvpython") is None or shutil.which("xvfb-run") is None,
-    reason="needs Debian's ParaView (pvpython) and xvfb-run: apt-get install paraview xvfb xauth",
-)
+@needs_pvpython
 def test_paraview_renders_predicted_surface_and_volume(predicted_stl, tmp_path):
     name = "case_0003_geometry"
     surface, volume = predicted_stl.out / f"{name}.vtp", predicted_stl.out / f"{name}_volume.vtu"
@@ -51,10 +43,7 @@ def test_paraview_renders_predicted_surface_and_volume(predicted_stl, tmp_path):
     script.write_text(SCRIPT)
     pngs = {"p": tmp_path / "surface_p.png", "U": tmp_path / "volume_U.png"}
     args = [surface, "p", pngs["p"], volume, "U", pngs["U"]]
-    # -a from a server number of our own: two test runs at once would both try :99 and one would fail
-    xvfb = ["xvfb-run", "-a", "-n", str(100 + os.getpid() % 30_000), "-s", "-screen 0 1280x1024x24"]
-    command = [*xvfb, "pvpython", str(script), *map(str, args)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    done = run_pvpython(script, *args)
     assert done.returncode == 0, done.stdout + done.stderr
 
     lines = done.stdout.splitlines()

@@ -7,16 +7,14 @@ by the module: prepare -> train -> rollout, then resume, streaming, export and e
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import pyvista as pv
 import yaml
-from helpers import ROOT, invoke, ok, one_line_error
+from helpers import ROOT, invoke, needs_pvpython, ok, one_line_error, run_pvpython
 
 from msptcli.checkpoint import load_checkpoint
 from msptcli.config import load_config
@@ -222,10 +220,7 @@ def test_rollout_errors_are_one_line(run, trained, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(
-    shutil.which("pvpython") is None or shutil.which("xvfb-run") is None,
-    reason="needs Debian's ParaView (pvpython) and xvfb-run: apt-get install paraview xvfb xauth",
-)
+@needs_pvpython
 def test_paraview_plays_the_predicted_series(run, tmp_path):
     _, _, run_dir = run
     ok("predict", run_dir, "--initial", EXAMPLES / "case_0000", "--start", 1, "--steps", 3, "-o", tmp_path)
@@ -243,9 +238,7 @@ def test_paraview_plays_the_predicted_series(run, tmp_path):
         "    low, high = source.PointData['U_error'].GetRange(-1)\n"
         "    print('STEP', t, source.GetDataInformation().GetNumberOfPoints(), ','.join(names), high - low)\n"
     )
-    xvfb = ["xvfb-run", "-a", "-n", str(200 + os.getpid() % 30_000), "-s", "-screen 0 1280x1024x24"]
-    done = subprocess.run([*xvfb, "pvpython", str(script), str(tmp_path / "case_0000.pvd")], capture_output=True,
-                          text=True, timeout=180)  # fmt: skip
+    done = run_pvpython(script, tmp_path / "case_0000.pvd")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert "TIMES 3" in lines
