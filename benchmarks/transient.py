@@ -12,12 +12,12 @@ Data: the six pimpleFoam runs of ``../shared/data/transient`` (laminar shedding 
   shapes and Reynolds numbers the model has not seen, inside the training range.
 
 The model is the default MSPT (width 128, 4 blocks, 8 heads) on every mesh point, trained on every
-step of the training cases (``data.transient``: increments, noise 0.5, conditions Re and dt). On each
+step of the training cases (``data.transient``: increments, history 1, noise 0.5, conditions Re and dt). On each
 case:
 
 - **one step**: from every true snapshot t, the predicted t + 1 (teacher forcing): mean rel. L2 of U
   and p, next to *persistence* (f(t+1) = f(t)), the error of not predicting at all;
-- **rollout**: ``mspt predict --initial`` from snapshot 0 over all 47 steps (``msptcli.rollout``): rel.
+- **rollout**: ``mspt predict --initial`` from snapshot h (the history) to the end (``msptcli.rollout``): rel.
   L2 after 1, 10 and 47 steps, the Strouhal number of the predicted lift (zero up-crossings, the
   data's README) and the mean Cd over its whole cycles, against the solver's (``params.json``) and
   against the same method on the series' own fields; seconds per step.
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("out/bench-transient"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--history", type=int, default=0)
+    parser.add_argument("--history", type=int, default=1)
     parser.add_argument("--noise", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-derivatives", action="store_true", help="the plain variant: no mesh-derivative inputs")

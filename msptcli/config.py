@@ -63,7 +63,7 @@ class TransientConfig(BaseModel):
         description="keys of the case's params (dotted, e.g. 'reference.nu') given to the model as inputs, "
         "besides the snapshot spacing dt, which always is",
     )
-    history: int = Field(0, ge=0, le=8, description="previous steps' increments given to the model as inputs")
+    history: int = Field(1, ge=0, le=8, description="previous steps' increments given to the model as inputs")
     derivatives: bool = Field(
         True,
         description="the mesh gradient and Laplacian of the current fields, times the local cell size h and h^2, "
