@@ -31,13 +31,20 @@ class MeshOperators:
     size: np.ndarray  # (N,) mean edge length at each point
 
 
-def mesh_edges(mesh: Any) -> np.ndarray:
-    """(M, 2) int64 undirected edges (i < j) of the cells of a polygonal mesh, each once."""
+def cell_edges(mesh: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Points ``(N, 3)`` and every cell's edges ``a -> b`` in its vertex order, with their cell, of a polygonal
+    mesh (an edge shared by two cells appears twice, once in each direction for consistently oriented cells)."""
     faces = parse_faces(mesh)
     conn, offsets = faces.conn, faces.offsets
     following = np.arange(1, len(conn) + 1)
     following[offsets[1:] - 1] = offsets[:-1]  # each cell's last vertex is followed by its first
-    a, b = conn, conn[following]
+    cell = np.repeat(np.arange(faces.n_cells), np.diff(offsets))
+    return faces.points, conn, conn[following], cell
+
+
+def mesh_edges(mesh: Any) -> np.ndarray:
+    """(M, 2) int64 undirected edges (i < j) of the cells of a polygonal mesh, each once."""
+    _, a, b, _ = cell_edges(mesh)
     pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
     return np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0).astype(np.int64)
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from msptcli.errors import InvalidInputError
-from msptcli.geometry.faces import parse_faces
+from msptcli.geometry.mesh_gradient import cell_edges
 
 if TYPE_CHECKING:
     import pyvista as pv
@@ -235,19 +235,13 @@ def shedding_summary(
 
 def _edges(mesh: pv.DataSet) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Points ``(N, 3)``, every cell's edges ``a -> b`` in its vertex order, their cell, and which are boundary."""
-    faces = parse_faces(mesh)
-    points = faces.points
+    points, a, b, cell = cell_edges(mesh)
     z = points[:, 2]
     extent = max(float(np.ptp(points[:, :2], axis=0).max()), 1.0)
     if np.ptp(z) > 1e-6 * extent:
         raise InvalidInputError(
             f"the mesh is not planar: its points span z = {z.min():g} .. {z.max():g}, not one z plane"
         )
-    conn, offsets = faces.conn, faces.offsets
-    following = np.arange(1, len(conn) + 1)
-    following[offsets[1:] - 1] = offsets[:-1]  # each cell's last vertex is followed by its first
-    a, b = conn, conn[following]
-    cell = np.repeat(np.arange(faces.n_cells), np.diff(offsets))
     key = np.minimum(a, b) * len(points) + np.maximum(a, b)
     _, inverse, count = np.unique(key, return_inverse=True, return_counts=True)
     return points, a, b, cell, count[inverse] == 1
