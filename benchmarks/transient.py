@@ -2,6 +2,7 @@
 
     python benchmarks/transient.py                 # CPU: prepare, train (~35 min), evaluate
     python benchmarks/transient.py --reuse         # evaluate a finished run again
+    python benchmarks/transient.py --pushforward 2 --compare out/bench-transient --work out/bench-pushforward
 
 Data: the six pimpleFoam runs of ``../shared/data/transient`` (laminar shedding past 2D bluff bodies,
 48 snapshots each, about 12 per shedding period). Split (documented in docs/benchmarks.md):
@@ -65,6 +66,7 @@ def config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 "conditions": ["Re"],
                 "history": args.history,
                 "noise": args.noise,
+                "pushforward": args.pushforward,
             },
             "data.split.train": TRAIN,
             "data.split.test": TEST,
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--history", type=int, default=1)
     parser.add_argument("--noise", type=float, default=0.5)
+    parser.add_argument("--pushforward", type=int, default=0, help="data.transient.pushforward: unrolled steps")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-derivatives", action="store_true", help="the plain variant: no mesh-derivative inputs")
     parser.add_argument("--reuse", action="store_true", help="evaluate the finished run in --work again")
@@ -151,7 +154,8 @@ def main() -> None:
     epochs = len(rows) - 1  # done (a run stopped early has fewer than --epochs)
     per_step = seconds / (epochs * steps_per_epoch)
     print(f"{epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
-          f"step; history {args.history}, noise {args.noise}, derivatives {not args.no_derivatives}\n")  # fmt: skip
+          f"step; history {args.history}, noise {args.noise}, derivatives {not args.no_derivatives}, pushforward "
+          f"{args.pushforward}\n")  # fmt: skip
     print(
         "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "
         "| p after 1 / 10 / all | St predicted / fields / solver | St error | mean Cd predicted / solver "

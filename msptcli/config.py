@@ -76,6 +76,14 @@ class TransientConfig(BaseModel):
         description="training noise on the input fields, in units of each channel's one-step change; the target "
         "is the step from the noisy state (noise injection: rollouts recover from their own errors)",
     )
+    pushforward: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="pushforward training: each training step's input state is the network's own rollout of a "
+        "random 0..pushforward steps from the data (no gradient through it), so it learns to correct the errors "
+        "it makes in a rollout; 0: every input comes from the data",
+    )
     reference_length: float = Field(1.0, gt=0, description="L_ref of the 2D force coefficients (per unit depth)")
     viscosity: float | None = Field(None, gt=0, description="kinematic viscosity for the viscous forces")
     viscosity_key: str | None = Field(

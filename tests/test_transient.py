@@ -193,6 +193,55 @@ def test_resume_continues_the_transient_run_exactly(run, tmp_path):
         np.testing.assert_allclose(resumed.model.state_dict()[key].numpy(), value.numpy(), atol=1e-6, err_msg=key)
 
 
+def test_pushforward_trains_the_step_from_the_networks_own_rollout(run, tmp_path, monkeypatch):
+    config, data, run_dir = run
+    cfg = load_config(config)
+    manifest = read_manifest(data)
+    transient = cfg.data.transient.model_copy(update={"pushforward": 2, "noise": 0.0})
+    channels = Channels.from_fields(manifest.fields)
+    entries = manifest.split("train")
+    pairs = StepPairs(data, manifest, entries, transient, points=None, seed=0)
+    items = [pairs[i] for i in range(len(pairs))]
+    marked = [i for i, c in enumerate(items) if c.unroll is not None]
+    assert [c.unroll for c in items if c.unroll is not None] == marked and 0 < len(marked) < len(pairs)
+    assert items[0].unroll is None  # t = 1 has no earlier snapshot to start a rollout from (history 1)
+    model = load_checkpoint(run_dir).model
+    sample = load_sample(data / entries[0].file)
+    a = sample.arrays
+    order = a["order"]
+    for index in marked[:3]:
+        _, t = pairs.items[index]
+        _, unrolled, _ = pairs._draw(index, t, sample)
+        model.train()
+        inputs, target = pairs.push_forward(model, index, "cpu", bf16=False)
+        assert model.training  # back in training mode
+        data_inputs, _ = step_arrays(sample, manifest, channels, transient, t)
+        assert 1 <= unrolled <= 2 and not np.allclose(inputs.numpy(), data_inputs[order], atol=1e-3)
+        # the trained step goes from where the network got to, to the data's next snapshot
+        state = np.concatenate([a["series/U"][t - unrolled], a["series/p"][t - unrolled]], axis=1)
+        previous = None
+        for s in range(unrolled):  # the network's own rollout from snapshot t - j, step by step
+            step_in, _ = step_arrays(sample, manifest, channels, transient, t - unrolled + s,
+                                     states=None if s == 0 else [previous, state])  # fmt: skip
+            (out,) = predict_clouds(model, [a["mesh/points"]], [step_in], orders=[order], bf16=False)
+            previous, state = state, next_state(manifest.stats, channels, state, out)
+        following = np.concatenate([a["series/U"][t + 1], a["series/p"][t + 1]], axis=1)
+        increment = np.empty_like(following)
+        increment[order] = target.numpy()  # tree order -> the mesh's
+        np.testing.assert_allclose(next_state(manifest.stats, channels, state, increment), following, atol=1e-4)
+        final, _ = step_arrays(sample, manifest, channels, transient, t, states=[previous, state])
+        np.testing.assert_allclose(inputs.numpy(), final[order], atol=1e-5)
+
+    calls = []
+    original = StepPairs.push_forward
+    monkeypatch.setattr(StepPairs, "push_forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    cfg = load_config(config, values={"data.transient.pushforward": 1, "train.epochs": 1})
+    summary = train_model(data, tmp_path / "pushed", config=cfg)
+    assert summary.epochs_done == 1 and calls
+    rows = (tmp_path / "pushed" / "metrics.csv").read_text().splitlines()
+    assert np.isfinite(float(dict(zip(rows[0].split(","), rows[1].split(","), strict=True))["train_loss"]))
+
+
 def test_one_step_exports_to_onnx_verified_in_onnxruntime(run, tmp_path):
     pytest.importorskip("onnxruntime")
     _, _, run_dir = run

@@ -34,6 +34,7 @@ class Cloud:
     mask: torch.Tensor  # (n + m, C) bool
     num_surface: int  # surface rows come first in the *unordered* cloud
     order: np.ndarray  # tree order: row r of the tensors is row order[r] of [surface ; volume]
+    unroll: int | None = None  # transient pushforward: the item whose inputs the loop builds (StepPairs.push_forward)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Batch:
     targets: torch.Tensor
     mask: torch.Tensor
     layout: PatchLayout
+    unrolls: tuple[tuple[int, int, int], ...] = ()  # (item, first row, end row) of every cloud marked ``unroll``
 
     def to(self, device: torch.device) -> Batch:
         nb = device.type == "cuda"
@@ -50,6 +52,7 @@ class Batch:
             self.targets.to(device, non_blocking=nb),
             self.mask.to(device, non_blocking=nb),
             self.layout.to(device),
+            self.unrolls,
         )
 
 
@@ -187,11 +190,15 @@ def collate(clouds: list[Cloud] | list[AnchorCloud], model_config: ModelConfig) 
             mask=torch.cat([c.mask for c in clouds]),
         )
     features = torch.cat([c.features for c in clouds])
+    sizes = [len(c.features) for c in clouds]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    unrolls = tuple((c.unroll, starts[b], starts[b + 1]) for b, c in enumerate(clouds) if c.unroll is not None)
     return Batch(
         features=features,
         targets=torch.cat([c.targets for c in clouds]),
         mask=torch.cat([c.mask for c in clouds]),
-        layout=build_layout([len(c.features) for c in clouds], model_config, features),
+        layout=build_layout(sizes, model_config, features),  # adaptive patches: built again after push_forward
+        unrolls=unrolls,
     )
 
 

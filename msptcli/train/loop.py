@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,9 +35,9 @@ from msptcli.device import pick_device
 from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
 from msptcli.io.atomic import atomic_output, make_dirs
-from msptcli.model import Network, build_network
+from msptcli.model import ModelConfig, Network, build_layout, build_network
 from msptcli.train import finetune
-from msptcli.train.dataset import QueryBatch, TrainClouds, collate, loader_workers
+from msptcli.train.dataset import Batch, QueryBatch, TrainClouds, collate, loader_workers
 from msptcli.train.distributed import World, join, leave, rank_batches
 from msptcli.train.log import append_metrics, plot_curves, truncate_metrics
 from msptcli.train.objective import channel_weights, lr_factor, masked_mse
@@ -290,6 +290,8 @@ def _train(
                 loss_count += len(losses)
                 save_state(epoch, step)
                 return TrainSummary(run_dir, epoch, interrupted=True, model=model, main=world.main)
+            if isinstance(cpu_batch, Batch) and cpu_batch.unrolls:  # pushforward (transient)
+                cpu_batch = _push_forward(cpu_batch, dataset, model, model_config, device, bf16=tc.bf16)
             batch = cpu_batch.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda"):
                 if isinstance(batch, QueryBatch):  # anchor-query MSPT: the loss counts on the queries
@@ -343,6 +345,19 @@ def _train(
             save_checkpoint(ckpt_dir / "best.safetensors", model, epoch=epoch, metrics=row, **save_kw)
         plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
     return TrainSummary(run_dir, epoch, model=model, main=world.main, parent=parent_record)
+
+
+def _push_forward(
+    batch: Batch, dataset: StepPairs, model: Network, model_config: ModelConfig, device: torch.device, *, bf16: bool
+) -> Batch:
+    """The batch with the inputs and targets of its pushforward clouds (``StepPairs.push_forward``) filled in."""
+    features, targets = batch.features.clone(), batch.targets.clone()
+    for index, start, stop in batch.unrolls:
+        features[start:stop], targets[start:stop] = dataset.push_forward(model, index, device, bf16=bf16)
+    layout = batch.layout
+    if model_config.adaptive is not None:  # the patches follow the inputs
+        layout = build_layout(layout.sizes, model_config, features)
+    return replace(batch, features=features, targets=targets, layout=layout, unrolls=())
 
 
 def _validate(model, data_dir, manifest, entries, device, reference, *, bf16) -> dict[str, float]:  # type: ignore[no-untyped-def]

@@ -5,6 +5,12 @@ item; an epoch visits each once. An item is the whole mesh (or ``train.volume_po
 of it, with their own ball tree) in tree order, with the step's inputs and standardised increment
 (``data/transient.py``), and noise on the input state drawn from (seed, epoch, index), so runs are
 reproducible whatever the number of loader workers.
+
+Pushforward training (``data.transient.pushforward`` = k > 0; Brandstetter, Worrall and Welling, 2022):
+an item then also draws j in 0..k, and for j > 0 its input state is not the data's but the network's own
+rollout of j steps from snapshot t - j, without gradient, so the trained step t -> t + 1 sees the errors
+that a rollout makes and learns to undo them. The loader cannot run the network; it marks such an item
+(``Cloud.unroll``) and the loop calls :meth:`StepPairs.push_forward` for it before the step.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from msptcli.config import TransientConfig
@@ -22,8 +29,11 @@ from msptcli.data.manifest import Manifest, SampleEntry
 from msptcli.data.sample import Sample, load_sample, map_sample
 from msptcli.data.transient import (
     field_matrix,
+    input_width,
+    next_state,
     noise_scale,
     operators_of,
+    split_fields,
     static_features,
     step_inputs,
     step_target,
@@ -69,26 +79,22 @@ class StepPairs(Dataset):
     def __getitem__(self, index: int) -> Cloud:
         entry, t = self.items[index]
         sample = map_sample(self.data_dir / entry.file)  # only this step's snapshots are read from disk
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        n = len(sample.arrays["mesh/points"])
-        rows = np.arange(n) if self.points is None or self.points >= n else np.sort(rng.choice(n, self.points, False))
-        operators = None
-        if self.transient.derivatives:
-            if len(rows) == n:  # the whole mesh: its operators once per case (and loader worker)
-                if entry.name not in self._operators:
-                    self._operators[entry.name] = operators_of(sample.arrays)
-                operators = self._operators[entry.name]
-            else:
-                operators = operators_of(sample.arrays, rows)
+        rng, unrolled, rows = self._draw(index, t, sample)
+        order = self._order(sample, rows)
+        if unrolled:  # the loop builds this item's inputs and target from the network's rollout (push_forward)
+            width = input_width(self.transient, self.channels)
+            return Cloud(
+                features=torch.zeros((len(rows), width)),
+                targets=torch.zeros((len(rows), self.channels.total)),
+                mask=torch.ones((len(rows), self.channels.total), dtype=torch.bool),
+                num_surface=0,
+                order=order,
+                unroll=index,
+            )
         inputs, target = step_arrays(
             sample, self.manifest, self.channels, self.transient, t, rows, rng=rng if self.noise else None,
-            operators=operators,
+            operators=self._operators_for(entry.name, sample, rows),
         )  # fmt: skip
-        order = (
-            np.asarray(sample.arrays["order"])
-            if len(rows) == n
-            else ball_tree_order(np.asarray(sample.arrays["mesh/points"])[rows])
-        )
         return Cloud(
             features=torch.from_numpy(inputs[order]),
             targets=torch.from_numpy(target[order]),
@@ -96,6 +102,55 @@ class StepPairs(Dataset):
             num_surface=0,
             order=order,
         )
+
+    def push_forward(self, model: Network, index: int, device: torch.device, *, bf16: bool) -> tuple[Tensor, Tensor]:
+        """Inputs and standardised target, in tree order, of item ``index`` drawn with j > 0 unrolled steps:
+        the network (in eval mode and without gradient, then back in training mode) steps j times from the
+        data at snapshot t - j; the trained step starts from where it got to, with the training noise."""
+        entry, t = self.items[index]
+        sample = map_sample(self.data_dir / entry.file)
+        rng, unrolled, rows = self._draw(index, t, sample)
+        operators = self._operators_for(entry.name, sample, rows)
+        order = self._order(sample, rows)
+        points = np.asarray(sample.arrays["mesh/points"])[rows]
+        was_training = model.training
+        states = None
+        for s in range(unrolled):
+            inputs, _ = step_arrays(
+                sample, self.manifest, self.channels, self.transient, t - unrolled + s, rows,
+                operators=operators, states=states,
+            )  # fmt: skip
+            (out,) = predict_clouds(model, [points], [inputs], orders=[order], device=device, bf16=bf16)
+            states = step_states(sample, self.channels, self.transient, t - unrolled + s, rows, states)
+            states = [*states[1:], next_state(self.manifest.stats, self.channels, states[-1], out)]  # t-h+1 .. t+1
+        model.train(was_training)
+        inputs, target = step_arrays(
+            sample, self.manifest, self.channels, self.transient, t, rows, rng=rng if self.noise else None,
+            operators=operators, states=states,
+        )  # fmt: skip
+        return torch.from_numpy(inputs[order]), torch.from_numpy(target[order])
+
+    def _draw(self, index: int, t: int, sample: Sample) -> tuple[np.random.Generator, int, np.ndarray]:
+        """The item's random stream, its number of unrolled steps and its rows: the same in the loader and loop."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        k = min(self.transient.pushforward, t - self.transient.history)
+        unrolled = int(rng.integers(0, k + 1)) if k > 0 else 0
+        n = len(sample.arrays["mesh/points"])
+        rows = np.arange(n) if self.points is None or self.points >= n else np.sort(rng.choice(n, self.points, False))
+        return rng, unrolled, rows
+
+    def _order(self, sample: Sample, rows: np.ndarray) -> np.ndarray:
+        points = np.asarray(sample.arrays["mesh/points"])
+        return np.asarray(sample.arrays["order"]) if len(rows) == len(points) else ball_tree_order(points[rows])
+
+    def _operators_for(self, name: str, sample: Sample, rows: np.ndarray) -> MeshOperators | None:
+        if not self.transient.derivatives:
+            return None
+        if len(rows) < len(sample.arrays["mesh/points"]):
+            return operators_of(sample.arrays, rows)
+        if name not in self._operators:  # the whole mesh: its operators once per case (and process)
+            self._operators[name] = operators_of(sample.arrays)
+        return self._operators[name]
 
 
 def step_arrays(
@@ -108,19 +163,19 @@ def step_arrays(
     *,
     rng: np.random.Generator | None = None,
     operators: MeshOperators | None = None,
+    states: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inputs (n, width) and standardised increment (n, F) of the step t -> t + 1 at ``rows`` (all: None);
     with ``rng`` the input state gets the training noise and the target is the step from it. ``operators``:
-    the derivatives of the mesh (of ``rows``), built here when the inputs need them and none are given."""
+    the derivatives of the mesh (of ``rows``), built here when the inputs need them and none are given.
+    ``states``: the history and current state (t - h .. t) to use instead of the data's (pushforward)."""
     a = sample.arrays
     rows = np.arange(len(a["mesh/points"])) if rows is None else rows
     geometry = {k: np.asarray(a[k])[rows] for k in ("mesh/points", "mesh/normals", "mesh/distance", "mesh/direction",
                                                     "mesh/wall")}  # fmt: skip
     static = static_features(manifest.stats, geometry)
-    h = transient.history
-    states = [field_matrix({n: a[f"series/{n}"][s][rows] for n, _ in channels.volume}, channels)
-              for s in range(t - h, t + 2)]  # fmt: skip
-    following = states.pop()
+    states = step_states(sample, channels, transient, t, rows, states)
+    following = field_matrix({n: a[f"series/{n}"][t + 1][rows] for n, _ in channels.volume}, channels)
     if rng is not None and transient.noise > 0:
         states[-1] = states[-1] + rng.standard_normal(states[-1].shape).astype(np.float32) * noise_scale(
             manifest.stats, channels, transient
@@ -130,6 +185,19 @@ def step_arrays(
         operators = operators_of(a, None if len(rows) == len(a["mesh/points"]) else rows)
     inputs = step_inputs(manifest.stats, channels, transient, static, states, conditions, operators)
     return inputs, step_target(manifest.stats, channels, states[-1], following)
+
+
+def step_states(
+    sample: Sample, channels: Channels, transient: TransientConfig, t: int, rows: np.ndarray,
+    states: list[np.ndarray] | None = None,
+) -> list[np.ndarray]:  # fmt: skip
+    """The h + 1 states t - h .. t at ``rows`` (physical field matrices): a copy of ``states`` when given,
+    else the data's."""
+    if states is not None:
+        return list(states)
+    a, h = sample.arrays, transient.history
+    return [field_matrix({n: a[f"series/{n}"][s][rows] for n, _ in channels.volume}, channels)
+            for s in range(t - h, t + 1)]  # fmt: skip
 
 
 def validate_steps(
@@ -158,8 +226,6 @@ def validate_steps(
 
 def step_errors(sample: Sample, channels: Channels, manifest: Manifest, t: int, out: np.ndarray) -> dict[str, Any]:
     """Relative L2 error of each field of the state after one predicted step from snapshot t."""
-    from msptcli.data.transient import next_state, split_fields
-
     a = sample.arrays
     current = field_matrix({n: a[f"series/{n}"][t] for n, _ in channels.volume}, channels)
     truth = field_matrix({n: a[f"series/{n}"][t + 1] for n, _ in channels.volume}, channels)
