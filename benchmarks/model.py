@@ -4,6 +4,7 @@
     python benchmarks/model.py --sizes 8192 16384   # a quick run
     python benchmarks/model.py --device cuda        # GPU: 100k .. 4M points, bf16, plus 10M streaming
     python benchmarks/model.py --versus-transolver --sizes 16384 32768 --repeats 3   # the side-by-side only
+    python benchmarks/model.py --versus-transolver --keep-freed-memory ...   # glibc keeping freed memory
 
 Each measurement runs in a fresh subprocess so that peak memory is its own:
 on the CPU the growth of peak resident memory (ru_maxrss) over the resident
@@ -20,7 +21,9 @@ from a fetched snapshot; the table is skipped with a note when none is there) at
 size as MSPT's default (128 hidden, 4 layers, 8 heads, MLP ratio 4, 32 slices: 0.77M parameters
 against MSPT's 0.81M), both on one cloud with the pipeline's 11 input and 8 output channels.
 The two models alternate, ``--repeats`` times each, every run in a fresh process; the table shows
-the median and the ratio.
+the median and the ratio of the first call (time and peak memory) and, for forward + backward on
+the CPU, of the steady-state step: the median of the steps after the first few in the same process,
+which is what an epoch costs (the first step also pays for fresh memory pages).
 """
 
 from __future__ import annotations
@@ -90,18 +93,38 @@ def worker_versus(n: int, variant: str, mode: str, device: str) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    return timed(run, device)
+    cold = timed(run, device)
+    if device == "cpu" and mode == "train":  # the steps after the first: what an epoch of training costs
+        times = []
+        for _ in range(STEADY_STEPS):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        cold["steady_seconds"] = statistics.median(times[1:])
+    return cold
 
 
-def versus_transolver(sizes: list[int], device: str, repeats: int, timeout: float) -> None:
+#: Steps a side-by-side worker runs after its first, timed one; the median of all but the first of them
+#: is the steady-state step (the allocator and caches warmed up), which the first step overstates.
+STEADY_STEPS = 4
+
+
+#: glibc settings that keep freed memory in the process (``--keep-freed-memory``): no block is given its own
+#: mapping and the heap is never trimmed, so a step reuses the pages of the last instead of faulting in new ones.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def versus_transolver(sizes: list[int], device: str, repeats: int, timeout: float, keep_freed: bool = False) -> None:
     """The side-by-side table (see the module docstring)."""
+    env = {**os.environ, **(KEEP_FREED_MEMORY if keep_freed else {})}
     try:
         official_transolver(11, 8)
     except LookupError as exc:
         print(f"MSPT vs Transolver skipped: {exc}")
         return
-    print("| N | mode | MSPT s | Transolver s | time ratio | MSPT peak MB | Transolver peak MB | memory ratio |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| N | mode | MSPT s | Transolver s | time ratio | MSPT peak MB | Transolver peak MB | memory ratio "
+          "| steady-state step, MSPT / Transolver s | steady ratio |")  # fmt: skip
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         for mode in ("forward", "train"):
             runs: dict[str, list[dict]] = {"mspt": [], "transolver": []}
@@ -109,7 +132,7 @@ def versus_transolver(sizes: list[int], device: str, repeats: int, timeout: floa
                 for variant in runs:  # alternating: a busy spell of the machine hits both
                     cmd = [sys.executable, __file__, "--versus-worker", str(n), variant, mode, "--device", device]
                     try:
-                        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
                     except subprocess.TimeoutExpired:
                         continue
                     if out.returncode == 0:
@@ -122,11 +145,20 @@ def versus_transolver(sizes: list[int], device: str, repeats: int, timeout: floa
             print(
                 f"| {n:,} | {'forward + backward' if mode == 'train' else 'forward'} | {t['mspt']:.3f} "
                 f"| {t['transolver']:.3f} | {t['mspt'] / t['transolver']:.2f}x | {m['mspt'] / 2**20:,.0f} "
-                f"| {m['transolver'] / 2**20:,.0f} | {m['mspt'] / max(m['transolver'], 1):.2f}x |",
+                f"| {m['transolver'] / 2**20:,.0f} | {m['mspt'] / max(m['transolver'], 1):.2f}x | {_steady(runs)} |",
                 flush=True,
             )
     p = {v: worker_param_count(v) for v in ("mspt", "transolver")}
     print(f"\nparameters: MSPT {p['mspt']:,}, Transolver {p['transolver']:,}; median of {repeats} alternating runs")
+
+
+def _steady(runs: dict[str, list[dict]]) -> str:
+    """The steady-state cells of a side-by-side row: medians over the runs and their ratio, or blanks."""
+    steady = {v: [r["steady_seconds"] for r in rs if "steady_seconds" in r] for v, rs in runs.items()}
+    if not all(steady.values()):
+        return " | "
+    t = {v: statistics.median(x) for v, x in steady.items()}
+    return f"{t['mspt']:.3f} / {t['transolver']:.3f} | {t['mspt'] / t['transolver']:.2f}x"
 
 
 def worker_param_count(variant: str) -> int:
@@ -207,6 +239,11 @@ def main() -> None:
     parser.add_argument("--stream-only", action="store_true", help="only the streaming-inference row")
     parser.add_argument("--versus-transolver", action="store_true", help="only the side-by-side with Transolver")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per model in the side-by-side")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="run the side-by-side's workers with glibc's MALLOC_MMAP_MAX_=0 and no heap trimming (Linux)",
+    )
     parser.add_argument("--worker", nargs=3, metavar=("N", "VARIANT", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--versus-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -233,7 +270,10 @@ def main() -> None:
     )
     print()
     if args.versus_transolver:
-        versus_transolver(args.sizes or [8192 * 2**i for i in range(6)], args.device, args.repeats, args.timeout)
+        versus_transolver(
+            args.sizes or [8192 * 2**i for i in range(6)], args.device, args.repeats, args.timeout,
+            args.keep_freed_memory,
+        )  # fmt: skip
         return
     print("| model | N | K x L | forward s | forward peak MB | fwd+bwd s | fwd+bwd peak MB |")
     print("|---|---:|---:|---:|---:|---:|---:|")

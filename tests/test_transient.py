@@ -7,7 +7,10 @@ by the module: prepare -> train -> rollout, then resume, streaming, export and e
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -240,6 +243,24 @@ def test_pushforward_trains_the_step_from_the_networks_own_rollout(run, tmp_path
     assert summary.epochs_done == 1 and calls
     rows = (tmp_path / "pushed" / "metrics.csv").read_text().splitlines()
     assert np.isfinite(float(dict(zip(rows[0].split(","), rows[1].split(","), strict=True))["train_loss"]))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_with_pushforward(run, tmp_path):
+    """Two gloo ranks of one step pair each against one process with both in its batch: the same weights,
+    pushforward clouds included (every rank rolls its own out with its copy of the network)."""
+    config, data, _ = run
+    common = ["-c", str(config), "train.epochs=1", "data.transient.pushforward=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "msptcli"]
+    ddp = subprocess.run(
+        [*cmd, "train", str(data), "-o", str(tmp_path / "ddp"), *common, "train.batch_size=1"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    ok("train", data, "-o", tmp_path / "one", *common, "train.batch_size=2")
+    a, b = load_checkpoint(tmp_path / "ddp").model.state_dict(), load_checkpoint(tmp_path / "one").model.state_dict()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
 
 
 def test_one_step_exports_to_onnx_verified_in_onnxruntime(run, tmp_path):
