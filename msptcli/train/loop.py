@@ -351,7 +351,7 @@ def _push_forward(
     batch: Batch, dataset: StepPairs, model: Network, model_config: ModelConfig, device: torch.device, *, bf16: bool
 ) -> Batch:
     """The batch with the inputs and targets of its pushforward clouds (``StepPairs.push_forward``) filled in."""
-    features, targets = batch.features.clone(), batch.targets.clone()
+    features, targets = batch.features, batch.targets  # the collated batch's own tensors: filled in place
     for index, start, stop in batch.unrolls:
         features[start:stop], targets[start:stop] = dataset.push_forward(model, index, device, bf16=bf16)
     layout = batch.layout

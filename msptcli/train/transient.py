@@ -114,15 +114,14 @@ class StepPairs(Dataset):
         order = self._order(sample, rows)
         points = np.asarray(sample.arrays["mesh/points"])[rows]
         was_training = model.training
-        states = None
+        states = step_states(sample, self.channels, self.transient, t - unrolled, rows)  # the data's, up to t - j
         for s in range(unrolled):
             inputs, _ = step_arrays(
                 sample, self.manifest, self.channels, self.transient, t - unrolled + s, rows,
                 operators=operators, states=states,
             )  # fmt: skip
             (out,) = predict_clouds(model, [points], [inputs], orders=[order], device=device, bf16=bf16)
-            states = step_states(sample, self.channels, self.transient, t - unrolled + s, rows, states)
-            states = [*states[1:], next_state(self.manifest.stats, self.channels, states[-1], out)]  # t-h+1 .. t+1
+            states = [*states[1:], next_state(self.manifest.stats, self.channels, states[-1], out)]  # one step on
         model.train(was_training)
         inputs, target = step_arrays(
             sample, self.manifest, self.channels, self.transient, t, rows, rng=rng if self.noise else None,
@@ -175,7 +174,7 @@ def step_arrays(
                                                     "mesh/wall")}  # fmt: skip
     static = static_features(manifest.stats, geometry)
     states = step_states(sample, channels, transient, t, rows, states)
-    following = field_matrix({n: a[f"series/{n}"][t + 1][rows] for n, _ in channels.volume}, channels)
+    following = snapshot(sample, channels, t + 1, rows)
     if rng is not None and transient.noise > 0:
         states[-1] = states[-1] + rng.standard_normal(states[-1].shape).astype(np.float32) * noise_scale(
             manifest.stats, channels, transient
@@ -195,9 +194,12 @@ def step_states(
     else the data's."""
     if states is not None:
         return list(states)
-    a, h = sample.arrays, transient.history
-    return [field_matrix({n: a[f"series/{n}"][s][rows] for n, _ in channels.volume}, channels)
-            for s in range(t - h, t + 1)]  # fmt: skip
+    return [snapshot(sample, channels, s, rows) for s in range(t - transient.history, t + 1)]
+
+
+def snapshot(sample: Sample, channels: Channels, s: int, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """The (n, F) physical field matrix of snapshot ``s`` at ``rows``."""
+    return field_matrix({n: sample.arrays[f"series/{n}"][s][rows] for n, _ in channels.volume}, channels)
 
 
 def validate_steps(
@@ -226,9 +228,7 @@ def validate_steps(
 
 def step_errors(sample: Sample, channels: Channels, manifest: Manifest, t: int, out: np.ndarray) -> dict[str, Any]:
     """Relative L2 error of each field of the state after one predicted step from snapshot t."""
-    a = sample.arrays
-    current = field_matrix({n: a[f"series/{n}"][t] for n, _ in channels.volume}, channels)
-    truth = field_matrix({n: a[f"series/{n}"][t + 1] for n, _ in channels.volume}, channels)
+    current, truth = snapshot(sample, channels, t), snapshot(sample, channels, t + 1)
     pred = next_state(manifest.stats, channels, current, out)
     p, q = split_fields(pred, channels), split_fields(truth, channels)
     return {n: float(np.linalg.norm(p[n] - q[n]) / max(np.linalg.norm(q[n]), 1e-30)) for n, _ in channels.volume}
