@@ -66,6 +66,7 @@ def config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 "conditions": ["Re"],
                 "history": args.history,
                 "noise": args.noise,
+                "noise_smoothing": args.noise_smoothing,
                 "pushforward": args.pushforward,
             },
             "data.split.train": TRAIN,
@@ -117,6 +118,12 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=1)
     parser.add_argument("--noise", type=float, default=0.5)
     parser.add_argument("--pushforward", type=int, default=0, help="data.transient.pushforward: unrolled steps")
+    parser.add_argument(
+        "--noise-smoothing",
+        type=int,
+        default=0,
+        help="data.transient.noise_smoothing: neighbour-averaging sweeps of the training noise",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-derivatives", action="store_true", help="the plain variant: no mesh-derivative inputs")
     parser.add_argument("--reuse", action="store_true", help="evaluate the finished run in --work again")
@@ -155,7 +162,7 @@ def main() -> None:
     per_step = seconds / (epochs * steps_per_epoch)
     print(f"{epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
           f"step; history {args.history}, noise {args.noise}, derivatives {not args.no_derivatives}, pushforward "
-          f"{args.pushforward}\n")  # fmt: skip
+          f"{args.pushforward}, noise smoothing {args.noise_smoothing}\n")  # fmt: skip
     print(
         "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "
         "| p after 1 / 10 / all | St predicted / fields / solver | St error | mean Cd predicted / solver "

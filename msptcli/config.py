@@ -76,6 +76,14 @@ class TransientConfig(BaseModel):
         description="training noise on the input fields, in units of each channel's one-step change; the target "
         "is the step from the noisy state (noise injection: rollouts recover from their own errors)",
     )
+    noise_smoothing: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="sweeps of neighbour averaging over the mesh edges that make the training noise spatially "
+        "smooth, like a rollout's own errors (then rescaled to the same deviation); 0: independent at every point, "
+        "whose mesh derivatives are mostly noise",
+    )
     pushforward: int = Field(
         0,
         ge=0,

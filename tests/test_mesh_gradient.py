@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pyvista as pv
 from helpers import ROOT
 
@@ -31,3 +32,17 @@ def test_gradient_is_exact_for_linear_fields_and_laplacian_for_quadratics():
     lap = ops.laplacian @ q
     assert abs(np.median(lap[interior]) - 6) < 0.05 and np.mean(np.abs(lap[interior] - 6) < 0.6) > 0.9
     assert (ops.size > 0).all() and ops.size.min() < 0.02 < 0.3 < ops.size.max()  # 0.01 D at the wall
+
+
+def test_neighbour_mean_averages_over_the_edges_and_keeps_a_lone_point():
+    mesh = pv.read(MESH)
+    points = np.asarray(mesh.points, dtype=np.float64)
+    edges = mesh_edges(mesh)
+    lone = np.vstack([points, [[50.0, 50.0, 0.0]]])  # a point on no edge
+    ops = mesh_operators(lone, edges)
+    np.testing.assert_allclose(np.asarray(ops.mean.sum(axis=1)).ravel(), 1.0, atol=1e-12)  # weights summing to 1
+    f = np.random.default_rng(0).standard_normal(len(lone))
+    i = int(edges[0, 0])
+    neighbours = np.unique(np.concatenate([edges[edges[:, 0] == i, 1], edges[edges[:, 1] == i, 0]]))
+    assert (ops.mean @ f)[i] == pytest.approx(f[neighbours].mean(), abs=1e-12)
+    assert (ops.mean @ f)[-1] == f[-1]

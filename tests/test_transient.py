@@ -24,7 +24,14 @@ from msptcli.config import load_config
 from msptcli.data.features import Channels
 from msptcli.data.manifest import read_manifest
 from msptcli.data.sample import load_sample
-from msptcli.data.transient import input_width, next_state, split_fields
+from msptcli.data.transient import (
+    input_width,
+    next_state,
+    noise_scale,
+    operators_of,
+    split_fields,
+    training_noise,
+)
 from msptcli.errors import ConfigError, InvalidInputError
 from msptcli.model.inference import predict_clouds
 from msptcli.rollout import rollout_series
@@ -111,6 +118,36 @@ def test_targets_are_increments_and_noise_is_corrected_for(run):
     pairs = StepPairs(data, manifest, manifest.split("train"), transient, points=None, seed=0)
     assert len(pairs) == 12 - 1 - 1  # history 1: from t = 1 to t = 10
     np.testing.assert_array_equal(pairs[3].features, pairs[3].features)  # the draw is a function of the index
+
+
+def test_smoothed_noise_keeps_its_deviation_and_leaves_the_derivative_inputs_mostly_signal(run):
+    config, data, _ = run
+    manifest = read_manifest(data)
+    channels = Channels.from_fields(manifest.fields)
+    sample = load_sample(data / manifest.split("train")[0].file)
+    ops = operators_of(sample.arrays)
+    transient = load_config(config).data.transient.model_copy(update={"noise": 0.5})
+    scale = noise_scale(manifest.stats, channels, transient)
+    n = len(ops.size)
+    white = training_noise(np.random.default_rng(1), scale, n)
+    smooth = training_noise(np.random.default_rng(1), scale, n, sweeps=32, operators=ops)
+    np.testing.assert_array_equal(smooth, training_noise(np.random.default_rng(1), scale, n, sweeps=32, operators=ops))
+    varied = scale > 1e-9 * scale.max()  # not w of the 2D flow
+    assert varied.sum() == 3
+    np.testing.assert_allclose(smooth.std(axis=0)[varied], scale[varied], rtol=1e-5)  # the same deviation
+    # its cell-size gradient, which the derivative inputs are made of, is well under the white noise's (0.3-0.4x)
+    grad = {k: ops.size[:, None] * (ops.dx @ z.astype(np.float64)) for k, z in (("white", white), ("smooth", smooth))}
+    assert (grad["smooth"].std(axis=0)[varied] < 0.5 * grad["white"].std(axis=0)[varied]).all()
+    # and neighbouring points' noise is correlated (white noise's is not)
+    a, b = np.asarray(sample.arrays["mesh/edges"]).T
+    corr = [np.corrcoef(z[a, 0], z[b, 0])[0, 1] for z in (white, smooth)]
+    assert abs(corr[0]) < 0.05 and corr[1] > 0.9
+    # a run with smoothed noise and no derivative inputs still gets the operators it smooths with
+    plain = transient.model_copy(update={"derivatives": False, "noise_smoothing": 8})
+    inputs, target = step_arrays(sample, manifest, channels, plain, 4, rng=np.random.default_rng(0))
+    assert inputs.shape[1] == input_width(plain, channels) and np.isfinite(target).all()
+    with pytest.raises(ValueError, match="operators"):
+        training_noise(np.random.default_rng(1), scale, n, sweeps=2)
 
 
 def test_training_learns_the_step(run):

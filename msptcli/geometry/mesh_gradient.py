@@ -7,7 +7,8 @@ the gradient of a point field f is the weighted least-squares fit
 
 exact for linear fields. It is linear in f, so it is kept as two sparse (N, N) matrices D_x, D_y,
 built once per mesh; the Laplacian is L = D_x D_x + D_y D_y (two rings of neighbours). ``size`` is the
-mean length of a point's edges, the local cell size h.
+mean length of a point's edges, the local cell size h; ``mean`` averages a field over each point's edge
+neighbours (A f)_i = mean_j f_j, the smoother of spatially correlated noise.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class MeshOperators:
     dy: csr_matrix  # (N, N)
     laplacian: csr_matrix  # (N, N)
     size: np.ndarray  # (N,) mean edge length at each point
+    mean: csr_matrix  # (N, N) the mean over each point's edge neighbours (a point without any keeps its value)
 
 
 def cell_edges(mesh: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -69,5 +71,9 @@ def mesh_operators(points: np.ndarray, edges: np.ndarray) -> MeshOperators:
     cols = np.concatenate([j, np.arange(n)])
     dx = csr_matrix((np.concatenate([c[:, 0], diag[:, 0]]), (rows, cols)), shape=(n, n))
     dy = csr_matrix((np.concatenate([c[:, 1], diag[:, 1]]), (rows, cols)), shape=(n, n))
-    size = np.bincount(i, weights=np.sqrt(length2), minlength=n) / np.maximum(np.bincount(i, minlength=n), 1)
-    return MeshOperators(dx=dx, dy=dy, laplacian=(dx @ dx + dy @ dy).tocsr(), size=size)
+    degree = np.bincount(i, minlength=n)
+    size = np.bincount(i, weights=np.sqrt(length2), minlength=n) / np.maximum(degree, 1)
+    alone = np.flatnonzero(degree == 0)
+    weights = np.concatenate([1.0 / degree[i], np.ones(len(alone))])
+    mean = csr_matrix((weights, (np.concatenate([i, alone]), np.concatenate([j, alone]))), shape=(n, n))
+    return MeshOperators(dx=dx, dy=dy, laplacian=(dx @ dx + dy @ dy).tocsr(), size=size, mean=mean)

@@ -37,6 +37,7 @@ from msptcli.data.transient import (
     static_features,
     step_inputs,
     step_target,
+    training_noise,
 )
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.geometry.mesh_gradient import MeshOperators
@@ -143,7 +144,8 @@ class StepPairs(Dataset):
         return np.asarray(sample.arrays["order"]) if len(rows) == len(points) else ball_tree_order(points[rows])
 
     def _operators_for(self, name: str, sample: Sample, rows: np.ndarray) -> MeshOperators | None:
-        if not self.transient.derivatives:
+        smoothed = self.noise and self.transient.noise > 0 and self.transient.noise_smoothing > 0
+        if not (self.transient.derivatives or smoothed):
             return None
         if len(rows) < len(sample.arrays["mesh/points"]):
             return operators_of(sample.arrays, rows)
@@ -175,13 +177,15 @@ def step_arrays(
     static = static_features(manifest.stats, geometry)
     states = step_states(sample, channels, transient, t, rows, states)
     following = snapshot(sample, channels, t + 1, rows)
-    if rng is not None and transient.noise > 0:
-        states[-1] = states[-1] + rng.standard_normal(states[-1].shape).astype(np.float32) * noise_scale(
-            manifest.stats, channels, transient
+    noisy = rng is not None and transient.noise > 0
+    if operators is None and (transient.derivatives or (noisy and transient.noise_smoothing > 0)):
+        operators = operators_of(a, None if len(rows) == len(a["mesh/points"]) else rows)
+    if noisy:
+        scale = noise_scale(manifest.stats, channels, transient)
+        states[-1] = states[-1] + training_noise(
+            rng, scale, len(rows), sweeps=transient.noise_smoothing, operators=operators
         )
     conditions = sample.meta["conditions"]
-    if transient.derivatives and operators is None:
-        operators = operators_of(a, None if len(rows) == len(a["mesh/points"]) else rows)
     inputs = step_inputs(manifest.stats, channels, transient, static, states, conditions, operators)
     return inputs, step_target(manifest.stats, channels, states[-1], following)
 
