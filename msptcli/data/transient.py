@@ -165,6 +165,11 @@ def noise_scale(stats: Stats, channels: Channels, transient: TransientConfig) ->
     return (transient.noise * inc).astype(np.float32)
 
 
+def needs_operators(transient: TransientConfig, *, noisy: bool) -> bool:
+    """Whether a step needs its mesh's operators: for the derivative inputs, or to smooth its training noise."""
+    return transient.derivatives or (noisy and transient.noise > 0 and transient.noise_smoothing > 0)
+
+
 def training_noise(
     rng: np.random.Generator, scale: np.ndarray, n: int, *, sweeps: int = 0, operators: MeshOperators | None = None
 ) -> np.ndarray:

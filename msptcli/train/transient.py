@@ -30,6 +30,7 @@ from msptcli.data.sample import Sample, load_sample, map_sample
 from msptcli.data.transient import (
     field_matrix,
     input_width,
+    needs_operators,
     next_state,
     noise_scale,
     operators_of,
@@ -144,8 +145,7 @@ class StepPairs(Dataset):
         return np.asarray(sample.arrays["order"]) if len(rows) == len(points) else ball_tree_order(points[rows])
 
     def _operators_for(self, name: str, sample: Sample, rows: np.ndarray) -> MeshOperators | None:
-        smoothed = self.noise and self.transient.noise > 0 and self.transient.noise_smoothing > 0
-        if not (self.transient.derivatives or smoothed):
+        if not needs_operators(self.transient, noisy=self.noise):
             return None
         if len(rows) < len(sample.arrays["mesh/points"]):
             return operators_of(sample.arrays, rows)
@@ -178,7 +178,7 @@ def step_arrays(
     states = step_states(sample, channels, transient, t, rows, states)
     following = snapshot(sample, channels, t + 1, rows)
     noisy = rng is not None and transient.noise > 0
-    if operators is None and (transient.derivatives or (noisy and transient.noise_smoothing > 0)):
+    if operators is None and needs_operators(transient, noisy=noisy):
         operators = operators_of(a, None if len(rows) == len(a["mesh/points"]) else rows)
     if noisy:
         scale = noise_scale(manifest.stats, channels, transient)
