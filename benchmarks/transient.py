@@ -68,6 +68,8 @@ def config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 "noise": args.noise,
                 "noise_smoothing": args.noise_smoothing,
                 "pushforward": args.pushforward,
+                "advection": args.advection,
+                "derivatives": not args.no_derivatives,
             },
             "data.split.train": TRAIN,
             "data.split.test": TEST,
@@ -124,6 +126,11 @@ def main() -> None:
         default=0,
         help="data.transient.noise_smoothing: neighbour-averaging sweeps of the training noise",
     )
+    parser.add_argument(
+        "--advection",
+        default=None,
+        help="data.transient.advection: the velocity field that carries the last increment (e.g. U)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-derivatives", action="store_true", help="the plain variant: no mesh-derivative inputs")
     parser.add_argument("--reuse", action="store_true", help="evaluate the finished run in --work again")
@@ -162,7 +169,7 @@ def main() -> None:
     per_step = seconds / (epochs * steps_per_epoch)
     print(f"{epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
           f"step; history {args.history}, noise {args.noise}, derivatives {not args.no_derivatives}, pushforward "
-          f"{args.pushforward}, noise smoothing {args.noise_smoothing}\n")  # fmt: skip
+          f"{args.pushforward}, noise smoothing {args.noise_smoothing}, advection {args.advection}\n")  # fmt: skip
     print(
         "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "
         "| p after 1 / 10 / all | St predicted / fields / solver | St error | mean Cd predicted / solver "

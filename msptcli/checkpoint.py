@@ -267,8 +267,9 @@ def _without_anchors_if_older(meta: dict[str, str]) -> dict[str, str]:
     ``reads``: queries read their nearest anchor's patch."""
     net, config = json.loads(meta["model_config"]), json.loads(meta["config"])
     transient = config.get("data", {}).get("transient")
-    if isinstance(transient, dict) and "derivatives" not in transient:  # before the derivative inputs
-        transient["derivatives"] = False
+    if isinstance(transient, dict) and not {"derivatives", "advection"} <= transient.keys():
+        transient.setdefault("derivatives", False)  # before the derivative inputs
+        transient.setdefault("advection", None)  # before the transported increment
         meta = {**meta, "config": json.dumps(config)}
     if "anchors" not in net:
         net["anchors"] = None

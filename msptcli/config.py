@@ -70,6 +70,13 @@ class TransientConfig(BaseModel):
         "and log h as inputs (least squares over the mesh edges): the stencil a step needs, which attention "
         "alone learns slowly",
     )
+    advection: str | None = Field(
+        None,
+        description="the velocity field (one of fields) along which the previous step's increment "
+        "f(t) - f(t-1) is carried for dt, semi-Lagrangian, as inputs: a wake's pattern of change moves "
+        "downstream with the flow (geometry/transport.py); needs history >= 1 (the default is ignored with "
+        "history 0 or without that field); null: off",
+    )
     noise: float = Field(
         0.5,
         ge=0,
@@ -97,6 +104,20 @@ class TransientConfig(BaseModel):
     viscosity_key: str | None = Field(
         "reference.nu", description="key of the kinematic viscosity in the case's params (dotted)"
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> TransientConfig:
+        if self.advection is not None and "advection" in self.model_fields_set:  # set, not the default
+            if self.advection not in self.fields:
+                raise ValueError(f"advection {self.advection!r} must be one of the fields {self.fields}")
+            if self.history == 0:
+                raise ValueError("advection carries the last increment along the flow: it needs history >= 1")
+        return self
+
+    @property
+    def advects(self) -> bool:
+        """Whether a step's inputs carry the previous increment along the flow (``advection``, history >= 1)."""
+        return self.advection is not None and self.advection in self.fields and self.history > 0
 
 
 class DataConfig(BaseModel):

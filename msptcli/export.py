@@ -85,9 +85,12 @@ def _sidecar(ckpt: Checkpoint) -> dict:
             "inputs": "the 11 geometry features below (wall points as surface points), then f(t) standardised with "
             "stats.volume, then (with derivatives) h Dx f, h Dy f, h^2 L f over the field deviations and log(h / "
             "coord_scale) (msptcli.geometry.mesh_gradient over the mesh edges), then f(t-j+1) - f(t-j) / "
-            "stats.increments for j = 1..history, then the conditions standardised with stats.conditions "
-            "(msptcli.data.transient.step_inputs)",
+            "stats.increments for j = 1..history, then (with advection) f(t) - f(t-1) carried for dt along the "
+            "advection field's (x, y), semi-Lagrangian in 4 midpoint substeps, linear on a Delaunay triangulation "
+            "of the points, / stats.increments (msptcli.geometry.transport), then the conditions standardised with "
+            "stats.conditions (msptcli.data.transient.step_inputs)",
             "derivatives": transient.derivatives,
+            "advection": transient.advection if transient.advects else None,
             "fields": [n for n, _ in ckpt.channels.volume],
             "history": transient.history,
             "conditions": condition_names(transient),

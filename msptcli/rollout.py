@@ -39,6 +39,7 @@ from msptcli.data.transient import (
     condition_values,
     field_matrix,
     lookup,
+    needs_operators,
     next_state,
     operators_of,
     split_fields,
@@ -117,7 +118,7 @@ def rollout_series(
     points = geometry["mesh/points"]
     order = ball_tree_order(points)
     static = static_features(stats, geometry)
-    operators = operators_of(geometry) if transient.derivatives else None
+    operators = operators_of(geometry) if needs_operators(transient, noisy=False) else None
     params = _params_of(initial, ckpt)
     values = condition_values(transient, {**params, **(conditions or {})}, series.dt, source=str(series.source))
     truth = field_matrix(series.fields, channels)  # (T', N, F) from snapshot start - h

@@ -4,7 +4,7 @@ A transient sample holds one mesh and the fields of T equally spaced snapshots o
 learns the *increment* of a step (standard for stable rollouts):
 
     inputs(t)  = [ static (11) | f(t) (F) | h Df(t), h^2 Lf(t), log h  (3F + 1) | f(t-j+1) - f(t-j), j = 1..h  (h F)
-                   | conditions (C) ]
+                   | S_u(t),dt [ f(t) - f(t-1) ]  (F) | conditions (C) ]
     target(t)  = ( f(t+1) - f(t) ) / sigma_inc                                   per channel
     f(t+1)     = f(t) + sigma_inc * output                                       in a rollout
 
@@ -15,7 +15,10 @@ the configured fields (e.g. U, p), standardised with the training snapshots' mea
 (``geometry/mesh_gradient.py``), times the local cell size h and h^2, over the field's deviation
 (``data.transient.derivatives``): the stencil of a step, given rather than left to attention. The
 history increments and the targets with the deviation of one step's change, ``sigma_inc``, per channel;
-the conditions (the case's params, e.g. Re, and always the spacing dt) with their training statistics.
+``S_u,dt`` is the semi-Lagrangian transport along the current velocity u for one spacing dt
+(``data.transient.advection``, ``geometry/transport.py``): the last increment carried downstream, where a
+wake's pattern of change goes; like the history, over sigma_inc. The conditions (the case's params, e.g.
+Re, and always the spacing dt) with their training statistics.
 In training, noise of ``noise * sigma_inc`` is added to f(t) and the target is the step from the noisy
 state, so the network learns to pull a slightly wrong state back towards the solution (noise
 injection, Sanchez-Gonzalez et al. 2020).
@@ -44,7 +47,8 @@ def input_width(transient: TransientConfig | None, channels: Channels) -> int:
         return IN_FEATURES
     fields = sum(k for _, k in channels.volume)
     derivatives = 3 * fields + 1 if transient.derivatives else 0
-    return IN_FEATURES + fields * (1 + transient.history) + derivatives + len(condition_names(transient))
+    carried = fields if transient.advects else 0
+    return IN_FEATURES + fields * (1 + transient.history) + derivatives + carried + len(condition_names(transient))
 
 
 def condition_names(transient: TransientConfig) -> list[str]:
@@ -133,12 +137,32 @@ def step_inputs(
                   np.log(operators.size / stats.coord_scale)[:, None]]  # fmt: skip
     for j in range(1, transient.history + 1):
         parts.append((states[-j] - states[-j - 1]) / inc)
+    if transient.advects:
+        if operators is None:
+            raise ValueError("transient.advection needs the mesh operators")
+        u = current[:, velocity_columns(channels, transient.advection)]
+        moved = operators.transport.carry(states[-1] - states[-2], u, conditions[DT])
+        parts.append(moved / inc)
     names = condition_names(transient)
     cond = np.array(
         [(conditions[n] - stats.conditions[n].mean[0]) / stats.conditions[n].std[0] for n in names], dtype=np.float64
     )
     parts.append(np.broadcast_to(cond, (len(static), len(names))))
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def velocity_columns(channels: Channels, name: str | None) -> slice:
+    """The x, y columns of the velocity field ``name`` in a field matrix."""
+    start = 0
+    for field, k in channels.volume:
+        if field == name:
+            if k < 2:
+                raise InvalidInputError(
+                    f"data.transient.advection: {name!r} has {k} component, a velocity needs 2 or 3"
+                )
+            return slice(start, start + 2)
+        start += k
+    raise InvalidInputError(f"data.transient.advection: {name!r} is not one of the fields")
 
 
 def step_target(stats: Stats, channels: Channels, current: np.ndarray, following: np.ndarray) -> np.ndarray:
@@ -166,8 +190,11 @@ def noise_scale(stats: Stats, channels: Channels, transient: TransientConfig) ->
 
 
 def needs_operators(transient: TransientConfig, *, noisy: bool) -> bool:
-    """Whether a step needs its mesh's operators: for the derivative inputs, or to smooth its training noise."""
-    return transient.derivatives or (noisy and transient.noise > 0 and transient.noise_smoothing > 0)
+    """Whether a step needs its mesh's operators: for the derivative or transported inputs, or to smooth its
+    training noise."""
+    return (
+        transient.derivatives or transient.advects or (noisy and transient.noise > 0 and transient.noise_smoothing > 0)
+    )
 
 
 def training_noise(

@@ -8,7 +8,8 @@ the gradient of a point field f is the weighted least-squares fit
 exact for linear fields. It is linear in f, so it is kept as two sparse (N, N) matrices D_x, D_y,
 built once per mesh; the Laplacian is L = D_x D_x + D_y D_y (two rings of neighbours). ``size`` is the
 mean length of a point's edges, the local cell size h; ``mean`` averages a field over each point's edge
-neighbours (A f)_i = mean_j f_j, the smoother of spatially correlated noise.
+neighbours (A f)_i = mean_j f_j, the smoother of spatially correlated noise; ``transport`` carries a field
+along a velocity (``geometry/transport.py``).
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ import numpy as np
 from scipy.sparse import csr_matrix
 
 from msptcli.geometry.faces import parse_faces
+from msptcli.geometry.transport import Transport
 
 
 @dataclass(frozen=True)
 class MeshOperators:
-    """Sparse derivative operators of one planar mesh (see the module docstring)."""
+    """The operators of one planar mesh that a transient step's inputs need (see the module docstring)."""
 
     dx: csr_matrix  # (N, N)
     dy: csr_matrix  # (N, N)
     laplacian: csr_matrix  # (N, N)
     size: np.ndarray  # (N,) mean edge length at each point
     mean: csr_matrix  # (N, N) the mean over each point's edge neighbours (a point without any keeps its value)
+    transport: Transport  # semi-Lagrangian transport on the points
 
 
 def cell_edges(mesh: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -76,4 +79,6 @@ def mesh_operators(points: np.ndarray, edges: np.ndarray) -> MeshOperators:
     alone = np.flatnonzero(degree == 0)
     weights = np.concatenate([1.0 / degree[i], np.ones(len(alone))])
     mean = csr_matrix((weights, (np.concatenate([i, alone]), np.concatenate([j, alone]))), shape=(n, n))
-    return MeshOperators(dx=dx, dy=dy, laplacian=(dx @ dx + dy @ dy).tocsr(), size=size, mean=mean)
+    return MeshOperators(
+        dx=dx, dy=dy, laplacian=(dx @ dx + dy @ dy).tocsr(), size=size, mean=mean, transport=Transport.of(points)
+    )

@@ -218,7 +218,7 @@ def validate_steps(
         sample = load_sample(data_dir / entry.file)
         points = np.asarray(sample.arrays["mesh/points"])
         h, steps = transient.history, entry.num_steps or 0
-        operators = operators_of(sample.arrays) if transient.derivatives else None
+        operators = operators_of(sample.arrays) if needs_operators(transient, noisy=False) else None
         for t in np.unique(np.linspace(h, steps - 2, VAL_STEPS).round().astype(int)):
             inputs, target = step_arrays(sample, manifest, channels, transient, int(t), operators=operators)
             (out,) = predict_clouds(
