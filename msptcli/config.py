@@ -72,10 +72,10 @@ class TransientConfig(BaseModel):
     )
     advection: str | None = Field(
         None,
-        description="the velocity field (one of fields) along which the previous step's increment "
-        "f(t) - f(t-1) is carried for dt, semi-Lagrangian, as inputs: a wake's pattern of change moves "
-        "downstream with the flow (geometry/transport.py); needs history >= 1 (the default is ignored with "
-        "history 0 or without that field); null: off",
+        description="the velocity field (one of fields) along which each history increment "
+        "f(t-j+1) - f(t-j) is carried for j dt (semi-Lagrangian) as inputs besides it: a wake's pattern of "
+        "change moves downstream with the flow (geometry/transport.py); needs history >= 1 (the default is "
+        "ignored with history 0 or without that field); null: off",
     )
     noise: float = Field(
         0.5,

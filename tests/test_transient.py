@@ -33,6 +33,7 @@ from msptcli.data.transient import (
     training_noise,
 )
 from msptcli.errors import ConfigError, InvalidInputError
+from msptcli.geometry.transport import Transport
 from msptcli.model.inference import predict_clouds
 from msptcli.rollout import rollout_series
 from msptcli.train.loop import train_model
@@ -148,6 +149,29 @@ def test_smoothed_noise_keeps_its_deviation_and_leaves_the_derivative_inputs_mos
     assert inputs.shape[1] == input_width(plain, channels) and np.isfinite(target).all()
     with pytest.raises(ValueError, match="operators"):
         training_noise(np.random.default_rng(1), scale, n, sweeps=2)
+
+
+def test_advection_inputs_are_the_last_increment_carried_along_the_flow(run):
+    config, data, _ = run
+    manifest = read_manifest(data)
+    channels = Channels.from_fields(manifest.fields)
+    sample = load_sample(data / manifest.split("train")[0].file)
+    a = sample.arrays
+    base = load_config(config).data.transient.model_copy(update={"advection": None})
+    carried = base.model_copy(update={"advection": "U"})
+    plain, _ = step_arrays(sample, manifest, channels, base, 4)
+    inputs, _ = step_arrays(sample, manifest, channels, carried, 4)
+    assert inputs.shape[1] == input_width(carried, channels) == plain.shape[1] + 4
+    np.testing.assert_array_equal(inputs[:, : plain.shape[1] - 2], plain[:, :-2])  # the same inputs before it
+    np.testing.assert_array_equal(inputs[:, -2:], plain[:, -2:])  # and the conditions last
+    state = [np.concatenate([a["series/U"][s], a["series/p"][s]], axis=1).astype(np.float64) for s in (3, 4)]
+    inc = np.array(manifest.stats.increments["U"].std + manifest.stats.increments["p"].std)
+    moved = Transport.of(a["mesh/points"]).carry(state[1] - state[0], state[1][:, :2], sample.meta["conditions"]["dt"])
+    np.testing.assert_allclose(inputs[:, -6:-2], moved / inc, rtol=1e-4, atol=1e-4)
+    # the velocity's: a better guess of its step than the last increment where it is (a wake moves downstream)
+    _, target = step_arrays(sample, manifest, channels, carried, 4)
+    errors = [np.linalg.norm(guess[:, :2] - target[:, :2]) for guess in (inputs[:, -6:-2], plain[:, -6:-2])]
+    assert errors[0] < 0.7 * errors[1], errors
 
 
 def test_training_learns_the_step(run):

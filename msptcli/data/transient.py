@@ -4,7 +4,7 @@ A transient sample holds one mesh and the fields of T equally spaced snapshots o
 learns the *increment* of a step (standard for stable rollouts):
 
     inputs(t)  = [ static (11) | f(t) (F) | h Df(t), h^2 Lf(t), log h  (3F + 1) | f(t-j+1) - f(t-j), j = 1..h  (h F)
-                   | S_u(t),dt [ f(t) - f(t-1) ]  (F) | conditions (C) ]
+                   | S_u(t),j dt [ f(t-j+1) - f(t-j) ], j = 1..h  (h F) | conditions (C) ]
     target(t)  = ( f(t+1) - f(t) ) / sigma_inc                                   per channel
     f(t+1)     = f(t) + sigma_inc * output                                       in a rollout
 
@@ -15,10 +15,10 @@ the configured fields (e.g. U, p), standardised with the training snapshots' mea
 (``geometry/mesh_gradient.py``), times the local cell size h and h^2, over the field's deviation
 (``data.transient.derivatives``): the stencil of a step, given rather than left to attention. The
 history increments and the targets with the deviation of one step's change, ``sigma_inc``, per channel;
-``S_u,dt`` is the semi-Lagrangian transport along the current velocity u for one spacing dt
-(``data.transient.advection``, ``geometry/transport.py``): the last increment carried downstream, where a
-wake's pattern of change goes; like the history, over sigma_inc. The conditions (the case's params, e.g.
-Re, and always the spacing dt) with their training statistics.
+``S_u,j dt`` is the semi-Lagrangian transport along the current velocity u for j spacings
+(``data.transient.advection``, ``geometry/transport.py``): each history increment carried downstream to
+where a wake's pattern of change goes by t + 1; like the history, over sigma_inc. The conditions (the
+case's params, e.g. Re, and always the spacing dt) with their training statistics.
 In training, noise of ``noise * sigma_inc`` is added to f(t) and the target is the step from the noisy
 state, so the network learns to pull a slightly wrong state back towards the solution (noise
 injection, Sanchez-Gonzalez et al. 2020).
@@ -47,7 +47,7 @@ def input_width(transient: TransientConfig | None, channels: Channels) -> int:
         return IN_FEATURES
     fields = sum(k for _, k in channels.volume)
     derivatives = 3 * fields + 1 if transient.derivatives else 0
-    carried = fields if transient.advects else 0
+    carried = fields * transient.history if transient.advects else 0
     return IN_FEATURES + fields * (1 + transient.history) + derivatives + carried + len(condition_names(transient))
 
 
@@ -141,8 +141,9 @@ def step_inputs(
         if operators is None:
             raise ValueError("transient.advection needs the mesh operators")
         u = current[:, velocity_columns(channels, transient.advection)]
-        moved = operators.transport.carry(states[-1] - states[-2], u, conditions[DT])
-        parts.append(moved / inc)
+        for j in range(1, transient.history + 1):  # the j-th last increment, carried for as long as it has been
+            moved = operators.transport.carry(states[-j] - states[-j - 1], u, j * conditions[DT], substeps=4 * j)
+            parts.append(moved / inc)
     names = condition_names(transient)
     cond = np.array(
         [(conditions[n] - stats.conditions[n].mean[0]) / stats.conditions[n].std[0] for n in names], dtype=np.float64

@@ -45,10 +45,14 @@ class Transport:
         simplex = self.triangulation.find_simplex(at)
         inside = simplex >= 0
         out = np.array(values, dtype=np.float64, copy=True)
-        transform = self.triangulation.transform[simplex[inside]]  # (m, 3, 2)
-        b = np.einsum("mij,mj->mi", transform[:, :2], at[inside] - transform[:, 2])
-        weights = np.concatenate([b, 1.0 - b.sum(1, keepdims=True)], axis=1)  # (m, 3) barycentric
         corners = self.triangulation.simplices[simplex[inside]]  # (m, 3)
+        a, b, c = (self.xy[corners[:, k]] for k in range(3))  # (m, 2) each
+        e1, e2, r = a - c, b - c, at[inside] - c  # r = w1 e1 + w2 e2: Cramer's rule
+        det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+        det = np.where(np.abs(det) > 1e-300, det, 1e-300)  # a flat sliver: its corners' values, not a NaN
+        w1 = (r[:, 0] * e2[:, 1] - r[:, 1] * e2[:, 0]) / det
+        w2 = (e1[:, 0] * r[:, 1] - e1[:, 1] * r[:, 0]) / det
+        weights = np.stack([w1, w2, 1.0 - w1 - w2], axis=1)  # (m, 3) barycentric
         out[inside] = np.einsum("mk,mkc->mc", weights, np.asarray(values, dtype=np.float64)[corners])
         return out
 
