@@ -80,6 +80,7 @@ def config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             "train.lr": args.lr,
             "train.val_every": 1000,
             "train.threads": args.threads,
+            "train.seed": args.seed,
         }
     )
 
@@ -131,6 +132,7 @@ def main() -> None:
         default=None,
         help="data.transient.advection: the velocity field that carries the last increment (e.g. U)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="train.seed: the initial weights, order and noise")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-derivatives", action="store_true", help="the plain variant: no mesh-derivative inputs")
     parser.add_argument("--reuse", action="store_true", help="evaluate the finished run in --work again")
@@ -169,7 +171,7 @@ def main() -> None:
     per_step = seconds / (epochs * steps_per_epoch)
     print(f"{epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
           f"step; history {args.history}, noise {args.noise}, derivatives {not args.no_derivatives}, pushforward "
-          f"{args.pushforward}, noise smoothing {args.noise_smoothing}, advection {args.advection}\n")  # fmt: skip
+          f"{args.pushforward}, noise smoothing {args.noise_smoothing}, advection {args.advection}, seed {args.seed}\n")  # fmt: skip
     print(
         "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "
         "| p after 1 / 10 / all | St predicted / fields / solver | St error | mean Cd predicted / solver "
