@@ -3,6 +3,7 @@
     python benchmarks/transient.py                 # CPU: prepare, train (~35 min), evaluate
     python benchmarks/transient.py --reuse         # evaluate a finished run again
     python benchmarks/transient.py --pushforward 2 --compare out/bench-transient --work out/bench-pushforward
+    python benchmarks/transient.py --advection none --pushforward 0 --work out/before  # the defaults before 12-04
 
 Data: the six pimpleFoam runs of ``../shared/data/transient`` (laminar shedding past 2D bluff bodies,
 48 snapshots each, about 12 per shedding period). Split (documented in docs/benchmarks.md):
@@ -13,8 +14,8 @@ Data: the six pimpleFoam runs of ``../shared/data/transient`` (laminar shedding 
   shapes and Reynolds numbers the model has not seen, inside the training range.
 
 The model is the default MSPT (width 128, 4 blocks, 8 heads) on every mesh point, trained on every
-step of the training cases (``data.transient``: increments, history 1, noise 0.5, conditions Re and dt). On each
-case:
+step of the training cases (``data.transient``: increments, history 1 carried along U, noise 0.5, pushforward
+1, conditions Re and dt). On each case:
 
 - **one step**: from every true snapshot t, the predicted t + 1 (teacher forcing): mean rel. L2 of U
   and p, next to *persistence* (f(t+1) = f(t)), the error of not predicting at all;
@@ -68,7 +69,7 @@ def config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 "noise": args.noise,
                 "noise_smoothing": args.noise_smoothing,
                 "pushforward": args.pushforward,
-                "advection": args.advection,
+                "advection": None if args.advection.lower() == "none" else args.advection,
                 "derivatives": not args.no_derivatives,
             },
             "data.split.train": TRAIN,
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--history", type=int, default=1)
     parser.add_argument("--noise", type=float, default=0.5)
-    parser.add_argument("--pushforward", type=int, default=0, help="data.transient.pushforward: unrolled steps")
+    parser.add_argument("--pushforward", type=int, default=1, help="data.transient.pushforward: unrolled steps")
     parser.add_argument(
         "--noise-smoothing",
         type=int,
@@ -129,8 +130,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--advection",
-        default=None,
-        help="data.transient.advection: the velocity field that carries the last increment (e.g. U)",
+        default="U",
+        help="data.transient.advection: the velocity field that carries the history increments; 'none': off",
     )
     parser.add_argument("--seed", type=int, default=0, help="train.seed: the initial weights, order and noise")
     parser.add_argument("--threads", type=int, default=None)
@@ -171,7 +172,8 @@ def main() -> None:
     per_step = seconds / (epochs * steps_per_epoch)
     print(f"{epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
           f"step; history {args.history}, noise {args.noise}, derivatives {not args.no_derivatives}, pushforward "
-          f"{args.pushforward}, noise smoothing {args.noise_smoothing}, advection {args.advection}, seed {args.seed}\n")  # fmt: skip
+          f"{args.pushforward}, noise smoothing {args.noise_smoothing}, advection {args.advection}, "
+          f"seed {args.seed}\n")  # fmt: skip
     print(
         "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "
         "| p after 1 / 10 / all | St predicted / fields / solver | St error | mean Cd predicted / solver "

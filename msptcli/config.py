@@ -71,7 +71,7 @@ class TransientConfig(BaseModel):
         "alone learns slowly",
     )
     advection: str | None = Field(
-        None,
+        "U",
         description="the velocity field (one of fields) along which each history increment "
         "f(t-j+1) - f(t-j) is carried for j dt (semi-Lagrangian) as inputs besides it: a wake's pattern of "
         "change moves downstream with the flow (geometry/transport.py); needs history >= 1 (the default is "
@@ -92,12 +92,13 @@ class TransientConfig(BaseModel):
         "sweeps (docs/transient.md): independent noise teaches the step to damp a rollout's fine-scale errors",
     )
     pushforward: int = Field(
-        0,
+        1,
         ge=0,
         le=8,
         description="pushforward training: each training step's input state is the network's own rollout of a "
         "random 0..pushforward steps from the data (no gradient through it), so it learns to correct the errors "
-        "it makes in a rollout; 0: every input comes from the data",
+        "it makes in a rollout; 0: every input comes from the data. Default 1: with the advection inputs it keeps "
+        "rollouts bounded that drift without it (docs/transient.md)",
     )
     reference_length: float = Field(1.0, gt=0, description="L_ref of the 2D force coefficients (per unit depth)")
     viscosity: float | None = Field(None, gt=0, description="kinematic viscosity for the viscous forces")

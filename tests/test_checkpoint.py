@@ -81,3 +81,11 @@ def test_older_defaults_are_written_out_so_that_a_new_default_cannot_change_a_sa
     assert json.loads(before_reads["config"])["model"]["anchors"]["reads"] == "patch"
     current = meta({"width": 64, "anchors": {"surface": 256, "reads": "nearest"}})
     assert _without_anchors_if_older(current) == current
+
+    def transient(**keys):
+        saved = {"model_config": json.dumps({"anchors": None}), "config": json.dumps({"data": {"transient": keys}})}
+        return json.loads(_without_anchors_if_older(saved)["config"])["data"]["transient"]
+
+    assert transient(history=1) == {"history": 1, "derivatives": False, "advection": None}  # before both
+    assert transient(derivatives=True) == {"derivatives": True, "advection": None}  # before the transported inputs
+    assert transient(derivatives=True, advection="U") == {"derivatives": True, "advection": "U"}

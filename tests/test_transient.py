@@ -108,7 +108,7 @@ def test_targets_are_increments_and_noise_is_corrected_for(run):
     current = np.concatenate([a["series/U"][4], a["series/p"][4]], axis=1)
     following = np.concatenate([a["series/U"][5], a["series/p"][5]], axis=1)
     inputs, target = step_arrays(sample, manifest, channels, transient, 4)
-    assert inputs.shape == (len(current), input_width(transient, channels)) == (len(current), 11 + 4 + 13 + 4 + 2)
+    assert inputs.shape == (len(current), input_width(transient, channels)) == (len(current), 11 + 4 + 13 + 4 + 4 + 2)
     np.testing.assert_allclose(next_state(manifest.stats, channels, current, target), following, atol=1e-5)
     noisy_inputs, noisy_target = step_arrays(sample, manifest, channels, transient, 4, rng=np.random.default_rng(0))
     std = np.array(manifest.stats.volume["U"].std + manifest.stats.volume["p"].std)
@@ -182,7 +182,7 @@ def test_training_learns_the_step(run):
     first, last = (dict(zip(header, r.split(","), strict=True)) for r in (rows[1], rows[-1]))
     assert float(last["train_loss"]) < float(first["train_loss"])
     ckpt = load_checkpoint(run_dir)
-    assert ckpt.model.in_features == 34 and ckpt.config.data.transient.history == 1
+    assert ckpt.model.in_features == 38 and ckpt.config.data.transient.history == 1
 
 
 def test_rollout_writes_a_series_pyvista_reads_back(run, tmp_path):
@@ -330,7 +330,8 @@ def test_one_step_exports_to_onnx_verified_in_onnxruntime(run, tmp_path):
     result = ok("export", run_dir, "-o", tmp_path / "step.onnx")
     assert "verified" in result.output
     sidecar = json.loads((tmp_path / "step.onnx.json").read_text())
-    assert sidecar["in_features"] == 34 and sidecar["transient"]["history"] == 1
+    assert sidecar["in_features"] == 38 and sidecar["transient"]["history"] == 1
+    assert sidecar["transient"]["advection"] == "U"
     assert sidecar["transient"]["conditions"] == ["Re", "dt"]
 
 
