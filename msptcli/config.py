@@ -112,12 +112,12 @@ class TransientConfig(BaseModel):
             if self.advection not in self.fields:
                 raise ValueError(f"advection {self.advection!r} must be one of the fields {self.fields}")
             if self.history == 0:
-                raise ValueError("advection carries the last increment along the flow: it needs history >= 1")
+                raise ValueError("advection carries the history increments along the flow: it needs history >= 1")
         return self
 
     @property
     def advects(self) -> bool:
-        """Whether a step's inputs carry the previous increment along the flow (``advection``, history >= 1)."""
+        """Whether a step's inputs carry the history increments along the flow (``advection``, history >= 1)."""
         return self.advection is not None and self.advection in self.fields and self.history > 0
 
 
