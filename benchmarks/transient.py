@@ -76,6 +76,7 @@ def config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             "data.split.test": TEST,
             "data.split.val": [],
             "data.split.fractions": [1, 0, 0],
+            "model.time_axis": args.time_axis,
             "train.epochs": args.epochs,
             "train.warmup_epochs": 0.5,
             "train.lr": args.lr,
@@ -133,6 +134,13 @@ def main() -> None:
         default="U",
         help="data.transient.advection: the velocity field that carries the history increments; 'none': off",
     )
+    parser.add_argument(
+        "--time-axis",
+        choices=["channels", "attention"],
+        default="channels",
+        help="model.time_axis: the history as input channels, or attention over time levels (MATEY)",
+    )
+    parser.add_argument("--image", type=Path, default=IMAGE, help="where the plot goes (default: the docs' image)")
     parser.add_argument("--seed", type=int, default=0, help="train.seed: the initial weights, order and noise")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-derivatives", action="store_true", help="the plain variant: no mesh-derivative inputs")
@@ -173,7 +181,7 @@ def main() -> None:
     print(f"{epochs} epochs of {steps_per_epoch} steps, {seconds / 60:.1f} min of training, {per_step:.2f} s per "
           f"step; history {args.history}, noise {args.noise}, derivatives {not args.no_derivatives}, pushforward "
           f"{args.pushforward}, noise smoothing {args.noise_smoothing}, advection {args.advection}, "
-          f"seed {args.seed}\n")  # fmt: skip
+          f"time axis {args.time_axis}, seed {args.seed}\n")  # fmt: skip
     print(
         "| case | split | shape, Re | one-step U (persistence) | one-step p (persistence) | U after 1 / 10 / all "
         "| p after 1 / 10 / all | St predicted / fields / solver | St error | mean Cd predicted / solver "
@@ -214,8 +222,8 @@ def main() -> None:
                 cd_err = f"{abs(cd[0] / cd[1] - 1):.1%}" if cd[0] and cd[1] else "-"
                 print(f"| {name} | {label} | {r['one_step']['U']:.4f} | {r['one_step']['p']:.4f} "
                       f"| {u[0]:.3f} / {u[min(9, len(u) - 1)]:.3f} / {u[-1]:.3f} | {st_err} | {cd_err} |")  # fmt: skip
-    plot(results, IMAGE, other, args.compare_label or (args.compare.name if args.compare else ""))
-    print(f"\nplot: {IMAGE}")
+    plot(results, args.image, other, args.compare_label or (args.compare.name if args.compare else ""))
+    print(f"\nplot: {args.image}")
 
 
 def _f(x: float | None) -> str:

@@ -30,7 +30,7 @@ from msptcli import __version__
 from msptcli.config import MsptConfig, validate_config
 from msptcli.data.features import Channels
 from msptcli.data.manifest import SampleEntry, Stats
-from msptcli.data.transient import input_width
+from msptcli.data.transient import input_width, time_levels
 from msptcli.errors import CheckpointError
 from msptcli.io.atomic import atomic_output
 from msptcli.model import ModelConfig, Network, build_network
@@ -160,7 +160,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             raise ValueError(f"the network takes {in_features} input features, mspt computes {expected}")
         _check_parts(channels, stats, out_features, template, transient=config.data.transient is not None)
         model = build_network(
-            ModelConfig.model_validate_json(meta["model_config"]), in_features=in_features, out_features=out_features
+            ModelConfig.model_validate_json(meta["model_config"]),
+            in_features=in_features,
+            out_features=out_features,
+            levels=time_levels(config.data.transient, channels),
         )
         _load_weights(model, state)
         reference = json.loads(meta["reference"])

@@ -238,6 +238,15 @@ class MsptConfig(BaseModel):
             data = {**data, "model": model}
         return data
 
+    @model_validator(mode="after")
+    def _time_attention_needs_a_history(self) -> MsptConfig:
+        if self.model.time_axis == "attention":
+            transient = self.data.transient
+            if transient is None or transient.history < 1:
+                what = "data.transient is not set" if transient is None else "data.transient.history is 0"
+                raise ValueError(f"model.time_axis: attention attends over a transient step's history, but {what}")
+        return self
+
 
 def load_config(
     path: str | os.PathLike[str] | None = None,

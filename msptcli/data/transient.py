@@ -27,6 +27,7 @@ injection, Sanchez-Gonzalez et al. 2020).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from msptcli.data.features import IN_FEATURES, Channels
 from msptcli.data.manifest import FieldStats, Stats
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.mesh_gradient import MeshOperators, mesh_operators
+from msptcli.model.spacetime import TimeLevels
 
 #: The condition every transient model gets: the spacing of its snapshots.
 DT = "dt"
@@ -43,12 +45,55 @@ DT = "dt"
 
 def input_width(transient: TransientConfig | None, channels: Channels) -> int:
     """Per-point input channels of the network: 11 for steady data, more for a transient step."""
-    if transient is None:
-        return IN_FEATURES
+    return IN_FEATURES if transient is None else step_columns(transient, channels).width
+
+
+@dataclass(frozen=True)
+class StepColumns:
+    """Where each part of a step's inputs sits among its columns (:func:`step_inputs`' order)."""
+
+    static: range  # the 11 geometry channels
+    current: range  # f(t), standardised
+    derivatives: range  # h Df(t), h^2 Lf(t), log h (empty without them)
+    history: tuple[range, ...]  # f(t-j+1) - f(t-j) over sigma_inc, j = 1..h
+    carried: tuple[range, ...]  # the same carried along the flow, j = 1..h (empty without advection)
+    conditions: range
+    width: int
+
+    def time_levels(self) -> TimeLevels:
+        """The columns of each time level, for a network that gives every point one token per level
+        (``model.time_axis: attention``): the current state with its derivatives, then each earlier increment
+        with its carried copy; geometry and conditions are shared by every level."""
+        return TimeLevels(
+            shared=(*self.static, *self.conditions),
+            current=(*self.current, *self.derivatives),
+            past=tuple((*h, *c) for h, c in zip(self.history, self.carried or [()] * len(self.history), strict=True)),
+        )
+
+
+def step_columns(transient: TransientConfig, channels: Channels) -> StepColumns:
+    """The column ranges of a step's inputs (the layout :func:`step_inputs` writes)."""
     fields = sum(k for _, k in channels.volume)
-    derivatives = 3 * fields + 1 if transient.derivatives else 0
-    carried = fields * transient.history if transient.advects else 0
-    return IN_FEATURES + fields * (1 + transient.history) + derivatives + carried + len(condition_names(transient))
+    start = 0
+
+    def take(n: int) -> range:
+        nonlocal start
+        start += n
+        return range(start - n, start)
+
+    static, current = take(IN_FEATURES), take(fields)
+    derivatives = take(3 * fields + 1 if transient.derivatives else 0)
+    history = tuple(take(fields) for _ in range(transient.history))
+    carried = tuple(take(fields) for _ in range(transient.history)) if transient.advects else ()
+    conditions = take(len(condition_names(transient)))
+    return StepColumns(static, current, derivatives, history, carried, conditions, start)
+
+
+def time_levels(transient: TransientConfig | None, channels: Channels) -> TimeLevels | None:
+    """The time levels of a step's inputs for ``model.time_axis: attention``; None without a history."""
+    if transient is None or transient.history == 0:
+        return None
+    return step_columns(transient, channels).time_levels()
 
 
 def condition_names(transient: TransientConfig) -> list[str]:

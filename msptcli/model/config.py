@@ -222,6 +222,13 @@ class ModelConfig(BaseModel):
         description="odd blocks cut the anchors into the patches of a rotated ball tree (Erwin), so that patch "
         "boundaries move from block to block; needs anchors and supernodes: keys",
     )
+    time_axis: Literal["channels", "attention"] = Field(
+        "channels",
+        description="how a transient step reads its history: 'channels', as inputs of one token per point; "
+        "'attention', one token per point and time level, each block attending over every point's levels, then "
+        "over space on every level (MATEY's decoupled space-time attention, model/spacetime.py; about "
+        "1 + history times the step's cost)",
+    )
     checkpointing: bool = Field(False, description="recompute each block in the backward pass to save memory")
     query_depth: int = Field(
         2,
@@ -264,6 +271,13 @@ class ModelConfig(BaseModel):
             ):
                 if bad:
                     raise ValueError(f"adaptive patches {why}")
+        if self.time_axis == "attention":
+            for bad, why in (
+                (self.backbone != "mspt", f"runs MSPT's blocks, not backbone {self.backbone}"),
+                (self.supernodes == "carried", "needs supernodes: keys"),
+            ):
+                if bad:
+                    raise ValueError(f"time_axis: attention {why}")
         if self.rotate_trees and self.supernodes == "carried":
             raise ValueError("rotate_trees needs supernodes: keys (carried supernodes belong to one tree's patches)")
         own = {"erwin": "erwin", "erwin-nsa": "nsa", "transolver": "transolver"}

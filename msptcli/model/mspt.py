@@ -118,6 +118,18 @@ def _points(chunk: PatchChunk) -> slice:
     return slice(chunk.n0, chunk.n1)
 
 
+def point_chunks(features: Tensor, layout: PatchLayout, chunk_points: int | None) -> list[PatchChunk]:
+    """The runs of whole patches a forward pass over every point processes in turn (one: the whole layout),
+    checked: ``features`` has a row per point, and a pass in several chunks runs without autograd."""
+    n = layout.num_points
+    if not torch.jit.is_tracing() and features.shape[0] != n:  # traced: both are the same graph value
+        raise ValueError(f"features have {features.shape[0]} rows but the layout has {n} points")
+    chunks = [layout.whole] if chunk_points is None else list(layout.chunks(chunk_points))
+    if len(chunks) > 1 and torch.is_grad_enabled():
+        raise ValueError("a forward pass in chunks updates features in place: run it under torch.no_grad()")
+    return chunks
+
+
 class MSPTBlock(nn.Module):
     """One pre-norm block: PMSA with residual, then an MLP with residual (Eq. 7)."""
 
@@ -256,12 +268,7 @@ class MSPT(nn.Module):
         if queries is not None:
             keys, _ = self.read_anchors(features, layout, trees)
             return self.answer_queries(keys, layout, queries)
-        n = layout.num_points
-        if not torch.jit.is_tracing() and features.shape[0] != n:  # traced: both are the same graph value
-            raise ValueError(f"features have {features.shape[0]} rows but the layout has {n} points")
-        chunks = [layout.whole] if chunk_points is None else list(layout.chunks(chunk_points))
-        if len(chunks) > 1 and torch.is_grad_enabled():
-            raise ValueError("a forward pass in chunks updates features in place: run it under torch.no_grad()")
+        chunks = point_chunks(features, layout, chunk_points)
         q = self.config.num_supernodes  # Q supernodes per patch
         x = over_chunks(chunks, _points, lambda ch: self.embed(features[_points(ch)]))  # (N, C)
         z = None

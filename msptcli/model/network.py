@@ -36,6 +36,7 @@ from msptcli.model.layout import PatchLayout
 from msptcli.model.mspt import MSPT, AnchorKeys, MSPTBlock, channels, init_weights
 from msptcli.model.pmsa import gather_rows
 from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
+from msptcli.model.spacetime import SpaceTimeMSPT, TimeLevels
 
 #: The coordinates among the input features: the first three (``data/features.py``).
 POSITIONS = slice(0, 3)
@@ -123,11 +124,18 @@ class BackboneNetwork(nn.Module):
 
 
 #: Any of the networks (what training, inference, checkpoints and export take).
-Network = MSPT | BackboneNetwork
+Network = MSPT | BackboneNetwork | SpaceTimeMSPT
 
 
-def build_network(config: ModelConfig, *, in_features: int, out_features: int) -> Network:
-    """The network of ``config.backbone`` with fresh weights."""
+def build_network(
+    config: ModelConfig, *, in_features: int, out_features: int, levels: TimeLevels | None = None
+) -> Network:
+    """The network of ``config.backbone`` with fresh weights. ``levels``: the time levels of a transient step's
+    inputs (``data.transient.step_columns(...).time_levels()``), which ``time_axis: attention`` needs."""
+    if config.time_axis == "attention":
+        if levels is None:
+            raise ValueError("model.time_axis: attention needs the time levels of a transient step's inputs")
+        return SpaceTimeMSPT(config, in_features=in_features, out_features=out_features, levels=levels)
     if config.backbone == "mspt":
         return MSPT(config, in_features=in_features, out_features=out_features)
     return BackboneNetwork(config, in_features=in_features, out_features=out_features)

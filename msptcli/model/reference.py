@@ -27,6 +27,7 @@ from torch import Tensor
 from msptcli.model.layout import cloud_cut
 from msptcli.model.mspt import MSPT, MSPTBlock
 from msptcli.model.pmsa import SupernodePool
+from msptcli.model.spacetime import SpaceTimeMSPT, TimeLevels
 
 
 def dense_forward(model: MSPT, features: Tensor, sizes: list[int]) -> Tensor:
@@ -47,6 +48,50 @@ def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
     for block in model.blocks:
         x, z = _dense_block(block, x, z, patch, sub_bounds, q)
     return model.head(model.norm(x))
+
+
+def dense_spacetime_forward(model: SpaceTimeMSPT, features: Tensor, sizes: list[int], levels: TimeLevels) -> Tensor:
+    """``model`` (time attention, ``model/spacetime.py``) applied to each cloud separately: level tokens from
+    the columns ``levels`` names, time attention written out head by head, each level's spatial block the
+    dense masked one above; (N, out) packed."""
+    return torch.cat([_dense_spacetime_cloud(model, f, levels) for f in features.split(sizes)])
+
+
+def _dense_spacetime_cloud(model: SpaceTimeMSPT, f: Tensor, levels: TimeLevels) -> Tensor:
+    config = model.config
+    q = config.num_supernodes
+    cut = cloud_cut(len(f), config, f)
+    bounds = torch.from_numpy(cut.bounds())
+    patch = torch.repeat_interleave(torch.arange(len(cut)), bounds[1:] - bounds[:-1])  # (n,)
+    sub_bounds = cut.sub_bounds(int(math.log2(q)))
+    shared = f[:, list(levels.shared)]
+    x = [model.embed_now(torch.cat([shared, f[:, list(levels.current)]], dim=1))]
+    for j, past in enumerate(levels.past):
+        x.append(model.embed_past(torch.cat([shared, f[:, list(past)]], dim=1)) + model.lag[j])
+    for block in model.blocks:
+        x = _dense_time(block.norm_t, block.time, x)
+        x = [_dense_block(block.space, level, None, patch, sub_bounds, q)[0] for level in x]
+    return model.head(model.norm(x[0]))
+
+
+def _dense_time(norm, attn, x: list[Tensor]) -> list[Tensor]:  # type: ignore[no-untyped-def]
+    """x_i,: + TimeAttn(LN(x_i,:)) with every point's T levels as its only keys."""
+    c = x[0].shape[1]
+    h = [norm(level) for level in x]  # T x (n, C)
+    w_q, w_k, w_v = attn.qkv.weight.split(c)
+    b_q, b_k, b_v = attn.qkv.bias.split(c)
+    d = c // attn.num_heads
+    out: list[list[Tensor]] = [[] for _ in x]
+    for head in range(attn.num_heads):
+        cols = slice(head * d, (head + 1) * d)
+        qs = [F.linear(level, w_q[cols], b_q[cols]) for level in h]
+        ks = [F.linear(level, w_k[cols], b_k[cols]) for level in h]
+        vs = [F.linear(level, w_v[cols], b_v[cols]) for level in h]
+        for a, qa in enumerate(qs):  # level a's query against every level b of the same point
+            scores = torch.stack([(qa * kb).sum(-1) for kb in ks], dim=1) / math.sqrt(d)  # (n, T)
+            weights = torch.softmax(scores, dim=1)
+            out[a].append(sum(weights[:, b, None] * vb for b, vb in enumerate(vs)))
+    return [level + attn.proj(torch.cat(parts, dim=-1)) for level, parts in zip(x, out, strict=True)]
 
 
 def _dense_block(block: MSPTBlock, x: Tensor, z: Tensor | None, patch: Tensor, sub_bounds, q: int):  # type: ignore[no-untyped-def]

@@ -30,7 +30,7 @@ from msptcli.data.features import Channels
 from msptcli.data.manifest import Manifest, Stats, read_manifest
 from msptcli.data.sample import load_sample
 from msptcli.data.template import volume_template
-from msptcli.data.transient import input_width
+from msptcli.data.transient import input_width, time_levels
 from msptcli.device import pick_device
 from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
@@ -151,7 +151,9 @@ def _train(
     model_config = config.model
     transient = config.data.transient if manifest.kind == "transient" else None
     width = input_width(transient, channels)
-    model = build_network(model_config, in_features=width, out_features=channels.total)
+    model = build_network(
+        model_config, in_features=width, out_features=channels.total, levels=time_levels(transient, channels)
+    )
     # --- fine-tuning (train.init): the parent's weights, its coordinate normalisation, frozen groups --
     state = load_train_state(run_dir / STATE) if resume else None
     parent_record = None
