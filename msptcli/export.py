@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from msptcli.checkpoint import Checkpoint, load_checkpoint
-from msptcli.data.transient import condition_names
+from msptcli.data.transient import StepColumns, condition_names, step_columns
 from msptcli.errors import InvalidInputError
 from msptcli.io.atomic import atomic_output
 from msptcli.io.meshes import same_file
@@ -94,6 +94,7 @@ def _sidecar(ckpt: Checkpoint) -> dict:
             "fields": [n for n, _ in ckpt.channels.volume],
             "history": transient.history,
             "conditions": condition_names(transient),
+            "columns": _column_ranges(step_columns(transient, ckpt.channels)),
         }
     return {
         **anchors,
@@ -120,6 +121,16 @@ def _sidecar(ckpt: Checkpoint) -> dict:
         "reference": ckpt.reference,
         "mspt_version": ckpt.version,
     }
+
+
+def _column_ranges(columns: StepColumns) -> dict[str, list[int]]:
+    """Each part of a step's inputs as [start, stop) columns: static, current, derivatives, history_j, carried_j,
+    conditions (``StepColumns``); a part that is off is left out."""
+    parts = {"static": columns.static, "current": columns.current, "derivatives": columns.derivatives}
+    parts |= {f"history_{j}": r for j, r in enumerate(columns.history, start=1)}
+    parts |= {f"carried_{j}": r for j, r in enumerate(columns.carried, start=1)}
+    parts["conditions"] = columns.conditions
+    return {name: [r.start, r.stop] for name, r in parts.items() if len(r)}
 
 
 def _backbone_note(config: ModelConfig) -> str:

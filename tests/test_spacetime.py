@@ -182,3 +182,27 @@ def test_a_steady_dataset_refuses_time_attention_in_one_line(run, tmp_path):
     config = tmp_path / "steady.yaml"
     config.write_text(yaml.safe_dump({"model": {"time_axis": "attention"}}))
     one_line_error(invoke("train", run / "data", "-o", tmp_path / "r", "-c", config), "data.transient is not set")
+
+
+def test_step_columns_describe_the_inputs_a_step_builds(run):
+    """The column ranges are where step_inputs writes each part (real snapshots, history 1, advection on)."""
+    from msptcli.data.manifest import read_manifest
+    from msptcli.data.sample import load_sample
+    from msptcli.train.transient import snapshot, step_arrays
+
+    ckpt = load_checkpoint(run / "run")
+    manifest = read_manifest(run / "data")
+    sample = load_sample(run / "data" / manifest.split("val")[0].file)
+    transient, channels = ckpt.config.data.transient, ckpt.channels
+    inputs, _ = step_arrays(sample, manifest, channels, transient, 4)
+    cols = step_columns(transient, channels)
+    assert inputs.shape[1] == cols.width and len(cols.carried) == 1
+    mean = np.concatenate([manifest.stats.volume[n].mean for n, _ in channels.volume])
+    std = np.concatenate([manifest.stats.volume[n].std for n, _ in channels.volume])
+    inc = np.concatenate([manifest.stats.increments[n].std for n, _ in channels.volume])
+    now, before = snapshot(sample, channels, 4), snapshot(sample, channels, 3)
+    np.testing.assert_allclose(inputs[:, list(cols.current)] * std + mean, now, rtol=1e-4, atol=1e-4 * std.max())
+    moving = inc > 1e-6  # w of the 2D flow never changes: its columns are 0
+    np.testing.assert_allclose((inputs[:, list(cols.history[0])] * inc)[:, moving], (now - before)[:, moving],
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(inputs[:, list(cols.static)][:, 10], sample.arrays["mesh/wall"])

@@ -333,6 +333,10 @@ def test_one_step_exports_to_onnx_verified_in_onnxruntime(run, tmp_path):
     assert sidecar["in_features"] == 38 and sidecar["transient"]["history"] == 1
     assert sidecar["transient"]["advection"] == "U"
     assert sidecar["transient"]["conditions"] == ["Re", "dt"]
+    assert sidecar["transient"]["columns"] == {  # F = 4 (U, p), derivatives 3F + 1, one history increment, carried
+        "static": [0, 11], "current": [11, 15], "derivatives": [15, 28], "history_1": [28, 32], "carried_1": [32, 36],
+        "conditions": [36, 38],
+    }  # fmt: skip
 
 
 def test_rollout_errors_are_one_line(run, trained, tmp_path):
