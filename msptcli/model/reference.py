@@ -35,14 +35,18 @@ def dense_forward(model: MSPT, features: Tensor, sizes: list[int]) -> Tensor:
     return torch.cat([_dense_cloud(model, f) for f in features.split(sizes)])
 
 
-def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
-    config = model.config
-    n = f.shape[0]
+def _cloud_patches(config, f: Tensor):  # type: ignore[no-untyped-def]
+    """The patch of every point (n,) and the sub-run bounds of a cloud with inputs ``f`` (uniform, or adaptive
+    from the inputs), and Q."""
     q = config.num_supernodes
-    cut = cloud_cut(n, config, f)  # uniform, or adaptive from the inputs
+    cut = cloud_cut(f.shape[0], config, f)
     bounds = torch.from_numpy(cut.bounds())
     patch = torch.repeat_interleave(torch.arange(len(cut)), bounds[1:] - bounds[:-1])  # (n,)
-    sub_bounds = cut.sub_bounds(int(math.log2(q)))
+    return patch, cut.sub_bounds(int(math.log2(q))), q
+
+
+def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
+    patch, sub_bounds, q = _cloud_patches(model.config, f)
     x = model.embed(f)
     z = _pool(model.carried_pool, x, sub_bounds) if model.carried_pool is not None else None
     for block in model.blocks:
@@ -58,12 +62,7 @@ def dense_spacetime_forward(model: SpaceTimeMSPT, features: Tensor, sizes: list[
 
 
 def _dense_spacetime_cloud(model: SpaceTimeMSPT, f: Tensor, levels: TimeLevels) -> Tensor:
-    config = model.config
-    q = config.num_supernodes
-    cut = cloud_cut(len(f), config, f)
-    bounds = torch.from_numpy(cut.bounds())
-    patch = torch.repeat_interleave(torch.arange(len(cut)), bounds[1:] - bounds[:-1])  # (n,)
-    sub_bounds = cut.sub_bounds(int(math.log2(q)))
+    patch, sub_bounds, q = _cloud_patches(model.config, f)
     shared = f[:, list(levels.shared)]
     x = [model.embed_now(torch.cat([shared, f[:, list(levels.current)]], dim=1))]
     for j, past in enumerate(levels.past):
