@@ -60,7 +60,7 @@ def _case_of(path: Path, data: DataConfig, *, require_volume: bool) -> CaseFiles
     volume = None
     if data.volume_file is not None and data.volume_fields:
         volume = _one(path, data.volume_file, "volume") if require_volume else _optional(path, data.volume_file)
-    params = _optional(path, data.params_file) if data.params_file else None
+    params = find_params(path, data.params_file)
     return CaseFiles(name=path.name, surface=surface, volume=volume, params=params)
 
 
@@ -73,8 +73,14 @@ def _series_case_of(path: Path, data: DataConfig) -> CaseFiles:
         raise InvalidInputError(
             f"{folder}: no series matching {data.transient.series_file!r} (set data.transient.series_file)"
         )
-    params = _optional(folder, data.params_file) if data.params_file else None
+    params = find_params(folder, data.params_file)
     return CaseFiles(name=folder.resolve().name, surface=path, params=params)
+
+
+def find_params(folder: Path, pattern: str | None) -> Path | None:
+    """A case's params file: the one file in ``folder`` matching ``pattern`` (``data.params_file``); None for no
+    pattern, no file or several files."""
+    return _optional(folder, pattern) if pattern else None
 
 
 def _one(folder: Path, pattern: str, what: str) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ import numpy as np
 
 from msptcli.config import DataConfig
 from msptcli.data.cases import CaseFiles
+from msptcli.data.params import positive_param, read_params
 from msptcli.data.read import FieldMesh, read_fields
 from msptcli.data.sample import Sample
 from msptcli.errors import InvalidInputError
@@ -60,7 +60,7 @@ def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
         n_volume = len(points)
     cloud = np.concatenate([arrays["surface/points"], arrays.get("volume/points", np.zeros((0, 3), np.float32))])
     arrays["order"] = ball_tree_order(cloud)
-    params = _read_params(case)
+    params = read_params(case.params)
     meta: dict[str, Any] = {
         "case": case.name,
         "sources": {k: str(v) for k, v in (("surface", case.surface), ("volume", case.volume)) if v is not None},
@@ -72,7 +72,7 @@ def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
         "num_surface": len(surface.points),
         "num_volume": n_volume,
         "params": params,
-        "reference_area": _reference_area(params, data, case),
+        "reference_area": positive_param(params, data.reference_area_key, case.params) or data.reference_area,
         "fingerprint": case_fingerprint(case, data),
     }
     return Sample(name=case.name, arrays=arrays, meta=meta)
@@ -157,24 +157,3 @@ def _subsample(n: int, limit: int | None, name: str) -> np.ndarray:
         return np.arange(n)
     rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same subset on every run
     return np.sort(rng.choice(n, size=limit, replace=False))
-
-
-def _read_params(case: CaseFiles) -> dict[str, Any]:
-    if case.params is None:
-        return {}
-    try:
-        params = json.loads(case.params.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{case.params}: not valid JSON ({exc})") from None
-    if not isinstance(params, dict):
-        raise InvalidInputError(f"{case.params}: expected a JSON object")
-    return params
-
-
-def _reference_area(params: dict[str, Any], data: DataConfig, case: CaseFiles) -> float | None:
-    if data.reference_area_key and data.reference_area_key in params:
-        value = params[data.reference_area_key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
-            raise InvalidInputError(f"{case.params}: {data.reference_area_key} must be a positive number, got {value}")
-        return float(value)
-    return data.reference_area

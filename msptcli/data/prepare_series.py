@@ -26,7 +26,7 @@ import numpy as np
 
 from msptcli.config import DataConfig
 from msptcli.data.cases import CaseFiles
-from msptcli.data.prepare_case import _read_params
+from msptcli.data.params import read_params
 from msptcli.data.sample import Sample
 from msptcli.data.series import Series, read_series
 from msptcli.data.transient import condition_values
@@ -60,7 +60,7 @@ def prepare_series_case(case: CaseFiles, data: DataConfig) -> Sample:
     arrays["times"] = series.times.astype(np.float64)
     for name, values in series.fields.items():
         arrays[f"series/{name}"] = values
-    params = _read_params(case)
+    params = read_params(case.params)
     conditions = condition_values(transient, params, series.dt, source=str(case.params or case.surface))
     meta: dict[str, Any] = {
         "case": case.name,
