@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from msptcli.choices import Device, Freeze
 from msptcli.errors import ConfigError
 from msptcli.model.config import ModelConfig
 
@@ -172,7 +173,7 @@ class TrainConfig(BaseModel):
     )
     val_every: int = Field(5, ge=1, description="validate every this many epochs (and after the last)")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Device = "auto"
     bf16: bool = Field(True, description="bf16 autocast on a GPU (ignored on the CPU)")
     compile: bool = Field(False, description="torch.compile the training forward pass (dynamic shapes)")
     num_workers: int | None = Field(
@@ -187,7 +188,7 @@ class TrainConfig(BaseModel):
         description="fine-tuning: start from the network of this run directory or checkpoint (`mspt train --init`); "
         "the network config is the parent's (docs/finetune.md)",
     )
-    freeze: Literal["none", "attention", "encoder"] = Field(
+    freeze: Freeze = Field(
         "none",
         description="fine-tuning: parameters kept as the parent's. attention: every attention module (MATEY's "
         "frozen-attention fine-tuning; embeddings, MLPs, norms and head train); encoder: all but the final norm "

@@ -13,10 +13,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import yaml
 
+from msptcli.choices import OnError
 from msptcli.config import DataConfig, MsptConfig
 from msptcli.data.cases import CaseFiles, find_cases
 from msptcli.data.manifest import (
@@ -58,7 +58,7 @@ def prepare_dataset(
     *,
     config: MsptConfig,
     workers: int = 1,
-    on_error: Literal["fail", "skip"] = "fail",
+    on_error: OnError = "fail",
     progress: Progress | None = None,
 ) -> PrepareReport:
     """Prepare every case of ``inputs`` into ``out_dir``; see the module docstring.

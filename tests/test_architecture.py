@@ -10,7 +10,7 @@ PACKAGE = ROOT / "msptcli"
 
 #: Top-level modules and packages of msptcli, lowest layer first (docs/architecture.md).
 LAYERS = [
-    {"__init__", "errors"},
+    {"__init__", "errors", "choices"},
     {"io", "geometry", "device"},
     {"physics", "model"},
     {"config"},

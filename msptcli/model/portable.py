@@ -51,12 +51,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from msptcli.choices import ExportFormat
 from msptcli.errors import InvalidInputError, MsptError
 from msptcli.io.atomic import atomic_output
 from msptcli.model.config import ModelConfig
@@ -75,8 +76,8 @@ from msptcli.model.queries import (
     place_queries,
 )
 
-Format = Literal["onnx", "torchscript"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+Format = ExportFormat
+FORMATS: tuple[str, ...] = get_args(Format)
 
 #: Graph inputs after ``features``, in order.
 LAYOUT_INPUTS = ("patch_index", "point_slot", "patch_cloud", "sub_slots", "sub_count", "sub_index", "key_bias")
