@@ -18,7 +18,7 @@ from msptcli.checkpoint import Checkpoint, load_checkpoint
 from msptcli.data.transient import StepColumns, condition_names, step_columns
 from msptcli.errors import InvalidInputError
 from msptcli.io.atomic import atomic_output
-from msptcli.io.meshes import same_file
+from msptcli.io.guard import check_outputs
 from msptcli.model.config import ModelConfig
 from msptcli.model.portable import FORMATS, Format, export_model, random_example, verify_export
 
@@ -46,9 +46,10 @@ def export_run(
     fmt = format_of(output, fmt)
     ckpt = load_checkpoint(run)
     sidecar = Path(f"{output}.json")
-    for path in (Path(output), sidecar):
-        if ckpt.path is not None and same_file(path, ckpt.path):
-            raise InvalidInputError(f"{path}: refusing to overwrite the checkpoint being exported; choose another -o")
+    checkpoint = () if ckpt.path is None else (ckpt.path,)
+    check_outputs(
+        None, [Path(output), sidecar], inputs=checkpoint, input_name="the checkpoint being exported", option="-o"
+    )
     model = ckpt.model.float().eval()
     with atomic_output(output) as tmp:
         export_model(model, tmp, fmt=fmt)

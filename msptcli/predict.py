@@ -28,11 +28,12 @@ from msptcli.data.features import model_inputs, to_physical
 from msptcli.data.prepare_case import surface_arrays, volume_arrays
 from msptcli.data.read import FieldMesh
 from msptcli.data.template import place_template
-from msptcli.errors import InvalidInputError, OutputError
+from msptcli.errors import InvalidInputError
 from msptcli.evaluate import drag_lift, relative_l2
 from msptcli.geometry.faces import refined
 from msptcli.io.atomic import write_json
-from msptcli.io.meshes import as_polydata, is_surface, read_mesh, same_file, write_mesh
+from msptcli.io.guard import check_outputs
+from msptcli.io.meshes import as_polydata, is_surface, read_mesh, write_mesh
 from msptcli.io.render import render_png
 from msptcli.model import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries_averaged
 
@@ -91,7 +92,7 @@ def predict_geometry(
     files = _output_files(
         out, name, with_volume=bool(ckpt.channels.volume) and (volume_mesh is not None or volume_points != 0)
     )
-    _check_outputs(out, files, inputs_given + ((ckpt.path,) if ckpt.path else ()))
+    check_outputs(out, files.values(), inputs=inputs_given + ((ckpt.path,) if ckpt.path else ()))
 
     mesh = read_mesh(geometry)
     if not is_surface(mesh):
@@ -189,17 +190,6 @@ def _output_files(out: Path, name: str, *, with_volume: bool) -> dict[str, Path]
     if with_volume:
         files["volume"] = out / f"{name}_volume.vtu"
     return files
-
-
-def _check_outputs(out: Path, files: dict[str, Path], inputs: tuple[Path, ...]) -> None:
-    """Refuse, before anything is written, an output directory that is a file and any output that is an input."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a directory; choose another --output")
-    for path in files.values():
-        if path.is_dir():
-            raise OutputError(f"cannot write {path}: it is a directory")
-        if any(same_file(path, q) for q in inputs):
-            raise InvalidInputError(f"{path}: refusing to overwrite an input file; choose another --output")
 
 
 def _is_number(value: Any) -> bool:

@@ -34,6 +34,7 @@ from msptcli.data.sample import load_sample, read_sample_meta, save_sample
 from msptcli.data.transient import series_stats
 from msptcli.errors import DatasetError, InvalidInputError, MsptError, OutputError
 from msptcli.io.atomic import atomic_output, make_dirs
+from msptcli.io.guard import check_outputs
 
 SAMPLES = "samples"
 
@@ -207,8 +208,7 @@ def _series_manifest(
 
 
 def _check_output_dir(out: Path, cases: list[CaseFiles]) -> None:
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"{out}: exists and is not a directory")
+    check_outputs(out)
     resolved = out.resolve()
     for case in cases:
         for src in (case.surface, case.volume, case.params):

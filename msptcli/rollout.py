@@ -17,7 +17,6 @@ last: an interrupted rollout leaves no series that ParaView would open half-fill
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 
 from msptcli.checkpoint import Checkpoint
+from msptcli.data.cases import find_params
+from msptcli.data.params import read_params
 from msptcli.data.prepare_series import mesh_geometry
 from msptcli.data.series import Series, read_series
 from msptcli.data.transient import (
@@ -46,9 +47,11 @@ from msptcli.data.transient import (
     static_features,
     step_inputs,
 )
-from msptcli.errors import InvalidInputError, MsptError, OutputError
+from msptcli.errors import InvalidInputError, MsptError
+from msptcli.evaluate import relative_l2
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.io.atomic import atomic_output, make_dirs, write_json
+from msptcli.io.guard import check_outputs
 from msptcli.io.meshes import write_mesh
 from msptcli.model.inference import DEFAULT_CHUNK_POINTS, predict_clouds
 
@@ -110,7 +113,7 @@ def rollout_series(
     name = name or _case_name(initial)
     folder, pvd = out / name, out / f"{name}.pvd"
     files = {"json": out / f"{name}.json", "png": out / f"{name}_rollout.png"}
-    _check_outputs(out, [folder, pvd, *files.values()], series.files, files=[pvd, *files.values()])
+    check_outputs(out, [pvd, *files.values()], folders=[folder], inputs=series.files, input_name="the input series")
 
     # --- the case: geometry, tree order and conditions, once ---------------------------------------------
     channels, stats = ckpt.channels, ckpt.stats
@@ -157,7 +160,7 @@ def rollout_series(
                 errs.append(None)
                 continue
             ref = split_fields(truth[row], channels)[fname]
-            errs.append(float(np.linalg.norm(cols[k] - ref) / max(np.linalg.norm(ref), 1e-30)))
+            errs.append(relative_l2(cols[k], ref))
         result.errors[fname] = errs
     forces = _forces(ckpt, series, geometry, params, np.stack(predicted), truth, true_at, times)
     result.summary = forces.pop("summary", {})
@@ -282,35 +285,13 @@ def _range_notes(ckpt: Checkpoint, values: dict[str, float]) -> list[str]:
 def _params_of(initial: Path, ckpt: Checkpoint) -> dict[str, Any]:
     """The case's params: the data config's params file beside the series, or nothing."""
     folder = initial if initial.is_dir() else initial.parent
-    pattern = ckpt.config.data.params_file
-    found = sorted(folder.glob(pattern)) if pattern else []
-    if len(found) != 1:
-        return {}
-    try:
-        params = json.loads(found[0].read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{found[0]}: not valid JSON ({exc})") from None
-    return params if isinstance(params, dict) else {}
+    return read_params(find_params(folder, ckpt.config.data.params_file))
 
 
 def _case_name(initial: Path) -> str:
     """The rollout's name: the case folder's name (a series file is named by its folder when it is 'series')."""
     folder = initial if initial.is_dir() else initial.parent
     return folder.resolve().name if initial.is_dir() or initial.stem == "series" else initial.stem
-
-
-def _check_outputs(out: Path, paths: list[Path], inputs: list[Path], *, files: list[Path]) -> None:
-    """Before anything is written: ``out`` is a directory (or new), no output is or holds an input, and no
-    output file is a directory."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a directory; choose another --output")
-    resolved = {p.resolve() for p in inputs}
-    for path in paths:
-        if path.resolve() in resolved or any(q.is_relative_to(path.resolve()) for q in resolved):
-            raise InvalidInputError(f"{path}: refusing to overwrite the input series; choose another --output")
-    for path in files:
-        if path.is_dir():
-            raise OutputError(f"cannot write {path}: it is a directory")
 
 
 def _shape(values: np.ndarray, components: int) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 
 from msptcli.errors import InvalidInputError, MeshReadError
 from msptcli.io.atomic import atomic_output
+from msptcli.io.guard import check_outputs
 
 if TYPE_CHECKING:
     import pyvista as pv
@@ -59,8 +60,7 @@ def write_mesh(mesh: pv.DataSet, path: str | os.PathLike[str], *, inputs: tuple[
     import pyvista as pv
 
     p = Path(path)
-    if any(same_file(p, q) for q in inputs):
-        raise InvalidInputError(f"{p}: refusing to overwrite an input file; choose another output path")
+    check_outputs(None, [p], inputs=inputs, option="output path")
     surface = is_surface(mesh)
     allowed = SURFACE_SUFFIXES if surface else VOLUME_SUFFIXES
     if p.suffix.lower() not in allowed:
@@ -112,13 +112,6 @@ def as_polydata(mesh: pv.DataSet) -> pv.PolyData:
     for name in mesh.cell_data:
         poly.cell_data[name] = mesh.cell_data[name]
     return poly
-
-
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _quiet(fn: Any, *args: Any) -> Any:

@@ -35,6 +35,7 @@ from msptcli.device import pick_device
 from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
 from msptcli.io.atomic import atomic_output, make_dirs
+from msptcli.io.guard import check_outputs
 from msptcli.model import ModelConfig, Network, build_layout, build_network
 from msptcli.train import finetune
 from msptcli.train.dataset import Batch, QueryBatch, TrainClouds, collate, loader_workers
@@ -120,8 +121,7 @@ def train_model(
 
 def _check_run_dir(run_dir: Path, data_dir: Path) -> None:
     """The run directory is a directory of its own: not a file, not the dataset, not inside it."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InvalidInputError(f"{run_dir}: exists and is not a directory; choose another -o")
+    check_outputs(run_dir, option="-o")
     resolved, data = run_dir.resolve(), data_dir.resolve()
     if resolved == data or data in resolved.parents:
         raise InvalidInputError(f"{run_dir}: is inside the dataset {data_dir}; write the run elsewhere (-o)")

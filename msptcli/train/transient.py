@@ -40,6 +40,7 @@ from msptcli.data.transient import (
     step_target,
     training_noise,
 )
+from msptcli.evaluate import relative_l2
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.geometry.mesh_gradient import MeshOperators
 from msptcli.model.inference import predict_clouds
@@ -235,4 +236,4 @@ def step_errors(sample: Sample, channels: Channels, manifest: Manifest, t: int, 
     current, truth = snapshot(sample, channels, t), snapshot(sample, channels, t + 1)
     pred = next_state(manifest.stats, channels, current, out)
     p, q = split_fields(pred, channels), split_fields(truth, channels)
-    return {n: float(np.linalg.norm(p[n] - q[n]) / max(np.linalg.norm(q[n]), 1e-30)) for n, _ in channels.volume}
+    return {n: relative_l2(p[n], q[n]) for n, _ in channels.volume}
