@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 import numpy as np
 import torch
@@ -53,6 +52,7 @@ from msptcli.geometry.balltree import ball_tree_order
 from msptcli.io.atomic import atomic_output, make_dirs, write_json
 from msptcli.io.guard import check_outputs
 from msptcli.io.meshes import write_mesh
+from msptcli.io.pvd import write_pvd
 from msptcli.model.inference import DEFAULT_CHUNK_POINTS, predict_clouds
 
 #: Called after each step with (steps done, steps in all).
@@ -213,8 +213,7 @@ def rollout_series(
     }
     write_json(files["json"], summary)
     _plot(files["png"], name, times, forces, result.errors)
-    with atomic_output(pvd) as f:
-        f.write_text(_pvd(written))
+    write_pvd(pvd, written)
     result.files = [pvd, folder, files["json"], files["png"]]
     return result
 
@@ -296,16 +295,6 @@ def _case_name(initial: Path) -> str:
 
 def _shape(values: np.ndarray, components: int) -> np.ndarray:
     return values.reshape(-1) if components == 1 else values
-
-
-def _pvd(written: list[tuple[float, str]]) -> str:
-    rows = "\n".join(
-        f'    <DataSet timestep="{float(t)!r}" group="" part="0" file={quoteattr(f)}/>' for t, f in written
-    )
-    return (
-        '<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1" byte_order="LittleEndian">\n'
-        f"  <Collection>\n{rows}\n  </Collection>\n</VTKFile>\n"
-    )
 
 
 def _plot(path: Path, name: str, times: np.ndarray, forces: dict[str, Any], errors: dict[str, list]) -> Path:

@@ -17,6 +17,8 @@ import pyvista as pv
 
 from msptcli.data.series import Series, read_series, series_files
 from msptcli.errors import InvalidInputError, MeshReadError
+from msptcli.io.pvd import read_pvd
+from msptcli.io.pvd import write_pvd as write_collection  # the tests' own write_pvd writes by hand
 
 CASE = Path(__file__).resolve().parents[1] / "examples" / "transient" / "case_0000"
 PVD = CASE / "series.pvd"
@@ -302,3 +304,17 @@ def test_unreadable_pvd_and_missing_paths(tmp_path):
         series_files(str(tmp_path / "f_*.vtu"))
     with pytest.raises(MeshReadError, match=re.escape(f"{CASE}: no file matches 'u_*.vtu'")):
         series_files(CASE, "u_*.vtu")
+
+
+def test_a_written_collection_reads_back_its_files_and_times(tmp_path):
+    # write_pvd and read_pvd are one format: names that need XML quoting and times at full precision survive
+    folder = tmp_path / 'run "a" & b'
+    folder.mkdir()
+    names = [f"snap <{k}>.vtu" for k in range(3)]
+    for name, src in zip(names, SNAPSHOTS, strict=False):
+        shutil.copy(src, folder / name)
+    times = [0.1, 0.2 + 1e-12, 1 / 3]
+    pvd = write_collection(tmp_path / "out.pvd", [(t, f"{folder.name}/{n}") for t, n in zip(times, names, strict=True)])
+    files, read = read_pvd(pvd)
+    assert files == [folder / n for n in names]
+    np.testing.assert_array_equal(read, times)  # repr of every float: no digit lost

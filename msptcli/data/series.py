@@ -2,7 +2,7 @@
 
 A series is a ParaView collection (``.pvd``) or numbered snapshot files (``fields_000.vtu``,
 ``fields_001.vtu``, ...). :func:`series_files` finds the files and, for a collection, their
-times; :func:`read_series` reads the selected snapshots with
+times (``io/pvd.py``); :func:`read_series` reads the selected snapshots with
 :func:`msptcli.data.read.read_fields` and checks that they are equally spaced in time and share
 one mesh: mspt learns a fixed time step on a fixed mesh.
 """
@@ -13,7 +13,6 @@ import glob
 import itertools
 import os
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from msptcli.data.read import read_fields
 from msptcli.errors import InvalidInputError, MeshReadError
 from msptcli.io.meshes import MESH_SUFFIXES, read_mesh
+from msptcli.io.pvd import read_pvd
 
 #: Consecutive snapshot times may differ from the mean spacing by this much, relative ...
 SPACING_RTOL = 1e-4
@@ -165,7 +165,7 @@ def _resolve(path: str | os.PathLike[str], pattern: str | None) -> tuple[Path, l
             return _from_matches(matches, f"{p / pattern}")
         return _from_folder(p)
     if p.suffix.lower() == ".pvd":
-        files, times = _read_pvd(p)
+        files, times = read_pvd(p)
         return p, files, times
     return _from_matches([p], text)
 
@@ -174,7 +174,7 @@ def _from_folder(folder: Path) -> tuple[Path, list[Path], np.ndarray | None]:
     """The folder's only .pvd, else its only group of numbered mesh files (same name but for the number)."""
     collections = sorted(m for m in folder.glob("*.pvd") if m.is_file())
     if len(collections) == 1:
-        files, times = _read_pvd(collections[0])
+        files, times = read_pvd(collections[0])
         return collections[0], files, times
     if collections:
         names = ", ".join(c.name for c in collections[:3])
@@ -201,7 +201,7 @@ def _from_matches(matches: list[Path], what: str) -> tuple[Path, list[Path], np.
             names = ", ".join(m.name for m in matches[:3])
             several = "several .pvd files" if len(collections) == len(matches) else "a .pvd and other files"
             raise InvalidInputError(f"{what}: matches {several} ({names}); match one .pvd, or numbered mesh files")
-        files, times = _read_pvd(collections[0])
+        files, times = read_pvd(collections[0])
         return collections[0], files, times
     for m in matches:
         if m.suffix.lower() not in MESH_SUFFIXES:
@@ -241,42 +241,6 @@ def _template(path: Path) -> str:
     stem = path.stem
     match = list(re.finditer(r"\d+", stem))[-1]
     return f"{stem[: match.start()]}*{stem[match.end() :]}{path.suffix}"
-
-
-def _read_pvd(path: Path) -> tuple[list[Path], np.ndarray]:
-    """The files and times of a ParaView collection, sorted by time; missing files and repeated times are errors."""
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "not XML"
-        raise MeshReadError(f"{path}: cannot be read as a .pvd collection ({reason})") from None
-    entries: list[tuple[float, str, Path]] = []
-    parts: set[str] = set()
-    for element in root.iter("DataSet"):
-        step, name = element.get("timestep"), element.get("file")
-        if step is None or name is None:
-            raise InvalidInputError(f"{path}: a DataSet without a 'timestep' or 'file' attribute")
-        try:
-            time = float(step)
-        except ValueError:
-            raise InvalidInputError(f"{path}: timestep {step!r} of {name} is not a number") from None
-        if not np.isfinite(time):
-            raise InvalidInputError(f"{path}: timestep {step!r} of {name} is not finite")
-        parts.add(element.get("part", "0") or "0")
-        file = Path(name) if Path(name).is_absolute() else path.parent / name
-        entries.append((time, name, file))
-    if not entries:
-        raise InvalidInputError(f"{path}: no DataSet entries (not a ParaView collection of snapshots?)")
-    if len(parts) > 1:
-        raise InvalidInputError(f"{path}: parts {', '.join(sorted(parts))}: multi-part collections are not supported")
-    entries.sort(key=lambda e: e[0])
-    for (t0, n0, _), (t1, n1, _) in itertools.pairwise(entries):
-        if t1 == t0:
-            raise InvalidInputError(f"{path}: {n0} and {n1} have the same timestep {t0:.10g}")
-    for time, name, file in entries:
-        if not file.is_file():
-            raise MeshReadError(f"{path}: snapshot file {name} (timestep {time:.10g}) does not exist")
-    return [e[2] for e in entries], np.array([e[0] for e in entries], dtype=np.float64)
 
 
 # --- times and checks ----------------------------------------------------------------------------------------
