@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from msptcli.data.anchors import sample_anchors, seeds_of
-from msptcli.data.features import Channels, model_inputs, model_targets, to_physical
+from msptcli.data.features import Channels, cloud_inputs, cloud_part, model_targets, to_physical
 from msptcli.data.manifest import Manifest
 from msptcli.data.sample import Sample
 from msptcli.model import Network, predict_clouds, predict_queries_averaged
@@ -65,16 +65,7 @@ def evaluate_sample(
     channels = Channels.from_fields(manifest.fields)
     a = sample.arrays
     n, m = sample.num_surface, sample.num_volume if channels.volume else 0
-    volume = {k: a[f"volume/{k}"] for k in ("points", "distance", "direction")} if m else {}
-    inputs = model_inputs(
-        manifest.stats,
-        a["surface/points"],
-        a["surface/normals"],
-        volume.get("points"),
-        volume.get("distance"),
-        volume.get("direction"),
-    )
-    points = np.concatenate([a["surface/points"], *([volume["points"]] if m else [])])
+    points, inputs = cloud_inputs(manifest.stats, cloud_part(a, "surface"), cloud_part(a, "volume") if m else None)
     anchors = model.config.anchors
     if anchors is not None:  # every point a query of anchors drawn from the sample's geometry, seeded
         draws = []

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from msptcli.data.features import model_inputs
+from msptcli.data.features import cloud_inputs, cloud_part
 from msptcli.data.manifest import Stats
 from msptcli.data.prepare_case import volume_arrays
 from msptcli.data.sample import Sample
@@ -60,12 +60,8 @@ def sample_anchors(
     pool = a["anchors/surface_points"]
     s_rows = draw_rows(pool, config.surface, config.candidates, rng)
     v_rows = draw_rows(a["volume/points"], config.volume, config.candidates, rng) if sample.num_volume else []
-    return anchor_inputs(
-        stats,
-        pool[s_rows],
-        a["anchors/surface_normals"][s_rows],
-        {k: a[f"volume/{k}"][v_rows] for k in ("points", "distance", "direction")} if len(v_rows) else None,
-    )
+    volume = cloud_part(a, "volume", v_rows) if len(v_rows) else None
+    return anchor_inputs(stats, pool[s_rows], a["anchors/surface_normals"][s_rows], volume)
 
 
 def geometry_anchors(
@@ -106,9 +102,5 @@ def anchor_inputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, 3) float64 points and (n, 11) inputs of anchors [surface ; volume] (``volume``: points, distance,
     direction)."""
-    volume = volume or {}
-    points = np.concatenate([surface_points, *([volume["points"]] if volume else [])]).astype(np.float64)
-    inputs = model_inputs(
-        stats, surface_points, surface_normals, volume.get("points"), volume.get("distance"), volume.get("direction")
-    )
-    return points, inputs
+    points, inputs = cloud_inputs(stats, {"points": surface_points, "normals": surface_normals}, volume)
+    return points.astype(np.float64), inputs

@@ -12,6 +12,7 @@ channels count on surface points only and volume channels on volume points.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,31 @@ def model_inputs(
         out[n:, 6] = np.asarray(volume_distance).reshape(-1) / scale
         out[n:, 7:10] = volume_direction
     return out
+
+
+def cloud_inputs(
+    stats: Stats, surface: Mapping[str, np.ndarray], volume: Mapping[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cloud [surface ; volume] as the model takes it: its (n + m, 3) points and (n + m, 11) float32 inputs.
+
+    ``surface``: ``points`` (n, 3) and ``normals`` (n, 3); ``volume``: ``points`` (m, 3), ``distance`` (m,) or
+    (m, 1) and ``direction`` (m, 3), as :func:`cloud_part` takes them from a sample's arrays; None or empty: no
+    volume. The points keep their dtype.
+    """
+    v = volume or {}
+    points = np.concatenate([surface["points"], *([v["points"]] if v else [])])  # (n + m, 3)
+    s_points, normals = surface["points"], surface["normals"]
+    return points, model_inputs(stats, s_points, normals, v.get("points"), v.get("distance"), v.get("direction"))
+
+
+def cloud_part(
+    arrays: Mapping[str, np.ndarray], name: str, rows: np.ndarray | slice = slice(None)
+) -> dict[str, np.ndarray]:
+    """The geometry of one part of a cloud, ``surface`` or ``volume``, at ``rows``, from arrays keyed
+    ``<part>/<name>`` (a prepared sample's, ``prepare_case.surface_arrays``/``volume_arrays``): the arrays
+    :func:`cloud_inputs` takes."""
+    keys = ("points", "normals") if name == "surface" else ("points", "distance", "direction")
+    return {k: arrays[f"{name}/{k}"][rows] for k in keys}
 
 
 def model_targets(

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from msptcli.data.anchors import sample_anchors
-from msptcli.data.features import Channels, model_inputs, model_targets
+from msptcli.data.features import Channels, cloud_inputs, cloud_part, model_targets
 from msptcli.data.manifest import Manifest, SampleEntry
 from msptcli.data.sample import Sample, map_sample
 from msptcli.geometry.balltree import ball_tree_order
@@ -63,20 +63,11 @@ def rows_of(
     [surface ; volume] of a sample, in that order."""
     a = sample.arrays
     has_volume = len(volume_rows) > 0
-    inputs = model_inputs(
-        manifest.stats,
-        a["surface/points"][surface_rows],
-        a["surface/normals"][surface_rows],
-        a["volume/points"][volume_rows] if has_volume else None,
-        a["volume/distance"][volume_rows] if has_volume else None,
-        a["volume/direction"][volume_rows] if has_volume else None,
-    )
+    v_geometry = cloud_part(a, "volume", volume_rows) if has_volume else None
+    points, inputs = cloud_inputs(manifest.stats, cloud_part(a, "surface", surface_rows), v_geometry)
     surface = {name: a[f"surface/{name}"][surface_rows] for name, _ in channels.surface}
     volume = {name: a[f"volume/{name}"][volume_rows] for name, _ in channels.volume} if has_volume else {}
     targets, mask = model_targets(manifest.stats, channels, surface, volume, len(surface_rows), len(volume_rows))
-    points = np.concatenate(
-        [a["surface/points"][surface_rows]] + ([a["volume/points"][volume_rows]] if has_volume else [])
-    )
     return points, inputs, targets, mask
 
 
