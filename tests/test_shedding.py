@@ -9,7 +9,8 @@ import pytest
 import pyvista as pv
 
 from msptcli.errors import InvalidInputError
-from msptcli.physics.shedding import body_edges, body_forces, cycle_mean, shedding_summary, strouhal
+from msptcli.geometry.outline import body_edges
+from msptcli.physics.shedding import body_forces, cycle_mean, shedding_summary, strouhal
 
 #: 12 snapshots of two of the transient cases (shared/data/transient): a circle and a rounded rectangle.
 EXAMPLES = Path(__file__).parents[1] / "examples" / "transient"

@@ -5,7 +5,7 @@ The mesh does not move, so its geometry features and its ball-tree order are com
     mesh/points (N, 3), mesh/normals (N, 3)    the body's outward normal on wall points, else 0
     mesh/distance (N,), mesh/direction (N, 3)  to the body's outline (0 on the wall)
     mesh/wall (N,)                             1 on the body's outline, else 0
-    body/edges (E, 2)                          the outline's mesh edges (``physics/shedding.py``)
+    body/edges (E, 2)                          the outline's mesh edges (``geometry/outline.py``)
     mesh/edges (M, 2)                          every edge of the mesh (its derivatives, ``geometry/mesh_gradient.py``)
     order (N,)                                 the ball-tree order of the mesh points
     times (T,)                                 the snapshot times, equally spaced
@@ -33,7 +33,7 @@ from msptcli.data.transient import condition_values
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.geometry.mesh_gradient import mesh_edges
-from msptcli.physics.shedding import body_edges
+from msptcli.geometry.outline import body_edges, outline_features
 
 #: What a prepared transient sample holds; part of the fingerprint.
 SERIES_CONTENT = "series-2"  # since the mesh edges (derivative inputs)
@@ -86,59 +86,16 @@ def mesh_geometry(series: Series) -> dict[str, np.ndarray]:
     if series.location != "points":
         raise InvalidInputError(f"{series.source}: transient fields must be point data (found cell data)")
     edges = body_edges(series.mesh, required=False)  # (E, 2); none for a flow without a body
-    normals = np.zeros_like(points)
-    edge_normals = outward_normals(points, edges)  # (E, 3) unit, into the fluid
-    np.add.at(normals, edges[:, 0], edge_normals)
-    np.add.at(normals, edges[:, 1], edge_normals)
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    normals = np.divide(normals, length, out=np.zeros_like(normals), where=length > 0)
-    wall = np.zeros(len(points), dtype=np.float32)
-    wall[edges.ravel()] = 1.0
-    distance, direction = distance_to_outline(points, edges)
-    distance[wall > 0], direction[wall > 0] = 0.0, 0.0
+    body = outline_features(points, edges)
     return {
         "mesh/points": points.astype(np.float32),
-        "mesh/normals": normals.astype(np.float32),
-        "mesh/distance": distance.astype(np.float32),
-        "mesh/direction": direction.astype(np.float32),
-        "mesh/wall": wall,
+        "mesh/normals": body.normals.astype(np.float32),
+        "mesh/distance": body.distance.astype(np.float32),
+        "mesh/direction": body.direction.astype(np.float32),
+        "mesh/wall": body.wall,
         "body/edges": edges.astype(np.int64),
         "mesh/edges": mesh_edges(series.mesh),
     }
-
-
-def outward_normals(points: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """(E, 3) unit normals of the outline's edges, out of the body (``body_edges`` orients the edges so that
-    the fluid lies to the right of a->b: the normal is (dy, -dx))."""
-    d = points[edges[:, 1]] - points[edges[:, 0]]
-    n = np.stack([d[:, 1], -d[:, 0], np.zeros(len(d))], axis=1)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-300)
-
-
-def distance_to_outline(points: np.ndarray, edges: np.ndarray, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) distance of every point to the nearest outline segment, in the plane, and (N, 3) the unit
-    direction towards it (0 where the distance is 0; both 0 everywhere without an outline)."""
-    if len(edges) == 0:
-        return np.zeros(len(points)), np.zeros((len(points), 3))
-    a, b = points[edges[:, 0], :2], points[edges[:, 1], :2]  # (E, 2)
-    ab = b - a
-    length2 = np.maximum((ab**2).sum(1), 1e-300)
-    distance = np.empty(len(points))
-    direction = np.zeros((len(points), 3))
-    for start in range(0, len(points), chunk):
-        p = points[start : start + chunk, None, :2]  # (n, 1, 2)
-        t = np.clip(((p - a) * ab).sum(-1) / length2, 0.0, 1.0)  # (n, E)
-        closest = a + t[..., None] * ab  # (n, E, 2)
-        d2 = ((closest - p) ** 2).sum(-1)
-        best = d2.argmin(1)
-        rows = np.arange(len(best))
-        vec = closest[rows, best] - p[:, 0]
-        dist = np.sqrt(d2[rows, best])
-        distance[start : start + len(best)] = dist
-        direction[start : start + len(best), :2] = np.divide(
-            vec, dist[:, None], out=np.zeros_like(vec), where=dist[:, None] > 0
-        )
-    return distance, direction
 
 
 def series_case_folder(case: CaseFiles) -> Path:

@@ -3,14 +3,9 @@
 The data are the transient cases (``shared/data/transient``, README there): the z = 0 plane of a
 one-cell-thick OpenFOAM mesh, quads with point fields ``U`` and kinematic ``p``, the body a hole in it.
 
-**Body.** The boundary edges of a planar mesh are the cell edges used by exactly one cell. They
-form closed loops; the loops that touch the mesh's bounding box are the channel (inlet, outlet,
-walls), the others are the body (or bodies). :func:`body_edges` orients every body edge
-counter-clockwise around its body: going from ``edge[0]`` to ``edge[1]`` the body is on the left
-and the fluid on the right, so with ``(dx, dy)`` the edge vector and ``l`` its length the unit
-normal of the body pointing into the fluid is::
-
-    n = (dy, -dx) / l
+**Body.** The body's boundary edges come from ``geometry/outline.py`` (:func:`~msptcli.geometry.outline.body_edges`),
+oriented so that the fluid lies on the right of each edge ``a -> b``: with ``(dx, dy)`` the edge vector
+and ``l`` its length the unit normal of the body pointing into the fluid is ``n = (dy, -dx) / l``.
 
 **Forces.** Per unit depth the fluid pushes on the body with::
 
@@ -47,52 +42,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from msptcli.errors import InvalidInputError
-from msptcli.geometry.mesh_gradient import cell_edges
+from msptcli.geometry.outline import planar_edges
 
 if TYPE_CHECKING:
     import pyvista as pv
 
-__all__ = ["body_edges", "body_forces", "cycle_mean", "shedding_summary", "strouhal", "up_crossings"]
+__all__ = ["body_forces", "cycle_mean", "shedding_summary", "strouhal", "up_crossings"]
 
 
-# --- the body -----------------------------------------------------------------------------------------------
-
-
-def body_edges(mesh: pv.DataSet, *, required: bool = True) -> np.ndarray:
-    """The body's boundary edges ``(E, 2)`` int64, counter-clockwise around the body (module docstring).
-    ``required=False``: a mesh without an inner boundary gives no edges, ``(0, 2)``, instead of an error.
-
-    The edges come loop by loop, each in order along its loop (``edges[i, 1] == edges[i + 1, 0]``,
-    the last edge of a loop ending where its first begins); the fluid is on the right of each
-    edge and ``(dy, -dx) / l`` points into it.
-
-    Raises:
-        InvalidInputError: a mesh that is not planar (one z), cells that are not triangles, quads
-            or polygons, a boundary that is not a set of simple loops, no inner boundary loop.
-    """
-    points, a, b, cell, boundary = _edges(mesh)
-    xy = points[:, :2]
-    # A cell's own edges have the cell on their left when it is counter-clockwise: reverse those,
-    # so that the fluid is on the right of every boundary edge.
-    area2 = np.bincount(cell, weights=xy[a, 0] * xy[b, 1] - xy[b, 0] * xy[a, 1], minlength=cell.max() + 1)
-    ccw = area2[cell[boundary]] > 0
-    edges = np.where(ccw[:, None], np.stack([b[boundary], a[boundary]], 1), np.stack([a[boundary], b[boundary]], 1))
-
-    starts = np.bincount(edges[:, 0], minlength=len(points))
-    if (starts > 1).any():
-        i = int(np.flatnonzero(starts > 1)[0])
-        raise InvalidInputError(
-            f"the mesh boundary is not a set of simple loops: {starts[i]} boundary edges leave point {i}"
-        )
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    tol = 1e-9 * max(float((hi - lo).max()), 1.0)
-    on_box = ((xy - lo <= tol) | (hi - xy <= tol)).any(axis=1)
-    loops = [loop for loop in _loops(edges, len(points)) if not on_box[edges[loop, 0]].any()]
-    if not loops:
-        if not required:
-            return np.zeros((0, 2), dtype=np.int64)
-        raise InvalidInputError("no body: the mesh has no inner boundary")
-    return edges[np.concatenate(loops)].astype(np.int64)
+# --- forces -------------------------------------------------------------------------------------------------
 
 
 def body_forces(
@@ -110,7 +68,7 @@ def body_forces(
 
     Args:
         mesh: the planar mesh the fields live on.
-        edges: the body edges from :func:`body_edges` (the fluid on their right).
+        edges: the body edges from :func:`~msptcli.geometry.outline.body_edges` (the fluid on their right).
         U: ``(N, 3)`` or ``(N, 2)`` velocity at the mesh points, or ``(T, N, 3)`` for T snapshots.
         p: ``(N,)`` or ``(N, 1)`` pressure at the points, or ``(T, N)`` / ``(T, N, 1)``.
         nu: kinematic viscosity.
@@ -130,7 +88,7 @@ def body_forces(
     for name, value in (("nu", nu), ("density", density), ("velocity", velocity), ("length", length)):
         if not np.isfinite(value) or value <= 0:
             raise InvalidInputError(f"{name} must be a positive number, got {value!r}")
-    points, a, b, _, _ = _edges(mesh)
+    points, a, b, _, _ = planar_edges(mesh)
     n = len(points)
     e = np.asarray(edges)
     if e.ndim != 2 or e.shape[1] != 2 or len(e) == 0 or e.dtype.kind not in "iu" or e.min() < 0 or e.max() >= n:
@@ -231,40 +189,6 @@ def shedding_summary(
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
-
-
-def _edges(mesh: pv.DataSet) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Points ``(N, 3)``, every cell's edges ``a -> b`` in its vertex order, their cell, and which are boundary."""
-    points, a, b, cell = cell_edges(mesh)
-    z = points[:, 2]
-    extent = max(float(np.ptp(points[:, :2], axis=0).max()), 1.0)
-    if np.ptp(z) > 1e-6 * extent:
-        raise InvalidInputError(
-            f"the mesh is not planar: its points span z = {z.min():g} .. {z.max():g}, not one z plane"
-        )
-    key = np.minimum(a, b) * len(points) + np.maximum(a, b)
-    _, inverse, count = np.unique(key, return_inverse=True, return_counts=True)
-    return points, a, b, cell, count[inverse] == 1
-
-
-def _loops(edges: np.ndarray, n_points: int) -> list[np.ndarray]:
-    """The boundary loops as lists of edge indices in order, following each edge to the one leaving its end."""
-    leaving = np.full(n_points, -1)
-    leaving[edges[:, 0]] = np.arange(len(edges))
-    seen = np.zeros(len(edges), dtype=bool)
-    loops = []
-    for first in range(len(edges)):
-        if seen[first]:
-            continue
-        loop, k = [], first
-        while k >= 0 and not seen[k]:
-            seen[k] = True
-            loop.append(k)
-            k = leaving[edges[k, 1]]
-        if k != first:
-            raise InvalidInputError(f"the mesh boundary is not closed at point {int(edges[loop[-1], 1])}")
-        loops.append(np.array(loop))
-    return loops
 
 
 def _wall_stencil(
