@@ -316,7 +316,7 @@ def test_gpu_bf16_uses_fused_attention_kernels(sizes):
 
 
 def test_mlp_that_recomputes_its_gelu_gives_the_plain_values_and_gradients():
-    from msptcli.model.mspt import Mlp
+    from msptcli.model.layers import Mlp
 
     torch.manual_seed(0)
     mlp = Mlp(6, 24, 5).double()

@@ -44,9 +44,8 @@ from torch.utils.checkpoint import checkpoint
 
 from msptcli.errors import InvalidInputError
 from msptcli.model.config import ModelConfig
+from msptcli.model.layers import gather_rows, init_weights  # init: truncated normal (std 0.02), as the reference
 from msptcli.model.layout import PatchLayout
-from msptcli.model.mspt import init_weights  # truncated normal (std 0.02), zero biases: as the reference
-from msptcli.model.pmsa import gather_rows
 from msptcli.model.queries import ONE_TREE, AnchorTrees
 
 DIM = 3  # coordinates per position

@@ -19,115 +19,28 @@ depth, and the result equals the all-at-once pass up to floating-point reorderin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from msptcli.model.config import ModelConfig
+from msptcli.model.layers import (
+    Embedding,
+    Mlp,
+    channels,
+    gather_rows,
+    init_weights,
+    over_chunks,
+    point_chunks,
+    point_rows,
+    supernode_rows,
+)
 from msptcli.model.layout import PatchChunk, PatchLayout
-from msptcli.model.pmsa import PMSA, SupernodePool, gather_rows
+from msptcli.model.pmsa import PMSA, SupernodePool
 from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear.
-
-    In training (float32, eager) the GELU and the second linear layer are one autograd step
-    (:class:`GeluLinear`) that keeps only the hidden pre-activation for the backward and recomputes
-    its GELU there: the same values and gradients, and the largest saved activation of a block
-    (``mlp_ratio * C`` per point) is kept once instead of twice.
-    """
-
-    def __init__(self, dim_in: int, dim_hidden: int, dim_out: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim_in, dim_hidden)
-        self.fc2 = nn.Linear(dim_hidden, dim_out)
-
-    def forward(self, x: Tensor) -> Tensor:
-        a = self.fc1(x)
-        if (
-            torch.is_grad_enabled()
-            and not torch.is_autocast_enabled(a.device.type)
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
-        ):
-            return GeluLinear.apply(a, self.fc2.weight, self.fc2.bias)
-        return self.fc2(F.gelu(a))
-
-
-class GeluLinear(torch.autograd.Function):
-    """y = GELU(a) W^T + b, saving a alone: GELU(a) is recomputed in the backward (elementwise, cheap)."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(a, weight)
-        return F.linear(F.gelu(a), weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        a, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        hidden = F.gelu(a).reshape(-1, a.shape[-1])
-        grad_a = torch.ops.aten.gelu_backward(grad @ weight, a)
-        return grad_a, g.t() @ hidden, g.sum(0)
-
-
-class Embedding(Mlp):
-    """The point-wise input MLP, optionally over Fourier features of the coordinates (the first three inputs):
-
-        e_i = MLP([f_i ; sin(2^k pi x_i) ; cos(2^k pi x_i)]),   k = 0 .. num_frequencies - 1
-
-    Sines of octave frequencies let an MLP resolve position at scales finer than its smooth
-    activations would (Tancik et al., 2020); ``num_frequencies = 0`` is the plain MLP.
-    """
-
-    def __init__(self, in_features: int, dim: int, num_frequencies: int = 0) -> None:
-        super().__init__(in_features + 6 * num_frequencies, dim, dim)
-        self.num_frequencies = num_frequencies  # a Python int: tracing records no branch on a tensor
-        freq = torch.pi * 2.0 ** torch.arange(num_frequencies, dtype=torch.float64)
-        self.register_buffer("freq", freq, persistent=False)
-
-    def forward(self, f: Tensor) -> Tensor:
-        if self.num_frequencies:
-            angle = (f[:, :3, None] * self.freq.to(f.dtype)).flatten(1)  # (n, 3 * num_frequencies)
-            f = torch.cat([f, torch.sin(angle), torch.cos(angle)], dim=1)
-        return super().forward(f)
-
-
-def over_chunks(chunks: Sequence[PatchChunk], rows: Callable[[PatchChunk], slice], fn: Callable[[PatchChunk], Tensor]):
-    """``fn(chunk)`` of every chunk, stacked into one tensor at the rows ``rows(chunk)``.
-
-    One chunk (the whole layout): ``fn``'s own result, so autograd sees no copy.
-    """
-    if len(chunks) == 1:
-        return fn(chunks[0])
-    out = None
-    for chunk in chunks:
-        y = fn(chunk)
-        if out is None:
-            out = y.new_empty((rows(chunks[-1]).stop, *y.shape[1:]))
-        out[rows(chunk)] = y
-    return out
-
-
-def _points(chunk: PatchChunk) -> slice:
-    return slice(chunk.n0, chunk.n1)
-
-
-def point_chunks(features: Tensor, layout: PatchLayout, chunk_points: int | None) -> list[PatchChunk]:
-    """The runs of whole patches a forward pass over every point processes in turn (one: the whole layout),
-    checked: ``features`` has a row per point, and a pass in several chunks runs without autograd."""
-    n = layout.num_points
-    if not torch.jit.is_tracing() and features.shape[0] != n:  # traced: both are the same graph value
-        raise ValueError(f"features have {features.shape[0]} rows but the layout has {n} points")
-    chunks = [layout.whole] if chunk_points is None else list(layout.chunks(chunk_points))
-    if len(chunks) > 1 and torch.is_grad_enabled():
-        raise ValueError("a forward pass in chunks updates features in place: run it under torch.no_grad()")
-    return chunks
 
 
 class MSPTBlock(nn.Module):
@@ -150,14 +63,13 @@ class MSPTBlock(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Eq. 4: keys and values 2 x (B, S, C) of the supernodes of every patch, from this block's input."""
         chunks = [layout.whole] if chunks is None else chunks
-        q = self.num_supernodes  # Q supernodes per patch
         if self.carried:
             s = self.norm1(z)  # (P * Q, C)
         else:  # a sub-run never crosses a patch
             s = over_chunks(
                 chunks,
-                lambda ch: slice(ch.p0 * q, ch.p1 * q),
-                lambda ch: self.pool(self.norm1(x[_points(ch)]), ch.sub_slots, ch.sub_count),
+                lambda ch: supernode_rows(ch, self.num_supernodes),
+                lambda ch: self.pool(self.norm1(x[point_rows(ch)]), ch.sub_slots, ch.sub_count),
             )
         return self.attn.supernode_kv(s, layout)
 
@@ -176,18 +88,13 @@ class MSPTBlock(nn.Module):
         block's supernode keys, when the caller has them already (``supernode_keys``).
         """
         chunks = [layout.whole] if chunks is None else chunks
-        q = self.num_supernodes  # Q supernodes per patch
-
-        def subs(ch: PatchChunk) -> slice:
-            return slice(ch.p0 * q, ch.p1 * q)
-
         if sn_kv is None:
             sn_kv = self.supernode_keys(x, layout, z, chunks)  # 2 x (B, S, C)
 
         # Eq. 5-7: every point attends to its patch and all supernodes of its cloud.
         def update(ch: PatchChunk) -> tuple[Tensor, Tensor | None]:
-            xc = x[_points(ch)]
-            zc = z[subs(ch)] if self.carried else None
+            xc = x[point_rows(ch)]
+            zc = z[supernode_rows(ch, self.num_supernodes)] if self.carried else None
             a, az = self.attn(self.norm1(xc), ch, sn_kv, self.norm1(zc) if self.carried else None)
             xc = xc + a
             xc = xc + self.mlp(self.norm2(xc))
@@ -201,9 +108,9 @@ class MSPTBlock(nn.Module):
         z_next = torch.empty_like(z) if self.carried else None
         for ch in chunks:
             xc, zc = update(ch)
-            x[_points(ch)] = xc  # in place: later chunks read only their own rows and sn_kv
+            x[point_rows(ch)] = xc  # in place: later chunks read only their own rows and sn_kv
             if self.carried:
-                z_next[subs(ch)] = zc
+                z_next[supernode_rows(ch, self.num_supernodes)] = zc
         return x, z_next
 
     def anchor_keys(
@@ -269,21 +176,20 @@ class MSPT(nn.Module):
             keys, _ = self.read_anchors(features, layout, trees)
             return self.answer_queries(keys, layout, queries)
         chunks = point_chunks(features, layout, chunk_points)
-        q = self.config.num_supernodes  # Q supernodes per patch
-        x = over_chunks(chunks, _points, lambda ch: self.embed(features[_points(ch)]))  # (N, C)
+        x = over_chunks(chunks, point_rows, lambda ch: self.embed(features[point_rows(ch)]))  # (N, C)
         z = None
         if self.carried_pool is not None:  # (P * Q, C)
             z = over_chunks(
                 chunks,
-                lambda ch: slice(ch.p0 * q, ch.p1 * q),
-                lambda ch: self.carried_pool(x[_points(ch)], ch.sub_slots, ch.sub_count),
+                lambda ch: supernode_rows(ch, self.config.num_supernodes),
+                lambda ch: self.carried_pool(x[point_rows(ch)], ch.sub_slots, ch.sub_count),
             )
         for block in self.blocks:
             if self.config.checkpointing and torch.is_grad_enabled():
                 x, z = checkpoint(block, x, layout, z, use_reentrant=False)
             else:
                 x, z = block(x, layout, z, chunks)
-        return over_chunks(chunks, _points, lambda ch: self.head(self.norm(x[_points(ch)])))  # (N, out_features)
+        return over_chunks(chunks, point_rows, lambda ch: self.head(self.norm(x[point_rows(ch)])))  # (N, out)
 
     def read_anchors(
         self, features: Tensor, layout: PatchLayout, trees: AnchorTrees = ONE_TREE, *, outputs: bool = False
@@ -333,18 +239,3 @@ class AnchorKeys:
     kv: Tensor
     sn_kv: tuple[Tensor, Tensor]
     tree: int
-
-
-def channels(in_features: int, out_features: int) -> tuple[int, int]:
-    """The input and output channels of a network, checked positive."""
-    if in_features < 1 or out_features < 1:
-        raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
-    return in_features, out_features
-
-
-def init_weights(module: nn.Module) -> None:
-    """Linear layers: truncated normal weights (std 0.02), zero biases (every backbone, as their references)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

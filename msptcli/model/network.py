@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from msptcli.model.config import ModelConfig
+from msptcli.model.layers import channels, gather_rows, init_weights
 from msptcli.model.layout import PatchLayout
-from msptcli.model.mspt import MSPT, AnchorKeys, MSPTBlock, channels, init_weights
-from msptcli.model.pmsa import gather_rows
+from msptcli.model.mspt import MSPT, AnchorKeys, MSPTBlock
 from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
 from msptcli.model.spacetime import SpaceTimeMSPT, TimeLevels
 

@@ -19,22 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msptcli.model.layers import gather_rows, patch_rows
 from msptcli.model.layout import PatchChunk, PatchGroup, PatchLayout
-
-
-def patch_rows(x: Tensor, chunk: PatchChunk) -> Tensor:
-    """(n, D) rows of the chunk's points -> (p, L, D) patch by patch: a view when every patch is full."""
-    p, length = chunk.patch_index.shape
-    return x.view(p, length, x.shape[1]) if chunk.exact else gather_rows(x, chunk.patch_index)
-
-
-def gather_rows(x: Tensor, index: Tensor) -> Tensor:
-    """``x[index]`` for a (long) index tensor of any shape, through ``index_select``.
-
-    Same values as advanced indexing; its backward is an ``index_add`` rather than
-    the much slower ``index_put`` with accumulation.
-    """
-    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
 
 
 class SupernodePool(nn.Module):

@@ -30,8 +30,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from msptcli.model.config import ModelConfig
+from msptcli.model.layers import Embedding, channels, init_weights, over_chunks, point_chunks, point_rows
 from msptcli.model.layout import PatchLayout
-from msptcli.model.mspt import Embedding, MSPTBlock, _points, channels, init_weights, over_chunks, point_chunks
+from msptcli.model.mspt import MSPTBlock
 from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
 
 
@@ -97,10 +98,10 @@ class SpaceTimeBlock(nn.Module):
         chunks = [layout.whole] if chunks is None else chunks
 
         def along_time(ch) -> Tensor:  # (n, T, C) of the chunk's points
-            xs = torch.stack([level[_points(ch)] for level in x], dim=1)
+            xs = torch.stack([level[point_rows(ch)] for level in x], dim=1)
             return xs + self.time(self.norm_t(xs))
 
-        xs = over_chunks(chunks, _points, along_time)  # (N, T, C)
+        xs = over_chunks(chunks, point_rows, along_time)  # (N, T, C)
         out = []
         for j in range(xs.shape[1]):
             level = xs[:, j] if len(chunks) == 1 else xs[:, j].contiguous()  # chunks update it in place
@@ -153,11 +154,13 @@ class SpaceTimeMSPT(nn.Module):
         if queries is not None or trees is not ONE_TREE:
             raise ValueError("time attention runs on the mesh points: it has no anchors (model.anchors: null)")
         chunks = point_chunks(features, layout, chunk_points)
-        x = [over_chunks(chunks, _points, lambda ch: self.embed_now(features[_points(ch)][:, self.now_columns]))]
+        x = [over_chunks(chunks, point_rows, lambda ch: self.embed_now(features[point_rows(ch)][:, self.now_columns]))]
         for j in range(self.lag.shape[0]):  # levels 1..h: (N, C) each
             x.append(
                 over_chunks(
-                    chunks, _points, lambda ch, j=j: self.embed_past(features[_points(ch)][:, self.past_columns[j]])
+                    chunks,
+                    point_rows,
+                    lambda ch, j=j: self.embed_past(features[point_rows(ch)][:, self.past_columns[j]]),
                 )
                 + self.lag[j]
             )
@@ -166,7 +169,8 @@ class SpaceTimeMSPT(nn.Module):
                 x = checkpoint(block, x, layout, use_reentrant=False)
             else:
                 x = block(x, layout, chunks)
-        return over_chunks(chunks, _points, lambda ch: self.head(self.norm(x[0][_points(ch)])))  # (N, out_features)
+        # (N, out_features), read from the current level
+        return over_chunks(chunks, point_rows, lambda ch: self.head(self.norm(x[0][point_rows(ch)])))
 
     def read_anchors(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise ValueError("time attention runs on the mesh points: it has no anchors (model.anchors: null)")
