@@ -46,6 +46,7 @@ from msptcli.config import load_config
 from msptcli.data.manifest import read_manifest
 from msptcli.data.sample import load_sample
 from msptcli.evaluate import evaluate_sample
+from msptcli.options import train_config
 from msptcli.prepare import prepare_dataset
 from msptcli.train.loop import train_model
 
@@ -75,17 +76,14 @@ def prepare(data: Path, work: Path, name: str, train: list[str], test: list[str]
 
 
 def train(data_dir: Path, run: Path, steps: int, *, init: Path | None, freeze: str, lr: float, reuse: bool) -> float:
-    """Train ``steps`` optimiser steps (whole epochs, rounded up); the wall-clock seconds."""
+    """Train ``steps`` optimiser steps (whole epochs, rounded up); the wall-clock seconds. The config is
+    built as ``mspt train DATA -o RUN [--init INIT --freeze FREEZE]`` builds it (the parent's model)."""
     if reuse and (run / "checkpoints" / "last.safetensors").is_file():
         rows = (run / "metrics.csv").read_text().splitlines()[1:]
         return sum(float(r.split(",")[-1]) for r in rows)
     per_epoch = len(read_manifest(data_dir).split("train"))
     values: dict[str, object] = {"train.epochs": max(1, math.ceil(steps / per_epoch)), "train.lr": lr}
-    sections = {}
-    if init is not None:
-        sections["model"] = load_checkpoint(init).config.model.model_dump(mode="json")
-        values.update({"train.init": str(init), "train.freeze": freeze})
-    cfg = load_config(data_dir / "config.yaml", values=values, sections=sections)
+    cfg = train_config(data_dir, run, values=values, init=init, freeze=None if init is None else freeze)
     if run.exists():
         shutil.rmtree(run)
     started = time.perf_counter()

@@ -1,74 +1,44 @@
 """The ``mspt`` command line: a thin Typer layer over the library.
 
-Each command parses its options, calls one library function and prints the
-result. A user mistake (an :class:`~msptcli.errors.MsptError`) becomes one line
-on stderr and exit code 1; Typer's own usage errors exit with 2.
+Each command parses its options, calls one library function and prints the result. Beside it: the
+options several commands share (``cli_options.py``), the tables, progress bars and error boundary
+(``cli_output.py``), the options' text forms and rules (``options.py``). A user mistake (an
+:class:`~msptcli.errors.MsptError`) is one line on stderr and exit code 1; usage errors exit with 2.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from msptcli import __version__
-from msptcli.errors import MsptError
+from msptcli.cli_options import (
+    ConditionOption,
+    ConfigOption,
+    DeviceOption,
+    ExportFormat,
+    Freeze,
+    OnError,
+    PredictionsOption,
+    RunArgument,
+    SetOption,
+    StartOption,
+    StepsOption,
+    Threads,
+)
+from msptcli.cli_output import console, err_console, user_errors
 
 app = typer.Typer(
     name="mspt",
-    help="Multi-Scale Patch Transformer surrogates for CFD: prepare, train, predict, export.",
+    help="Multi-Scale Patch Transformer surrogates for CFD: prepare, train, predict, roll out, export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class ExportFormat(str, enum.Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-
-
-class Freeze(str, enum.Enum):
-    none = "none"
-    attention = "attention"
-    encoder = "encoder"
-
-
-class OnError(str, enum.Enum):
-    fail = "fail"
-    skip = "skip"
-
-
-def user_errors(fn: F) -> F:
-    """Turn an ``MsptError`` raised by the library into one line on stderr and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MsptError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _version(value: bool) -> None:
@@ -83,20 +53,7 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Multi-Scale Patch Transformer surrogates for CFD: prepare, train, predict, export."""
-
-
-Threads = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for the ball tree (default: all cores).")
-]
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (data/model/train sections).")]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Config override section.key=value, e.g. train.lr=3e-4 (repeatable)."),
-]
-DeviceOption = Annotated[
-    Device | None, typer.Option("--device", help="auto (a GPU when present), cpu, cuda or mps.", show_default=False)
-]
+    """Multi-Scale Patch Transformer surrogates for CFD: prepare, train, predict, roll out, export."""
 
 
 @app.command()
@@ -144,6 +101,8 @@ def balltree(
     shows the points per patch.
     """
     from msptcli.balltree import patch_report, write_patch_mesh
+    from msptcli.cli_output import balltree_table
+    from msptcli.options import names
 
     started = time.perf_counter()
     report = patch_report(
@@ -153,25 +112,10 @@ def balltree(
         num_threads=threads,
         adaptive=adaptive,
         refine=refine,
-        adaptive_on=_names(adaptive_on) if adaptive_on else None,
+        adaptive_on=names(adaptive_on) if adaptive_on else None,
     )
     written = write_patch_mesh(report, output=output, screenshot=screenshot)
-    summary = report.summary
-    table = Table(title=f"Ball-tree patches of {mesh.name}", show_header=False)
-    table.add_row("points", f"{summary.num_points:,}")
-    table.add_row("tree build", f"{report.build_seconds * 1e3:.1f} ms ({report.threads} threads)")
-    table.add_row("level / patches K", f"{summary.level} / {summary.num_patches}")
-    table.add_row("points per patch", f"{summary.min_size} to {summary.max_size}")
-    if report.adaptive:
-        depths = report.cut.depth.tolist()
-        table.add_row("adaptive on", ", ".join(report.adaptive_on))
-        table.add_row("patches per depth", ", ".join(f"{m}: {depths.count(m)}" for m in sorted(set(depths))))
-    table.add_row(
-        "mean patch radius",
-        f"{summary.mean_radius:.4g} (random split: {summary.random_radius:.4g}, "
-        f"{summary.random_radius / max(summary.mean_radius, 1e-300):.1f}x larger)",
-    )
-    console.print(table)
+    console.print(balltree_table(report, mesh))
     for path in written:
         console.print(f"wrote {path}")
     console.print(f"done in {time.perf_counter() - started:.1f} s")
@@ -196,46 +140,31 @@ def prepare(
     overrides: SetOption = None,
 ) -> None:
     """Read CFD results into a prepared dataset: fields, geometry features, split, statistics, tree order."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from msptcli.cli_output import prepare_table, progress_bar
     from msptcli.config import load_config
+    from msptcli.options import names
     from msptcli.prepare import prepare_dataset
 
     values = {}
     if surface_fields is not None:
-        values["data.surface_fields"] = _names(surface_fields)
+        values["data.surface_fields"] = names(surface_fields)
     if volume_fields is not None:
-        values["data.volume_fields"] = _names(volume_fields)
+        values["data.volume_fields"] = names(volume_fields)
     cfg = load_config(config, overrides, values=values)
-    columns = (
-        TextColumn("prepare"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-    )
-    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-        task = bar.add_task("", total=None)
+    with progress_bar("prepare", describe=True) as update:
 
         def advance(name: str, status: str) -> None:
-            bar.update(task, advance=1, description=f"{name}: {status}")
+            update(advance=1, description=f"{name}: {status}")
 
-        report = prepare_dataset(inputs, output, config=cfg, workers=workers, on_error=on_error.value, progress=advance)
-    m = report.manifest
-    table = Table(title=f"Prepared {output}", show_header=False)
-    table.add_row("cases", f"{len(report.written)} written, {len(report.reused)} reused, {len(report.failed)} failed")
-    table.add_row("split", ", ".join(f"{s} {len(m.split(s))}" for s in ("train", "val", "test")))
-    if m.kind == "transient":
-        steps = sorted({s.num_steps for s in m.samples})
-        dts = [s.dt for s in m.samples]
-        table.add_row("series", f"{steps[0]}-{steps[-1]} snapshots per case, dt {min(dts):.4g}-{max(dts):.4g}")
-        table.add_row("fields", ", ".join(f"{n} ({k})" for n, k in m.fields["volume"].items()))
-        table.add_row("conditions", ", ".join(m.stats.conditions))
-    else:
-        for part, fields in m.fields.items():
-            table.add_row(f"{part} fields", ", ".join(f"{n} ({k})" for n, k in fields.items()) or "none")
-        table.add_row("surface fields at", m.surface_location)
-    console.print(table)
+        try:
+            report = prepare_dataset(
+                inputs, output, config=cfg, workers=workers, on_error=on_error.value, progress=advance
+            )
+        except KeyboardInterrupt:
+            done = f"interrupted: no dataset written; the samples finished in {output} are reused next time"
+            err_console.print(done, highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+    console.print(prepare_table(report, output))
     for name, error in report.failed:
         err_console.print(f"[yellow]skipped[/] {name}: {error}", highlight=False, soft_wrap=True)
 
@@ -278,44 +207,24 @@ def train(
     network (the model: section) is the parent's, changed only by --set model.*=...; the fields'
     normalisation is this dataset's (docs/finetune.md).
     """
-    import signal
-
-    from msptcli.config import load_config, train_config_file
+    from msptcli import options
+    from msptcli.cli_output import TrainProgress, ctrl_c_stops
     from msptcli.train.loop import train_model
 
-    if init is not None and resume:
-        raise MsptError("--init starts a new run from a trained network, --resume continues this run: give one")
-    if init is None and (freeze is not None or field_map is not None):
-        raise MsptError("--freeze and --field-map fine-tune a trained network: give --init RUN too")
-    values: dict[str, object] = {}
-    sections: dict[str, object] = {}
-    if epochs is not None:
-        values["train.epochs"] = epochs
-    if device is not None:
-        values["train.device"] = device.value
-    if init is not None:
-        from msptcli.checkpoint import load_checkpoint
-
-        sections["model"] = load_checkpoint(init).config.model.model_dump(mode="json")
-        values["train.init"] = str(init)
-        values["train.freeze"] = (freeze or Freeze.none).value
-        values["train.field_map"] = _field_map(field_map or "")
-    if config is None:
-        config = train_config_file(data_dir, output, resume=resume)
-    cfg = load_config(config, [*(positional_overrides or []), *(overrides or [])], values=values, sections=sections)
-    stop = {"asked": False}
-
-    def ask_stop(signum: int, frame: object) -> None:
-        stop["asked"] = True
-
-    previous = signal.signal(signal.SIGINT, ask_stop)
-    try:
-        with _TrainProgress() as reporter:
-            summary = train_model(
-                data_dir, output, config=cfg, resume=resume, reporter=reporter, should_stop=lambda: stop["asked"]
-            )
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    values: dict[str, object] = {"train.epochs": epochs, "train.device": device.value if device else None}
+    cfg = options.train_config(
+        data_dir,
+        output,
+        config_file=config,
+        overrides=[*(positional_overrides or []), *(overrides or [])],
+        values={k: v for k, v in values.items() if v is not None},
+        resume=resume,
+        init=init,
+        freeze=freeze.value if freeze is not None else None,
+        field_map=options.field_map(field_map) if field_map is not None else None,
+    )
+    with ctrl_c_stops() as should_stop, TrainProgress() as reporter:
+        summary = train_model(data_dir, output, config=cfg, resume=resume, reporter=reporter, should_stop=should_stop)
     if not summary.main:  # under torchrun, rank 0 speaks for the run
         raise typer.Exit(130 if summary.interrupted else 0)
     if summary.interrupted:
@@ -338,13 +247,11 @@ def train(
 @app.command()
 @user_errors
 def predict(
-    run: Annotated[Path, typer.Argument(help="A run directory (its best checkpoint) or a checkpoint file.")],
+    run: RunArgument,
     geometry: Annotated[
         list[Path] | None, typer.Argument(help="New designs: STL/OBJ/PLY or a VTK surface (steady models).")
     ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the predicted files.")] = Path(
-        "predictions"
-    ),
+    output: PredictionsOption = Path("predictions"),
     volume: Annotated[
         Path | None, typer.Option("--volume", help="Predict the volume fields on this volume mesh.")
     ] = None,
@@ -365,46 +272,31 @@ def predict(
     initial: Annotated[
         Path | None,
         typer.Option(
-            "--initial", help="Transient models: roll out from a snapshot of this series (.pvd or case folder)."
+            "--initial", help="The same as `mspt rollout RUN SERIES`: roll a transient model out from SERIES."
         ),
     ] = None,
-    start: Annotated[
-        int | None,
-        typer.Option(
-            "--start", min=0, help="With --initial: the snapshot to start from (default: the first possible)."
-        ),
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option("--steps", min=1, help="With --initial: steps to roll out (default: to its end).")
-    ] = None,
-    conditions: Annotated[
-        list[str] | None,
-        typer.Option("--condition", help="With --initial: a condition KEY=VALUE (e.g. Re=250), else from params."),
-    ] = None,
+    start: StartOption = None,
+    steps: StepsOption = None,
+    conditions: ConditionOption = None,
     device: DeviceOption = None,
 ) -> None:
-    """Predict the trained fields on new geometries (VTK, a PNG preview, drag/lift), or roll a transient model
-    out from a snapshot of a series (--initial: a ParaView series, drag/lift histories, Strouhal number)."""
+    """Predict the trained fields on new geometries: VTK, a PNG preview, drag/lift.
+
+    For a transient model, `mspt predict RUN --initial SERIES` (with --start, --steps, --condition) is an
+    alias of `mspt rollout RUN SERIES`.
+    """
     from msptcli.checkpoint import load_checkpoint
-    from msptcli.device import pick_device
+    from msptcli.options import check_prediction, rolls_out
     from msptcli.predict import output_names, predict_geometry
 
-    if initial is not None:
-        if geometry:
-            raise MsptError("give geometries (steady models) or --initial (transient models), not both")
-        _rollout(run, initial, output, start=start, steps=steps, conditions=conditions or [], device=device)
+    geometry = geometry or []
+    if rolls_out(geometries=geometry, initial=initial, start=start, steps=steps, conditions=conditions or []):
+        rollout(run, initial, output, start=start, steps=steps, conditions=conditions, device=device)  # type: ignore[arg-type]
         return
-    if not geometry:
-        raise MsptError("give the geometries to predict on (or --initial SERIES for a transient model)")
-    if start is not None or steps is not None or conditions:
-        raise MsptError("--start, --steps and --condition belong to --initial (transient models)")
-    if volume is not None and volume_points is not None:
-        raise MsptError("give --volume or --volume-points, not both")
-    if volume is not None and len(geometry) > 1:
-        raise MsptError("--volume belongs to one geometry; predict one geometry at a time with it")
-    torch_device = pick_device(device.value if device is not None else "auto")
+    check_prediction(geometries=geometry, volume=volume, volume_points=volume_points)
+    torch_device = _device(device)
     ckpt = load_checkpoint(run)
-    for g, name in zip(geometry, output_names(geometry), strict=True):
+    for g, name in zip(geometry, output_names(geometry, params_file=ckpt.config.data.params_file), strict=True):
         with err_console.status(f"predicting {g}"):
             result = predict_geometry(
                 ckpt,
@@ -423,85 +315,60 @@ def predict(
         console.print(_prediction_table(result, epoch=ckpt.epoch))
 
 
-def _rollout(
-    run: Path, initial: Path, output: Path, *, start: int | None, steps: int | None, conditions: list[str], device: Any
+@app.command()
+@user_errors
+def rollout(
+    run: RunArgument,
+    series: Annotated[Path, typer.Argument(help="A series of the case: a .pvd, a case folder or numbered snapshots.")],
+    output: PredictionsOption = Path("predictions"),
+    start: StartOption = None,
+    steps: StepsOption = None,
+    conditions: ConditionOption = None,
+    device: DeviceOption = None,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    """Roll a transient model out from a snapshot of a series: a ParaView series, drag/lift, Strouhal number."""
     from msptcli.checkpoint import load_checkpoint
-    from msptcli.device import pick_device
+    from msptcli.cli_output import progress_bar, rollout_table
+    from msptcli.options import conditions as parse_conditions
     from msptcli.rollout import rollout_series
 
-    values = {}
-    for item in conditions:
-        key, sep, raw = item.partition("=")
-        try:
-            values[key.strip()] = float(raw)
-        except ValueError:
-            raise MsptError(f"--condition {item!r}: expected KEY=NUMBER, e.g. Re=250") from None
-        if not sep or not key.strip():
-            raise MsptError(f"--condition {item!r}: expected KEY=NUMBER, e.g. Re=250")
-    torch_device = pick_device(device.value if device is not None else "auto")
+    values = parse_conditions(conditions or [])
+    torch_device = _device(device)
     ckpt = load_checkpoint(run)
-    columns = (TextColumn("rollout"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-        task = bar.add_task("", total=steps)
-
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with progress_bar("rollout", total=steps) as update:
         result = rollout_series(
-            ckpt, initial, output, start=start, steps=steps, conditions=values, device=torch_device, progress=advance
-        )
+            ckpt, series, output, start=start, steps=steps, conditions=values, device=torch_device,
+            progress=lambda done, total: update(completed=done, total=total),
+        )  # fmt: skip
     for f in result.files:
         console.print(f"wrote {f}")
     if result.diverged_at is not None:
         err_console.print(f"[yellow]the rollout diverged at step {result.diverged_at}[/]: it stops before it")
-    table = Table(
-        title=f"{result.name}: {result.steps} steps from snapshot {result.start} (checkpoint of epoch {ckpt.epoch})"
-    )
-    for col in ("", "predicted", "series' fields", "solver"):
-        table.add_column(col, justify="right")
-    s = result.summary
-    for key, label, fmt in (
-        ("St", "Strouhal number", ".4f"),
-        ("Cd_mean", "mean Cd", ".4f"),
-        ("Cl_amp", "Cl amplitude", ".4f"),
-    ):
-        cells = [s.get(src, {}).get(key) for src in ("predicted", "fields", "solver")]
-        table.add_row(label, *("-" if v is None or v != v else format(v, fmt) for v in cells))
-    for name, errs in result.errors.items():
-        known = [e for e in errs if e is not None]
-        if known:
-            table.add_row(f"rel. L2 {name}, step 1 / last", f"{known[0]:.4f} / {known[-1]:.4f}", "", "")
-    table.caption = f"{result.seconds_per_step:.3f} s per step"
-    console.print(table)
+    console.print(rollout_table(result, epoch=ckpt.epoch))
+
+
+def _device(device: Any) -> Any:
+    """The torch device of a ``--device`` option (auto when not given)."""
+    from msptcli.device import pick_device
+
+    return pick_device(device.value if device is not None else "auto")
 
 
 def _prediction_table(result: Any, *, epoch: int) -> Table:
-    c, s = result.coefficients, result.solver
+    c, s = result.coefficients, result.solver  # predict.Coefficients (None: no drag and lift), the params' values
     table = Table(title=f"{result.name} (checkpoint of epoch {epoch})")
     for col in ("", "predicted", "solver (saved fields)", "input's own fields"):
         table.add_column(col, justify="right")
-    refined = "refined" in c.get("integrated_on", "")
-    if "integrated_on" in c:
-        table.caption = f"Cd, Cl integrated on {c['integrated_on']}"
-    for key, solver_key in (("cd", "Cd_fields"), ("cl", "Cl_fields")):
-        if key in c:
-            true = c.get(f"{key}_true_fields")
-            table.add_row(
-                key.capitalize(),
-                f"{c[key]:.4f}",
-                f"{s[solver_key]:.4f}" if solver_key in s else "-",
-                "-" if true is None or refined else f"{true:.4f}",
-            )
-    for key in ("cd", "cl") if refined else ():  # the same quadrature as the input's own fields
-        true = c.get(f"{key}_true_fields")
-        table.add_row(
-            f"{key.capitalize()} (mesh points)", f"{c[f'{key}_mesh']:.4f}", "", f"{true:.4f}" if true else "-"
-        )
-    if "reference_area" in c:
-        table.add_row("A_ref", f"{c['reference_area']:.4g}", "", c["reference_area_source"])
+    if c is not None:
+        table.caption = f"Cd, Cl integrated on {c.integrated_on}"
+        rows = (("Cd", c.cd, c.cd_mesh, c.cd_true_fields), ("Cl", c.cl, c.cl_mesh, c.cl_true_fields))
+        for label, value, _, true in rows:
+            solver = s.get(f"{label}_fields")
+            shown = "-" if true is None or c.refined else f"{true:.4f}"
+            table.add_row(label, f"{value:.4f}", "-" if solver is None else f"{solver:.4f}", shown)
+        for label, _, on_mesh, true in rows if c.refined else ():  # the same quadrature as the input's own fields
+            table.add_row(f"{label} (mesh points)", f"{on_mesh:.4f}", "", "-" if true is None else f"{true:.4f}")
+        table.add_row("A_ref", f"{c.reference_area:.4g}", "", c.reference_area_source)
     for field_name, err in result.errors.items():
         table.add_row(f"rel. L2 {field_name}", f"{err:.3f}", "", "")
     return table
@@ -510,7 +377,7 @@ def _prediction_table(result: Any, *, epoch: int) -> Table:
 @app.command()
 @user_errors
 def export(
-    run: Annotated[Path, typer.Argument(help="A run directory (its best checkpoint) or a checkpoint file.")],
+    run: RunArgument,
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.onnx or .pt).")],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx (default) or torchscript.")] = None,  # type: ignore[assignment]
 ) -> None:
@@ -519,69 +386,6 @@ def export(
 
     path, chosen, diff = export_run(run, output, fmt=fmt.value if fmt is not None else None)
     console.print(f"wrote {path} ({chosen}); verified in its runtime: max |difference| {diff:.2e}")
-
-
-class _TrainProgress:
-    """A rich progress bar over all steps, with the loss, the learning rate and one line per epoch.
-
-    The bar appears at ``start``, once the inputs are checked, so an error is the only output.
-    """
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-
-    def __enter__(self) -> _TrainProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def start(self, total_steps: int, done_steps: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-        self.bar = Progress(*columns, TextColumn("{task.description}"), console=err_console)
-        self.bar.__enter__()
-        self.task = self.bar.add_task("", total=total_steps, completed=done_steps)
-
-    def step(self, loss: float | None, lr: float) -> None:
-        if loss is None:
-            self.bar.update(self.task, advance=1)
-        else:
-            self.bar.update(self.task, advance=1, description=f"loss {loss:.4g} lr {lr:.2e}")
-
-    def epoch(self, epoch: int, row: dict) -> None:
-        parts = [f"epoch {epoch}", f"train {row['train_loss']:.4g}"]
-        if "val_loss" in row:
-            parts.append(f"val {row['val_loss']:.4g}")
-        parts += [f"{k.removeprefix('val_rel_l2/')} {v:.3f}" for k, v in row.items() if k.startswith("val_rel_l2/")]
-        if "val_cd_abs_error" in row:
-            parts.append(f"|dCd| {row['val_cd_abs_error']:.4f}")
-        self.bar.console.print("  ".join(parts), highlight=False)
-
-
-def _field_map(text: str) -> dict[str, str]:
-    """``NEW=OLD,...`` -> {NEW: OLD}; each side ``part/name`` (surface/p, volume/U)."""
-    pairs: dict[str, str] = {}
-    for item in _names(text):
-        new, sep, old = item.partition("=")
-        if not sep or not all("/" in k and k.split("/", 1)[0] in ("surface", "volume") for k in (new, old)):
-            raise MsptError(f"--field-map {item!r}: expected NEW=OLD of part/name fields, e.g. surface/pm=surface/p")
-        pairs[new.strip()] = old.strip()
-    return pairs
-
-
-def _names(csv_names: str) -> list[str]:
-    """``"p, wallShearStress"`` -> ``["p", "wallShearStress"]``; ``""`` -> ``[]``."""
-    return [n.strip() for n in csv_names.split(",") if n.strip()]
 
 
 def main() -> None:

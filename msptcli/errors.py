@@ -27,3 +27,7 @@ class CheckpointError(MsptError):
 
 class OutputError(MsptError):
     """An output that cannot be written: a read-only or full file system, a path that is a directory."""
+
+
+class OptionError(MsptError, ValueError):
+    """Options that are not of their form (``--condition Re=fast``) or that contradict each other."""

@@ -15,9 +15,9 @@ LAYERS = [
     {"physics", "model"},
     {"config"},
     {"data"},
-    {"checkpoint", "evaluate"},
+    {"checkpoint", "evaluate", "options"},
     {"prepare", "train", "predict", "rollout", "export", "balltree"},
-    {"cli", "__main__"},
+    {"cli", "cli_options", "cli_output", "__main__"},
 ]
 COMMANDS = LAYERS[-2]
 

@@ -12,7 +12,7 @@ import meshio
 import numpy as np
 import pytest
 import pyvista as pv
-from helpers import EXAMPLE_CASE
+from helpers import EXAMPLE_CASE, one_line_error
 from typer.testing import CliRunner
 
 from msptcli import __version__
@@ -40,6 +40,44 @@ def test_version_and_help():
     assert result.exit_code == 0 and __version__ in result.output
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "balltree" in result.output
+
+
+def test_rollout_is_a_command_and_predict_initial_its_alias():
+    result = runner.invoke(app, ["--help"])
+    assert "rollout" in result.output
+    result = runner.invoke(app, ["rollout", "--help"])
+    assert result.exit_code == 0
+    for option in ("--output", "--start", "--steps", "--condition", "--device", "auto|cpu|cuda|mps"):
+        assert option in result.output, option
+    result = runner.invoke(app, ["predict", "--help"])
+    assert result.exit_code == 0 and "alias of `mspt rollout RUN SERIES`" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["rollout", "{tmp}/run", "{tmp}/series.pvd", "--condition", "Re=fast"], "KEY=NUMBER"),
+        (["rollout", "{tmp}/run", "{tmp}/series.pvd"], "no such run directory"),
+        (["predict", "{tmp}/run"], "mspt rollout RUN SERIES"),
+        (["predict", "{tmp}/run", "a.stl", "--initial", "{tmp}/series.pvd"], "not both"),
+        (["predict", "{tmp}/run", "a.stl", "--steps", "3"], "belong to --initial"),
+        (["predict", "{tmp}/run", "a.stl", "--volume", "v.vtu", "--volume-points", "9"], "not both"),
+        (["predict", "{tmp}/run", "a.stl", "b.stl", "--volume", "v.vtu"], "one geometry"),
+        (["train", "{tmp}/data", "-o", "{tmp}/run", "--field-map", "volume/a=volume/b"], "give --init RUN too"),
+        (["train", "{tmp}/data", "-o", "{tmp}/run", "--init", "{tmp}/parent", "--resume"], "give one"),
+        (["train", "{tmp}/data", "-o", "{tmp}/run", "--init", "{tmp}/p", "--field-map", "a=b"], "NEW=OLD"),
+    ],
+)
+def test_option_mistakes_give_one_line_and_no_output(tmp_path, args, message):
+    one_line_error(runner.invoke(app, [a.format(tmp=tmp_path) for a in args]), message)
+    assert not any(tmp_path.iterdir())
+
+
+def test_choices_outside_the_configs_are_usage_errors(tmp_path):
+    assert runner.invoke(app, ["train", str(tmp_path), "--device", "tpu"]).exit_code == 2
+    assert runner.invoke(app, ["train", str(tmp_path), "--init", "x", "--freeze", "head"]).exit_code == 2
+    assert runner.invoke(app, ["prepare", str(tmp_path), "-o", "x", "--on-error", "retry"]).exit_code == 2
+    assert runner.invoke(app, ["export", str(tmp_path), "-o", "x.onnx", "--format", "tflite"]).exit_code == 2
 
 
 def test_console_script_runs_as_a_module():
