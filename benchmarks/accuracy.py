@@ -161,10 +161,10 @@ def evaluate(data_dir: Path, run: Path, data: Path, device: str, *, quick: bool 
                     continue
                 p = predict_geometry(ckpt, geometry, tmp, name=label.replace(" ", "_").replace(",", ""), device=dev,
                                      preview=False, **kw)  # fmt: skip
-                cds[label] = p.coefficients["cd"]
+                cds[label] = p.coefficients.cd
                 if label == "stl":
-                    add("cd_stl_rel", abs(p.coefficients["cd"] - params["Cd_fields"]) / abs(params["Cd_fields"]))
-                    add("cl_stl_abs", abs(p.coefficients["cl"] - params["Cl_fields"]))
+                    add("cd_stl_rel", abs(p.coefficients.cd - params["Cd_fields"]) / abs(params["Cd_fields"]))
+                    add("cl_stl_abs", abs(p.coefficients.cl - params["Cl_fields"]))
             if quick:
                 add("cd_stl_vs_mesh", abs(cds["stl"] - cds["mesh, default volume"]) / abs(cds["mesh, default volume"]))
                 add("cd_stl_vs_mesh_floor", stl_vs_mesh_floor(case))
@@ -174,7 +174,7 @@ def evaluate(data_dir: Path, run: Path, data: Path, device: str, *, quick: bool 
             (fine / "params.json").write_text((case / "params.json").read_text())
             pv.read(case / "geometry.stl").triangulate().subdivide(1, "linear").save(fine / "geometry.stl")
             p = predict_geometry(ckpt, fine / "geometry.stl", tmp, name="fine", device=dev, preview=False)
-            add("cd_stl_vs_subdivided", abs(p.coefficients["cd"] - cds["stl"]) / abs(cds["stl"]))
+            add("cd_stl_vs_subdivided", abs(p.coefficients.cd - cds["stl"]) / abs(cds["stl"]))
         values = list(cds.values())
         add("cd_spread", (max(values) - min(values)) / abs(statistics.mean(values)))
         mesh_values = [v for k, v in cds.items() if k.startswith("mesh")]

@@ -35,6 +35,7 @@ from msptcli.errors import CheckpointError
 from msptcli.io.atomic import atomic_output
 from msptcli.model import ModelConfig, Network, build_network
 from msptcli.model.config import RENAMED
+from msptcli.physics.force_reference import ForceReference, TransientReference
 
 FORMAT = "mspt-checkpoint-2"
 OLD_FORMATS = ("mspt-checkpoint-1",)
@@ -51,7 +52,7 @@ class Checkpoint:
     channels: Channels
     stats: Stats
     surface_location: str
-    reference: dict[str, Any]  # see force_reference
+    reference: ForceReference
     epoch: int
     metrics: dict[str, Any]
     version: str
@@ -60,31 +61,25 @@ class Checkpoint:
     parent: dict[str, Any] | None = None  # fine-tuned: the network it started from and what was frozen
 
 
-def force_reference(config: MsptConfig, train_entries: list[SampleEntry]) -> dict[str, Any]:
+def force_reference(config: MsptConfig, train_entries: list[SampleEntry]) -> ForceReference:
     """What drag and lift need besides the fields, as saved in a checkpoint: field names, the reference
-    area (config, its key in a case's params, and the training cases' values), velocity and density."""
-    d = config.data
-    return {
-        "reference_area": d.reference_area,
-        "area_key": d.reference_area_key,
-        "velocity": d.reference_velocity,
-        "density": d.density,
-        "pressure_field": d.pressure_field,
-        "wall_shear_field": d.wall_shear_field,
-        "training_reference_areas": [e.reference_area for e in train_entries if e.reference_area],
-        **({} if d.transient is None else {"transient": _transient_reference(d.transient, train_entries)}),
-    }
-
-
-def _transient_reference(transient: Any, train_entries: list[SampleEntry]) -> dict[str, Any]:
-    """What the 2D forces of a rollout need: L_ref, the viscosity (or where to find it in a case's params),
-    and the training cases' snapshot spacings and conditions (a rollout says when it leaves their range)."""
-    return {
-        "length": transient.reference_length,
-        "viscosity": transient.viscosity,
-        "viscosity_key": transient.viscosity_key,
-        "training_conditions": {e.name: e.params for e in train_entries},
-    }
+    area (config, its key in a case's params, and the training cases' values), velocity and density; for a
+    transient run L_ref, the viscosity and the training cases' conditions."""
+    d, t = config.data, config.data.transient
+    transient = None
+    if t is not None:
+        conditions = {e.name: e.params for e in train_entries}
+        transient = TransientReference(t.reference_length, t.viscosity, t.viscosity_key, conditions)
+    return ForceReference(
+        velocity=d.reference_velocity,
+        density=d.density,
+        pressure_field=d.pressure_field,
+        wall_shear_field=d.wall_shear_field,
+        reference_area=d.reference_area,
+        area_key=d.reference_area_key,
+        training_reference_areas=[e.reference_area for e in train_entries if e.reference_area],
+        transient=transient,
+    )
 
 
 def save_checkpoint(
@@ -95,7 +90,7 @@ def save_checkpoint(
     channels: Channels,
     stats: Stats,
     surface_location: str,
-    reference: dict[str, Any],
+    reference: ForceReference,
     epoch: int,
     metrics: dict[str, Any] | None = None,
     volume_template: np.ndarray | None = None,
@@ -117,7 +112,7 @@ def save_checkpoint(
         "channels": json.dumps({"surface": list(channels.surface), "volume": list(channels.volume)}),
         "stats": stats.model_dump_json(),
         "surface_location": surface_location,
-        "reference": json.dumps(reference),
+        "reference": json.dumps(reference.to_json()),
         "epoch": str(epoch),
         "metrics": json.dumps(metrics or {}),
     }
@@ -166,11 +161,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             levels=time_levels(config.data.transient, channels),
         )
         _load_weights(model, state)
-        reference = json.loads(meta["reference"])
-        for key in ("velocity", "density"):
-            value = reference.get(key)
-            if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-                raise ValueError(f"the reference {key} must be a positive number, got {value}")
+        reference = ForceReference.from_json(json.loads(meta["reference"]))
         return Checkpoint(
             model=model.eval(),
             config=config,

@@ -7,8 +7,6 @@ Predictions come from the one inference path (:func:`msptcli.model.predict_cloud
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -18,6 +16,7 @@ from msptcli.data.manifest import Manifest
 from msptcli.data.sample import Sample
 from msptcli.model import Network, predict_clouds, predict_queries_averaged
 from msptcli.physics import coefficients, force_from_points
+from msptcli.physics.force_reference import ForceReference
 
 
 def relative_l2(pred: np.ndarray, true: np.ndarray) -> float:
@@ -30,7 +29,7 @@ def drag_lift(
     area: np.ndarray,
     area_norm: np.ndarray,
     fields: dict[str, np.ndarray],
-    reference: dict[str, Any],
+    reference: ForceReference,
     *,
     ref_area: float,
     velocity: float | None = None,
@@ -39,7 +38,7 @@ def drag_lift(
     """(Cd, Cl) of surface point fields (``fields`` by name) with each point's area share, or None when the
     fields lack the pressure named in ``reference`` (a checkpoint's, see ``checkpoint.force_reference``).
     The wall shear counts where ``reference`` names one and ``fields`` has it."""
-    p_name, tau_name = reference.get("pressure_field"), reference.get("wall_shear_field")
+    p_name, tau_name = reference.pressure_field, reference.wall_shear_field
     if not p_name or p_name not in fields:
         return None
     tau = fields.get(tau_name) if tau_name else None
@@ -47,8 +46,8 @@ def drag_lift(
     return coefficients(
         force,
         ref_area=ref_area,
-        velocity=reference["velocity"] if velocity is None else velocity,
-        density=reference["density"] if density is None else density,
+        velocity=reference.velocity if velocity is None else velocity,
+        density=reference.density if density is None else density,
     )
 
 
@@ -57,7 +56,7 @@ def evaluate_sample(
     sample: Sample,
     manifest: Manifest,
     *,
-    reference: dict[str, Any],
+    reference: ForceReference,
     device: torch.device | str = "cpu",
     bf16: bool = True,
 ) -> dict[str, float]:
@@ -84,7 +83,7 @@ def evaluate_sample(
     for part in ("surface", "volume") if m else ("surface",):
         for name, values in phys[part].items():
             out[f"rel_l2/{part}/{name}"] = relative_l2(values, true[part][name])
-    area = sample.meta.get("reference_area") or reference.get("reference_area")
+    area = sample.meta.get("reference_area") or reference.reference_area
     if area:
         predicted = drag_lift(a["surface/area"], a["surface/area_norm"], phys["surface"], reference, ref_area=area)
         solver = drag_lift(a["surface/area"], a["surface/area_norm"], true["surface"], reference, ref_area=area)

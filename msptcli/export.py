@@ -119,7 +119,7 @@ def _sidecar(ckpt: Checkpoint) -> dict:
         "in_features": ckpt.model.in_features,
         "out_features": ckpt.model.out_features,
         "surface_location": ckpt.surface_location,
-        "reference": ckpt.reference,
+        "reference": ckpt.reference.to_json(),
         "mspt_version": ckpt.version,
     }
 

@@ -7,15 +7,18 @@ through streaming inference, so meshes far larger than a training sample fit.
 With anchor-query MSPT (``model.anchors``, the default) the network reads anchors
 drawn from the body alone and every mesh point is a query: the prediction at a
 point does not depend on which other points are asked about.
+
+:func:`predict_geometry` runs four phases: read the geometry (:func:`read_body`), predict the fields
+on it (:func:`predict_fields`), drag and lift (:func:`predicted_forces`, on the surface refined to
+``FORCE_POINTS`` for an anchor-query model), then write the VTK files, the JSON and the preview.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,9 @@ import torch
 
 from msptcli.checkpoint import Checkpoint
 from msptcli.data.anchors import geometry_anchors, seeds_of
-from msptcli.data.features import model_inputs, to_physical
+from msptcli.data.cases import find_params
+from msptcli.data.features import cloud_inputs, cloud_part, to_physical
+from msptcli.data.params import is_number, positive_param, read_params
 from msptcli.data.prepare_case import surface_arrays, volume_arrays
 from msptcli.data.read import FieldMesh
 from msptcli.data.template import place_template
@@ -35,29 +40,80 @@ from msptcli.io.atomic import write_json
 from msptcli.io.guard import check_outputs
 from msptcli.io.meshes import as_polydata, is_surface, read_mesh, write_mesh
 from msptcli.io.render import render_png
-from msptcli.model import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries_averaged
+from msptcli.model import DEFAULT_CHUNK_POINTS, Network, predict_clouds, predict_queries_averaged
 
 #: Volume points sampled around the body when no volume mesh is given.
 DEFAULT_VOLUME_POINTS = 50_000
 #: Drag and lift of an anchor-query model are integrated on the surface refined to at least this many points.
 FORCE_POINTS = 30_000  # the 2,048-point example STL reaches 32,738 after two subdivisions (not 130,946 after three)
 
+#: An anchor draw as the inference takes it: ([anchor points (n, 3)], [anchor inputs (n, 11)]), one cloud.
+Draw = tuple[list[np.ndarray], list[np.ndarray]]
+#: Fields by part and name in physical units: {'surface': {field: (n, k)}, 'volume': {field: (m, k)}}.
+Fields = dict[str, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """Drag and lift of a prediction and what they were computed from: the ``coefficients`` of its JSON."""
+
+    cd: float  # of the predicted fields, integrated on ``integrated_on``
+    cl: float
+    integrated_on: str  # the given surface's points or cells, or the given surface refined to FORCE_POINTS
+    cd_mesh: float  # of the predicted fields on the given mesh (the quadrature of the solver's fields there)
+    cl_mesh: float
+    reference_area: float
+    reference_area_source: str  # the option, the params file's key, the config or the training cases' median
+    reference_velocity: float
+    density: float
+    cd_true_fields: float | None = None  # of the input's own (solver) fields on the given mesh, where it has them
+    cl_true_fields: float | None = None
+
+    @property
+    def refined(self) -> bool:
+        """Integrated on the refined surface, not on the given mesh (as the input's own fields are)."""
+        return self.integrated_on.startswith("the given surface refined")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON's ``coefficients``: every field, the true-field ones only where the input had the fields."""
+        return {k: v for k, v in asdict(self).items() if v is not None or not k.endswith("_true_fields")}
+
 
 @dataclass
 class Prediction:
     name: str
     files: list[Path]
-    coefficients: dict[str, Any] = field(default_factory=dict)  # cd, cl, reference values and their sources
+    coefficients: Coefficients | None = None  # None: no reference area, or no pressure predicted
     errors: dict[str, float] = field(default_factory=dict)  # relative L2 per field, where the input had it
-    solver: dict[str, float] = field(default_factory=dict)  # the solver's values from params.json, if any
+    solver: dict[str, float] = field(default_factory=dict)  # the solver's values from the case's params, if any
 
 
-def output_names(geometries: Sequence[Path]) -> list[str]:
+@dataclass
+class Body:
+    """A geometry read for prediction (:func:`read_body`)."""
+
+    source: Path
+    surface: Any  # pyvista.PolyData, as read; the surface fields are written on it
+    arrays: dict[str, np.ndarray]  # surface/{points, normals, area, area_norm} and volume/{points, distance, direction}
+    volume: Any | None = None  # the mesh the volume fields are written on; None: no volume asked
+
+    @property
+    def num_surface(self) -> int:
+        return len(self.arrays["surface/points"])
+
+    @property
+    def num_volume(self) -> int:
+        return len(self.arrays["volume/points"]) if self.volume is not None else 0
+
+
+def output_names(geometries: Sequence[Path], *, params_file: str | None = "params.json") -> list[str]:
     """The name of each geometry's outputs: its stem, or ``<folder>_<stem>`` when stems repeat or the
-    file sits in a case folder (beside a ``params.json``), whose files have generic names."""
+    file sits in a case folder (beside its params file, ``data.params_file``), whose files have generic names."""
     stems = [g.stem for g in geometries]
     return [
-        g.stem if stems.count(g.stem) == 1 and not (g.parent / "params.json").is_file() else f"{g.parent.name}_{g.stem}"
+        g.stem
+        if stems.count(g.stem) == 1 and find_params(g.parent, params_file) is None
+        else f"{g.parent.name}_{g.stem}"
         for g in geometries
     ]
 
@@ -89,100 +145,148 @@ def predict_geometry(
         if value is not None and not (np.isfinite(value) and value > 0):
             raise InvalidInputError(f"{option} must be a positive number, got {value}")
     inputs_given = (geometry,) if volume_mesh is None else (geometry, Path(volume_mesh))
-    files = _output_files(
-        out, name, with_volume=bool(ckpt.channels.volume) and (volume_mesh is not None or volume_points != 0)
-    )
+    with_volume = bool(ckpt.channels.volume) and (volume_mesh is not None or volume_points != 0)
+    files = _output_files(out, name, with_volume=with_volume)
     check_outputs(out, files.values(), inputs=inputs_given + ((ckpt.path,) if ckpt.path else ()))
 
+    # --- read: the surface, the volume points, the case's params ---------------------------------------------
+    body = read_body(ckpt, geometry, volume_mesh=volume_mesh, volume_points=volume_points, with_volume=with_volume)
+    params_file = find_params(geometry.parent, ckpt.config.data.params_file)
+    params = read_params(params_file)
+    area = _reference_area(ckpt, params, reference_area, params_file)
+
+    # --- the fields, then drag and lift ------------------------------------------------------------------------
+    model = ckpt.model.to(device)
+    run = dict(device=device, bf16=ckpt.config.train.bf16, chunk_points=chunk_points)
+    draws = anchor_draws(ckpt, body.surface)
+    fields = predict_fields(model, ckpt, body, draws, **run)
+    surface_data = body.surface.cell_data if ckpt.surface_location == "cells" else body.surface.point_data
+    true = {"surface": _true_fields(surface_data, fields["surface"])}
+    if body.volume is not None:
+        true["volume"] = _true_fields(body.volume.point_data, fields["volume"])
+    coefficients = None
+    if area is not None:
+        velocity = reference_velocity if reference_velocity is not None else ckpt.reference.velocity
+        rho = density if density is not None else ckpt.reference.density
+        forces = force_surface(model, ckpt, body.surface, draws, **run) if draws is not None else None
+        coefficients = predicted_forces(ckpt, body, fields, true["surface"], area, velocity, rho, forces)
+
+    # --- outputs -----------------------------------------------------------------------------------------
+    result = Prediction(name=name, files=[], coefficients=coefficients)
+    result.solver = {k: float(params[k]) for k in ("Cd", "Cl", "Cd_fields", "Cl_fields") if is_number(params.get(k))}
+    result.errors.update(_attach(surface_data, fields["surface"], true["surface"], "surface"))
+    result.files.append(write_mesh(body.surface, files["surface"], inputs=inputs_given))
+    if body.volume is not None:
+        result.errors.update(_attach(body.volume.point_data, fields["volume"], true["volume"], "volume"))
+        result.files.append(write_mesh(body.volume, files["volume"], inputs=inputs_given))
+    write_json(files["json"], _summary(ckpt, body, result, geometry))
+    result.files.append(files["json"])
+    pressure = ckpt.reference.pressure_field
+    if preview and pressure and pressure in fields["surface"]:
+        result.files.append(_preview(body.surface, pressure, files["png"], ckpt.surface_location == "cells"))
+    return result
+
+
+def read_body(
+    ckpt: Checkpoint,
+    geometry: Path,
+    *,
+    volume_mesh: str | os.PathLike[str] | None,
+    volume_points: int | None,
+    with_volume: bool,
+) -> Body:
+    """The surface of ``geometry`` with its points, outward normals and area shares (at the checkpoint's surface
+    location), and with ``with_volume`` the volume points: ``volume_mesh``'s, else placed around the body
+    (:func:`_volume_points`), with their distance and direction to the body."""
     mesh = read_mesh(geometry)
     if not is_surface(mesh):
         raise InvalidInputError(f"{geometry}: is a volume mesh; pass the body's surface (STL/OBJ/PLY/VTP)")
     surface = as_polydata(mesh)
     if surface.n_cells == 0:
         raise InvalidInputError(f"{geometry}: has points but no faces; a surface mesh is needed")
-    channels, stats = ckpt.channels, ckpt.stats
-    at_cells = ckpt.surface_location == "cells"
-    points = np.asarray(surface.cell_centers().points if at_cells else surface.points, dtype=np.float64)
-    s_arrays = surface_arrays(
-        FieldMesh(mesh=surface, points=points, location="cells" if at_cells else "points", source=geometry)
-    )
-
-    v_arrays: dict[str, np.ndarray] = {}
-    volume = None
-    if "volume" in files:
+    body = Body(source=geometry, surface=surface, arrays=_surface_arrays(ckpt, surface, source=geometry))
+    if with_volume:
         if volume_mesh is not None:
-            volume = read_mesh(volume_mesh)
-            v_points = np.asarray(volume.points, dtype=np.float64)
+            body.volume = read_mesh(volume_mesh)
+            points = np.asarray(body.volume.points, dtype=np.float64)
         else:
-            v_points = _volume_points(ckpt, surface, volume_points)
             import pyvista as pv
 
-            volume = pv.PolyData(v_points).cast_to_unstructured_grid()
-        v_arrays = volume_arrays(v_points, surface, source=geometry)
-    params = _params_beside(geometry)
-    area, area_source = _reference_area(ckpt, params, reference_area, geometry)
+            points = _volume_points(ckpt, surface, volume_points)
+            body.volume = pv.PolyData(points).cast_to_unstructured_grid()
+        body.arrays.update(volume_arrays(points, surface, source=geometry))
+    return body
 
-    # --- the model, on the whole cloud [surface ; volume] ----------------------------------------------
-    n = len(s_arrays["surface/points"])
-    inputs = model_inputs(
-        stats,
-        s_arrays["surface/points"],
-        s_arrays["surface/normals"],
-        v_arrays.get("volume/points"),
-        v_arrays.get("volume/distance"),
-        v_arrays.get("volume/direction"),
-    )
-    cloud = np.concatenate([s_arrays["surface/points"], v_arrays.get("volume/points", np.zeros((0, 3), np.float32))])
-    model, bf16 = ckpt.model.to(device), ckpt.config.train.bf16
-    anchors = model.config.anchors
-    run_kw = dict(device=device, bf16=bf16, chunk_points=chunk_points)
-    refined_force = None
-    if anchors is not None:  # anchor-query MSPT: anchors from the body alone, every point a query
-        draws = [
-            tuple([x] for x in geometry_anchors(surface, stats, draw, ckpt.volume_template))
-            for draw in seeds_of(anchors)
-        ]
-        fine = _refined_surface(ckpt, surface)  # queried beside the mesh, in one pass of the anchors
-        queries, query_inputs = [cloud, fine["surface/points"]], [inputs, fine["inputs"]]
-        (both,) = predict_queries_averaged(
-            model, draws, [np.concatenate(queries)], [np.concatenate(query_inputs)], **run_kw
-        )
-        pred, fine_pred = both[: len(cloud)], both[len(cloud) :]
-        refined_force = (to_physical(stats, channels, fine_pred, len(fine_pred))["surface"], fine)
+
+def anchor_draws(ckpt: Checkpoint, surface: Any) -> list[Draw] | None:
+    """The anchors of an anchor-query model, drawn from the body alone (``anchors.draws`` seeded draws); None for
+    a model that runs every point through its blocks."""
+    anchors = ckpt.model.config.anchors
+    if anchors is None:
+        return None
+    draws = [geometry_anchors(surface, ckpt.stats, draw, ckpt.volume_template) for draw in seeds_of(anchors)]
+    return [([points], [inputs]) for points, inputs in draws]
+
+
+def predict_fields(model: Network, ckpt: Checkpoint, body: Body, draws: list[Draw] | None, **run: Any) -> Fields:
+    """The fields on the cloud [surface ; volume] of ``body``, in physical units: every point a query of the
+    anchor ``draws``, or (``draws`` None) the whole cloud through the blocks."""
+    volume = cloud_part(body.arrays, "volume") if body.volume is not None else None
+    points, inputs = cloud_inputs(ckpt.stats, cloud_part(body.arrays, "surface"), volume)
+    if draws is None:
+        (pred,) = predict_clouds(model, [points], [inputs], **run)
     else:
-        (pred,) = predict_clouds(model, [cloud], [inputs], **run_kw)
-    phys = to_physical(stats, channels, pred, n)
+        (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
+    return to_physical(ckpt.stats, ckpt.channels, pred, body.num_surface)
 
-    # --- outputs -----------------------------------------------------------------------------------------
-    result = Prediction(name=name, files=[])
-    data = surface.cell_data if at_cells else surface.point_data
-    result.errors.update(_attach(data, phys["surface"], "surface"))
-    result.files.append(write_mesh(surface, files["surface"], inputs=inputs_given))
-    if volume is not None:
-        result.errors.update(_attach(volume.point_data, phys["volume"], "volume"))
-        result.files.append(write_mesh(volume, files["volume"], inputs=inputs_given))
-    result.coefficients = _coefficients(
-        ckpt, s_arrays, phys["surface"], data, (area, area_source), reference_velocity, density, refined_force
-    )
-    result.solver = {k: float(params[k]) for k in ("Cd", "Cl", "Cd_fields", "Cl_fields") if _is_number(params.get(k))}
-    summary = {
-        "name": name,
-        "geometry": str(geometry),
-        "checkpoint_epoch": ckpt.epoch,
-        "num_surface": n,
-        "num_volume": len(cloud) - n,
-        "num_points": len(cloud),
-        "coefficients": result.coefficients,
-        "relative_l2": result.errors,
-        "solver": result.solver,
-        "fields": {p: [n for n, _ in getattr(channels, p)] for p in ("surface", "volume")},
-    }
-    write_json(files["json"], summary)
-    result.files.append(files["json"])
-    pressure = ckpt.reference.get("pressure_field")
-    if preview and pressure and pressure in phys["surface"]:
-        result.files.append(_preview(surface, pressure, files["png"], at_cells))
-    return result
+
+def force_surface(
+    model: Network, ckpt: Checkpoint, surface: Any, draws: list[Draw], **run: Any
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The surface refined to at least ``FORCE_POINTS`` points (its arrays, as :func:`read_body`'s) and the
+    surface fields predicted there, as queries of the same anchor ``draws``.
+
+    A query's prediction does not depend on the other queries, so the fields there are the same function of
+    position as on the given mesh; integrated on finer faces, drag and lift no longer depend on how coarsely
+    the body was tessellated (a 2k-point STL and the 11k-point CFD surface of one body agree).
+    """
+    arrays = _surface_arrays(ckpt, refined(surface, FORCE_POINTS))
+    points, inputs = cloud_inputs(ckpt.stats, cloud_part(arrays, "surface"))
+    (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
+    return arrays, to_physical(ckpt.stats, ckpt.channels, pred, len(pred))["surface"]
+
+
+def predicted_forces(
+    ckpt: Checkpoint,
+    body: Body,
+    fields: Fields,
+    true: dict[str, np.ndarray],
+    area: tuple[float, str],
+    velocity: float,
+    density: float,
+    refined_surface: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
+) -> Coefficients | None:
+    """Drag and lift of the predicted fields: on ``refined_surface`` (its arrays and fields, :func:`force_surface`)
+    where given, else on the given mesh; ``cd_mesh``/``cl_mesh`` always on the given mesh, as the input's own
+    fields there (``true``, where it has every force field). None where no pressure is predicted."""
+    ref, a = ckpt.reference, body.arrays
+    kw = dict(ref_area=area[0], velocity=velocity, density=density)
+    on_mesh = drag_lift(a["surface/area"], a["surface/area_norm"], fields["surface"], ref, **kw)
+    if on_mesh is None:
+        return None
+    predicted, integrated_on = on_mesh, f"the given surface's {ckpt.surface_location}"
+    if refined_surface is not None:
+        fine, fine_fields = refined_surface
+        predicted = drag_lift(fine["surface/area"], fine["surface/area_norm"], fine_fields, ref, **kw)
+        integrated_on = f"the given surface refined to {len(fine['surface/area']):,} {ckpt.surface_location}"
+    assert predicted is not None  # the refined surface's fields are the mesh's
+    names = [f for f in (ref.pressure_field, ref.wall_shear_field) if f and f in fields["surface"]]
+    on_true = drag_lift(a["surface/area"], a["surface/area_norm"], true, ref, **kw) if set(names) <= set(true) else None
+    return Coefficients(
+        cd=predicted[0], cl=predicted[1], integrated_on=integrated_on, cd_mesh=on_mesh[0], cl_mesh=on_mesh[1],
+        reference_area=area[0], reference_area_source=area[1], reference_velocity=velocity, density=density,
+        cd_true_fields=None if on_true is None else on_true[0], cl_true_fields=None if on_true is None else on_true[1],
+    )  # fmt: skip
 
 
 def _output_files(out: Path, name: str, *, with_volume: bool) -> dict[str, Path]:
@@ -192,8 +296,12 @@ def _output_files(out: Path, name: str, *, with_volume: bool) -> dict[str, Path]
     return files
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+def _surface_arrays(ckpt: Checkpoint, surface: Any, source: Path | None = None) -> dict[str, np.ndarray]:
+    """Points, outward normals and area shares of ``surface`` at the checkpoint's surface location."""
+    at_cells = ckpt.surface_location == "cells"
+    points = np.asarray(surface.cell_centers().points if at_cells else surface.points, dtype=np.float64)
+    location = "cells" if at_cells else "points"
+    return surface_arrays(FieldMesh(mesh=surface, points=points, location=location, source=source))
 
 
 def _volume_points(ckpt: Checkpoint, surface: Any, count: int | None) -> np.ndarray:
@@ -206,106 +314,70 @@ def _volume_points(ckpt: Checkpoint, surface: Any, count: int | None) -> np.ndar
     return place_template(ckpt.volume_template, surface)
 
 
-def _attach(data: Any, predicted: dict[str, np.ndarray], part: str) -> dict[str, float]:
+def _true_fields(data: Any, predicted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The input's own values of the predicted fields (float32, shaped as written), where it has them finite."""
+    true = {}
+    for fname, values in predicted.items():
+        if fname in data.keys():  # noqa: SIM118 (pyvista's data arrays)
+            values = np.asarray(data[fname], dtype=np.float32)
+            if values.shape == _written(predicted[fname]).shape and np.isfinite(values).all():
+                true[fname] = values
+    return true
+
+
+def _attach(data: Any, predicted: dict[str, np.ndarray], true: dict[str, np.ndarray], part: str) -> dict[str, float]:
     """Store predicted arrays under the trained names; where the input had the true field, add
     ``<field>_true`` and ``<field>_error`` and return the relative L2."""
     errors = {}
     for fname, values in predicted.items():
-        values = values[:, 0] if values.shape[1] == 1 else values
-        true = np.asarray(data[fname], dtype=np.float32) if fname in data.keys() else None  # noqa: SIM118
-        if true is not None and true.shape == values.shape and np.isfinite(true).all():
-            data[f"{fname}_true"] = true
-            data[f"{fname}_error"] = values - true
-            errors[f"{part}/{fname}"] = relative_l2(values, true)
+        values = _written(values)
+        if fname in true:
+            data[f"{fname}_true"] = true[fname]
+            data[f"{fname}_error"] = values - true[fname]
+            errors[f"{part}/{fname}"] = relative_l2(values, true[fname])
         data[fname] = values
     return errors
 
 
+def _written(values: np.ndarray) -> np.ndarray:
+    """A field as written to VTK: (n,) for one component, else (n, k)."""
+    return values[:, 0] if values.shape[1] == 1 else values
+
+
 def _reference_area(
-    ckpt: Checkpoint, params: dict[str, Any], given: float | None, geometry: Path
-) -> tuple[float | None, str]:
-    """A_ref and where it comes from: the option, else params.json beside the geometry, else the config, else
-    the median of the training cases; (None, reason) when nothing gives one or no pressure is predicted."""
+    ckpt: Checkpoint, params: dict[str, Any], given: float | None, params_file: Path | None
+) -> tuple[float, str] | None:
+    """A_ref and where it comes from: the option, else the case's params file beside the geometry, else the config,
+    else the median of the training cases; None when nothing gives one and no pressure is predicted."""
     ref = ckpt.reference
-    key = ref.get("area_key")
     if given is not None:
         return given, "--reference-area"
-    if key and key in params:
-        if not (_is_number(params[key]) and params[key] > 0):
-            params_file = geometry.parent / "params.json"
-            raise InvalidInputError(f"{params_file}: {key} must be a positive number, got {params[key]}")
-        return float(params[key]), f"params.json {key}"
-    if ref.get("reference_area"):
-        return float(ref["reference_area"]), "config data.reference_area"
-    if ref.get("training_reference_areas"):
-        return float(statistics.median(ref["training_reference_areas"])), "median of the training cases"
-    if ref.get("pressure_field") in dict(ckpt.channels.surface):
+    from_params = positive_param(params, ref.area_key, params_file)
+    if from_params is not None and params_file is not None:
+        return from_params, f"{params_file.name} {ref.area_key}"
+    if ref.reference_area:
+        return float(ref.reference_area), "config data.reference_area"
+    if ref.training_reference_areas:
+        return float(statistics.median(ref.training_reference_areas)), "median of the training cases"
+    if ref.pressure_field in dict(ckpt.channels.surface):
         raise InvalidInputError("no reference area is known for drag and lift: pass --reference-area")
-    return None, "no pressure field"
+    return None
 
 
-def _refined_surface(ckpt, surface) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    """Points, normals, area shares and model inputs of the surface refined to at least ``FORCE_POINTS`` points.
-
-    A query's prediction does not depend on the other queries, so the fields there are the same function of
-    position as on the given mesh; integrated on finer faces, drag and lift no longer depend on how coarsely
-    the body was tessellated (a 2k-point STL and the 11k-point CFD surface of one body agree).
-    """
-    at_cells = ckpt.surface_location == "cells"
-    fine = refined(surface, FORCE_POINTS)
-    points = np.asarray(fine.cell_centers().points if at_cells else fine.points, dtype=np.float64)
-    arrays = surface_arrays(FieldMesh(mesh=fine, points=points, location="cells" if at_cells else "points"))
-    arrays["inputs"] = model_inputs(ckpt.stats, arrays["surface/points"], arrays["surface/normals"])
-    return arrays
-
-
-def _coefficients(
-    ckpt, s_arrays, surface_pred, data, area_and_source, velocity, density, refined_force=None
-) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Drag and lift of the predicted fields: on the refined surface for an anchor-query model (``refined_force``),
-    else on the given mesh; ``cd_mesh``/``cl_mesh`` always on the given mesh, as the solver's fields there."""
-    area, area_source = area_and_source
-    ref = ckpt.reference
-    velocity = velocity if velocity is not None else ref["velocity"]
-    density = density if density is not None else ref["density"]
-    kw = dict(ref_area=area, velocity=velocity, density=density)
-    shares = (s_arrays["surface/area"], s_arrays["surface/area_norm"])
-    predicted = drag_lift(*shares, surface_pred, ref, **kw) if area else None
-    if predicted is None:
-        return {}
-    on_mesh = predicted
-    integrated_on = "the given surface's points" if ckpt.surface_location == "points" else "the given surface's cells"
-    if refined_force is not None:
-        fields, arrays = refined_force
-        predicted = drag_lift(arrays["surface/area"], arrays["surface/area_norm"], fields, ref, **kw)
-        integrated_on = f"the given surface refined to {len(arrays['surface/area']):,} {ckpt.surface_location}"
-    out: dict[str, Any] = {
-        "cd": predicted[0],
-        "cl": predicted[1],
-        "integrated_on": integrated_on,
-        "cd_mesh": on_mesh[0],
-        "cl_mesh": on_mesh[1],
-        "reference_area": area,
-        "reference_area_source": area_source,
-        "reference_velocity": velocity,
-        "density": density,
+def _summary(ckpt: Checkpoint, body: Body, result: Prediction, geometry: Path) -> dict[str, Any]:
+    """The JSON written beside the meshes."""
+    return {
+        "name": result.name,
+        "geometry": str(geometry),
+        "checkpoint_epoch": ckpt.epoch,
+        "num_surface": body.num_surface,
+        "num_volume": body.num_volume,
+        "num_points": body.num_surface + body.num_volume,
+        "coefficients": {} if result.coefficients is None else result.coefficients.to_json(),
+        "relative_l2": result.errors,
+        "solver": result.solver,
+        "fields": {p: [n for n, _ in getattr(ckpt.channels, p)] for p in ("surface", "volume")},
     }
-    # The solver's own fields on this mesh, where the input carries them (attached as <field>_true).
-    names = [ref.get("pressure_field"), ref.get("wall_shear_field")]
-    true = {f: np.asarray(data[f"{f}_true"]) for f in names if f and f in surface_pred and f"{f}_true" in data.keys()}  # noqa: SIM118
-    if len(true) == len([f for f in names if f and f in surface_pred]):
-        cd_t, cl_t = drag_lift(*shares, true, ref, **kw)
-        out.update({"cd_true_fields": cd_t, "cl_true_fields": cl_t})
-    return out
-
-
-def _params_beside(geometry: Path) -> dict[str, Any]:
-    path = geometry.parent / "params.json"
-    try:
-        params = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return params if isinstance(params, dict) else {}
 
 
 def _preview(surface: Any, field_name: str, path: Path, at_cells: bool) -> Path:

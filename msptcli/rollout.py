@@ -232,7 +232,7 @@ def _forces(
     ``true_at`` of each step, None past its end), with the shedding summaries: St, mean Cd, Cl amplitude."""
     from msptcli.physics.shedding import body_forces, shedding_summary
 
-    ref = ckpt.reference.get("transient", {})
+    ref = ckpt.reference.transient
     transient = ckpt.config.data.transient
     names = dict(ckpt.channels.volume)
     velocity_name, pressure_name = "U", ckpt.config.data.pressure_field or "p"
@@ -246,7 +246,7 @@ def _forces(
         nu=nu or 0.0,
         density=ckpt.config.data.density,
         velocity=ckpt.config.data.reference_velocity,
-        length=ref.get("length", transient.reference_length),
+        length=transient.reference_length if ref is None else ref.length,
     )
 
     def coefficients(states: np.ndarray) -> dict[str, np.ndarray]:
@@ -272,7 +272,8 @@ def _forces(
 
 def _range_notes(ckpt: Checkpoint, values: dict[str, float]) -> list[str]:
     """Say where a condition lies outside the training cases' range: the model extrapolates there."""
-    training = ckpt.reference.get("transient", {}).get("training_conditions", {})
+    transient = ckpt.reference.transient
+    training = {} if transient is None else transient.training_conditions
     notes = []
     for key in condition_names(ckpt.config.data.transient):
         seen = [c[key] for c in training.values() if isinstance(c.get(key), (int, float))]
