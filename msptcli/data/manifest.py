@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
@@ -193,7 +193,8 @@ def write_manifest(manifest: Manifest, data_dir: Path) -> Path:
 
 
 def read_manifest(data_dir: str | os.PathLike[str]) -> Manifest:
-    """The manifest of a prepared dataset; :class:`DatasetError` if missing, incomplete or foreign."""
+    """The manifest of a prepared dataset; :class:`DatasetError` if missing, incomplete or foreign, or if a
+    sample's file is not a relative path inside the dataset folder (``../../etc/passwd`` would be read)."""
     d = Path(data_dir)
     if not d.is_dir():
         raise DatasetError(f"{d}: no such dataset directory (run `mspt prepare` first)")
@@ -205,6 +206,10 @@ def read_manifest(data_dir: str | os.PathLike[str]) -> Manifest:
         manifest.stats.check(manifest.fields)
     except Exception as exc:
         raise DatasetError(f"{path}: not a valid mspt manifest ({str(exc).splitlines()[0]})") from None
+    for entry in manifest.samples:
+        file = PurePosixPath(entry.file)
+        if file.is_absolute() or ".." in file.parts or not file.parts:
+            raise DatasetError(f"{path}: sample {entry.name!r} is {entry.file!r}, a path outside the dataset folder")
     return manifest
 
 

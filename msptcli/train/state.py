@@ -50,22 +50,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` for the whole run; a second ``mspt train`` there is refused at once.
 
     The lock is an ``flock`` on ``RUN_DIR/.mspt-train.lock``, released by the kernel when the process ends
-    however it ends (a SIGKILL leaves no stale lock). The file names the holder's process id.
+    however it ends (a SIGKILL leaves no stale lock, only the file, which is no obstacle). The file names
+    the holder's process id, and it is removed when the run ends or is refused: a run directory keeps no
+    trace of a lock. A process that locked a file another one removed meanwhile locks the new one.
     """
     path = make_dirs(run_dir) / LOCK
+    fd = _locked(path, run_dir)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise output_error(path, exc) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise InvalidInputError(
-                f"{run_dir}: another `mspt train` is writing to this run (process {holder}); "
-                "wait for it to end or choose another -o"
-            ) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -73,4 +64,31 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             raise output_error(path, exc) from None
         yield
     finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still held: no other process can hold it at the same time
         os.close(fd)
+
+
+def _locked(path: Path, run_dir: Path) -> int:
+    """A descriptor of ``path`` under an exclusive ``flock``, the file still at ``path`` (not removed by its
+    last holder between our open and our lock); :class:`InvalidInputError` if another process holds it."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise output_error(path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise InvalidInputError(
+                f"{run_dir}: another `mspt train` is writing to this run (process {holder}); "
+                "wait for it to end or choose another -o"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed the file after our open: lock the file now at ``path``
