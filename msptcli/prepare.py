@@ -3,14 +3,22 @@
 Cases are processed in parallel worker processes. Every file is written under
 a temporary name and renamed, and the manifest comes last, so an interrupted
 run leaves either finished samples (reused on the next run) or nothing.
+
+Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` from :func:`prepare_dataset` whenever it comes before
+the manifest is complete, and then no manifest is left: the workers ignore SIGINT and are ended by
+the parent (no worker prints a trace), and the parent remembers the signal, so that one whose
+``KeyboardInterrupt`` Python swallowed (raised inside a ``__del__``) still stops the run.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +28,7 @@ from msptcli.choices import OnError
 from msptcli.config import DataConfig, MsptConfig
 from msptcli.data.cases import CaseFiles, find_cases
 from msptcli.data.manifest import (
+    MANIFEST,
     Manifest,
     SampleEntry,
     Stats,
@@ -73,14 +82,14 @@ def prepare_dataset(
     out = Path(out_dir)
     _check_output_dir(out, cases)
     make_dirs(out / SAMPLES)
-    for leftover in [*out.glob(".*.tmp*"), *(out / SAMPLES).glob(".*.tmp*")]:  # from a killed run
-        leftover.unlink(missing_ok=True)
+    _remove_temporary_files(out)  # from a killed run
     with atomic_output(out / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     report_metas: dict[str, dict] = {}
     report = PrepareReport(manifest=None)  # type: ignore[arg-type]
-    for name, status, payload in _run_all(cases, config.data, out, workers):
+
+    def take(name: str, status: str, payload: object) -> None:
         if status == "failed":
             if on_error == "fail" or isinstance(payload, OutputError):  # a full disk is not a bad case: stop
                 raise InvalidInputError(payload) if not isinstance(payload, MsptError) else payload
@@ -91,28 +100,112 @@ def prepare_dataset(
         if progress is not None:
             progress(name, status)
 
-    if not report_metas:
-        raise DatasetError("no case could be prepared" + (f": {report.failed[0][1]}" if report.failed else ""))
-    report.manifest = _build_manifest(out, config, report_metas, report.failed)
-    write_manifest(report.manifest, out)
+    with _Interrupts() as interrupts:
+        try:
+            _run_all(cases, config.data, out, workers, take, interrupts)
+            if not report_metas:
+                raise DatasetError("no case could be prepared" + (f": {report.failed[0][1]}" if report.failed else ""))
+            report.manifest = _build_manifest(out, config, report_metas, report.failed)
+            interrupts.raising = False  # from here a Ctrl-C is only noted: the manifest is written whole, or removed
+            interrupts.check()
+            write_manifest(report.manifest, out)
+            if interrupts.asked:
+                (out / MANIFEST).unlink()
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            _remove_temporary_files(out)  # of the workers ended midway
+            raise
     return report
 
 
-def _run_all(cases: list[CaseFiles], data: DataConfig, out: Path, workers: int):  # type: ignore[no-untyped-def]
-    """Yield (name, status, meta-or-error) per case as they finish, in worker processes if workers > 1."""
+class _Interrupts:
+    """SIGINT in the main thread, for the time of a ``with``: ``KeyboardInterrupt`` as usual (unless
+    ``raising`` is off), and remembered in ``asked``, which :meth:`check` raises again."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self.raising = True
+        self._previous: object = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.asked = True
+        if self.raising:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupts:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
+            self._previous = signal.signal(signal.SIGINT, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+
+
+def _run_all(
+    cases: list[CaseFiles],
+    data: DataConfig,
+    out: Path,
+    workers: int,
+    take: Callable[[str, str, object], None],
+    interrupts: _Interrupts,
+) -> None:
+    """Call ``take(name, status, meta-or-error)`` per case as they finish, in worker processes if workers > 1.
+
+    Workers ignore SIGINT: on Ctrl-C (or an error of ``take``) the parent cancels the cases not begun,
+    and on Ctrl-C also ends the running ones at once."""
     if workers <= 1:
         for case in cases:
-            yield case.name, *_prepare_one(case, data, out)
+            interrupts.check()
+            take(case.name, *_prepare_one(case, data, out))
         return
     ctx = multiprocessing.get_context("fork")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_prepare_one, case, data, out): case.name for case in cases}
-        try:
-            for future in cf.as_completed(futures):
-                yield futures[future], *future.result()
-        finally:
-            for f in futures:
-                f.cancel()
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_interrupts)
+    futures: dict[cf.Future, str] = {}
+    try:
+        with _interrupts_deferred():  # the workers are forked here: none may run the parent's handler
+            futures = {pool.submit(_prepare_one, case, data, out): case.name for case in cases}
+        pending = set(futures)
+        while pending:
+            done, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            interrupts.check()
+            for future in done:
+                take(futures[future], *future.result())
+    except KeyboardInterrupt:
+        for process in (pool._processes or {}).values():  # Python 3.14: pool.terminate_workers()
+            process.terminate()
+        raise
+    finally:
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)
+
+
+def _ignore_interrupts() -> None:
+    """A worker's start: Ctrl-C is the parent's to handle (no worker prints a ``KeyboardInterrupt`` trace)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT held back for the block (forked workers start with it blocked); delivered when it ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _remove_temporary_files(out: Path) -> None:
+    """The temporary files of writes that were cut short (``atomic_output``'s ``.NAME.XXXX.tmpSUFFIX``)."""
+    for leftover in [*out.glob(".*.tmp*"), *(out / SAMPLES).glob(".*.tmp*")]:
+        leftover.unlink(missing_ok=True)
 
 
 def _prepare_one(case: CaseFiles, data: DataConfig, out: Path) -> tuple[str, object]:
