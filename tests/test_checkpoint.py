@@ -10,6 +10,7 @@ import pyvista as pv
 from helpers import EXAMPLES, ROOT, ok
 
 from msptcli.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from msptcli.physics.force_reference import ForceReference, TransientReference
 
 LEGACY = ROOT / "tests" / "data" / "checkpoint_v1"
 
@@ -60,11 +61,27 @@ def test_a_format_1_checkpoint_is_translated_and_saved_in_the_current_format(tmp
     )
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="np") as f:
+    with safe_open(str(path), framework="np") as f, safe_open(str(LEGACY / "best.safetensors"), framework="np") as g:
         assert f.metadata()["format"] == FORMAT
+        assert json.loads(f.metadata()["reference"]) == json.loads(g.metadata()["reference"])  # the same JSON
     new = load_checkpoint(path)
     assert all(np.array_equal(v, new.model.state_dict()[k]) for k, v in old.model.state_dict().items())
     assert np.array_equal(new.volume_template, old.volume_template)
+
+
+def test_the_force_reference_round_trips_through_its_json():
+    transient = TransientReference(length=0.1, viscosity=None, viscosity_key="reference.nu",
+                                   training_conditions={"case_0000": {"Re": 100}})  # fmt: skip
+    ref = ForceReference(velocity=1.5, density=1.0, pressure_field="p", area_key="frontal_area",
+                         training_reference_areas=[0.1, 0.2], transient=transient)  # fmt: skip
+    as_json = json.loads(json.dumps(ref.to_json()))
+    assert as_json["transient"]["length"] == 0.1 and as_json["velocity"] == 1.5
+    assert ForceReference.from_json(as_json) == ref
+    steady = ForceReference(velocity=40.0, density=1.0)
+    assert "transient" not in steady.to_json() and ForceReference.from_json(steady.to_json()) == steady
+    for bad in (0, -1.0, float("nan"), None, "40"):
+        with pytest.raises(ValueError, match="the reference velocity must be a positive number"):
+            ForceReference.from_json({**steady.to_json(), "velocity": bad})
 
 
 def test_older_defaults_are_written_out_so_that_a_new_default_cannot_change_a_saved_network():
