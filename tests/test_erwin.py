@@ -146,6 +146,7 @@ def exact_cdist(monkeypatch):
     monkeypatch.setattr(torch, "cdist", functools.partial(torch.cdist, compute_mode="donot_use_mm_for_euclid_dist"))
 
 
+@pytest.mark.faithfulness
 @pytest.mark.parametrize("rotate", [True, False])
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("sizes", [[512], [256, 128]])
@@ -169,6 +170,7 @@ def test_equals_the_official_model(reference, exact_cdist, rotate, train, sizes,
     assert (got - expected).abs().max() < tol * scale, (got - expected).abs().max()
 
 
+@pytest.mark.faithfulness
 def test_equals_the_official_model_with_its_own_cdist(reference):
     """The reference as it is: its mm-based cdist puts distances of ~1e-8 on the diagonal (float64)."""
     cfg = config()
@@ -179,6 +181,7 @@ def test_equals_the_official_model_with_its_own_cdist(reference):
         assert (run(ours, packed) - call_reference(ref, packed, torch.float64)).abs().max() < 1e-6
 
 
+@pytest.mark.faithfulness
 def test_the_comparison_can_fail(reference, exact_cdist):
     """One weight of the bottleneck changed, or other rotated orders, and the outputs no longer agree."""
     cfg = config()

@@ -100,6 +100,7 @@ def official_weights(official: nn.Module, heads: int) -> tuple[dict[str, Tensor]
     return backbone, head
 
 
+@pytest.mark.faithfulness
 @pytest.mark.parametrize(
     ("width", "heads", "depth", "ratio", "slices"), [(32, 4, 2, 4, 16), (24, 1, 1, 2, 5), (48, 6, 3, 1, 32)]
 )
