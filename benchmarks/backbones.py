@@ -85,7 +85,7 @@ def worker(backbone: str, mode: str, n: int, device: str, memory_limit_gb: float
         limit = int(memory_limit_gb * 1e9)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     from msptcli.model import build_network, predict_queries
-    from msptcli.model.queries import pack_anchors
+    from msptcli.model.anchors import pack_anchors
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

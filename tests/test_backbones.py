@@ -56,7 +56,8 @@ def test_every_backbone_runs_forward_and_backward_with_anchors(backbone):
     model = network(backbone, dtype=torch.float32).train()
     anchors = [cloud(512, 1), cloud(512, 2)]
     queries = [cloud(300, 3), cloud(77, 4)]
-    from msptcli.model.queries import locate_queries, pack_anchors, place_queries
+    from msptcli.model.anchors import pack_anchors
+    from msptcli.model.queries import locate_queries, place_queries
 
     packed = pack_anchors([a[0] for a in anchors], [a[1] for a in anchors], model.config)
     places = locate_queries(packed, [q[0] for q in queries])

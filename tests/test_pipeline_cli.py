@@ -268,8 +268,9 @@ def exported_inputs(sidecar: dict, vtp, vtu):
     from msptcli.export import array_from_json
     from msptcli.geometry.balltree import ball_tree_order
     from msptcli.model import ModelConfig, build_layout
+    from msptcli.model.anchors import pack_anchors
     from msptcli.model.portable import QueryExample, layout_inputs, query_inputs
-    from msptcli.model.queries import locate_queries, pack_anchors, place_queries
+    from msptcli.model.queries import locate_queries, place_queries
 
     surface = pv.read(vtp)
     points = np.asarray(surface.points, dtype=np.float64)

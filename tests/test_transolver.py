@@ -11,8 +11,8 @@ from references import TRANSOLVER, load_reference
 from torch import Tensor, nn
 
 from msptcli.model import ModelConfig, PatchChunk, PatchLayout, build_layout
+from msptcli.model.anchors import AnchorTrees
 from msptcli.model.config import TransolverConfig
-from msptcli.model.queries import AnchorTrees
 from msptcli.model.transolver import TransolverBackbone
 
 SIZES = [300, 37, 1, 130]  # several clouds, a single point

@@ -43,10 +43,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from msptcli.errors import InvalidInputError
+from msptcli.model.anchors import ONE_TREE, AnchorTrees
 from msptcli.model.config import ModelConfig
 from msptcli.model.layers import gather_rows, init_weights  # init: truncated normal (std 0.02), as the reference
 from msptcli.model.layout import PatchLayout
-from msptcli.model.queries import ONE_TREE, AnchorTrees
 
 DIM = 3  # coordinates per position
 

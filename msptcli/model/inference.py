@@ -30,10 +30,11 @@ from torch import Tensor
 
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order
+from msptcli.model.anchors import pack_anchors
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout, build_layout
 from msptcli.model.network import Network
-from msptcli.model.queries import locate_queries, pack_anchors, place_queries
+from msptcli.model.queries import locate_queries, place_queries
 
 #: Default points per chunk of streaming inference: temporaries of a few hundred MB at width 128.
 DEFAULT_CHUNK_POINTS = 1 << 16

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from msptcli.model.anchors import ONE_TREE, AnchorTrees
 from msptcli.model.config import ModelConfig
 from msptcli.model.layers import (
     Embedding,
@@ -40,7 +41,7 @@ from msptcli.model.layers import (
 )
 from msptcli.model.layout import PatchChunk, PatchLayout
 from msptcli.model.pmsa import PMSA, SupernodePool
-from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
+from msptcli.model.queries import Queries
 
 
 class MSPTBlock(nn.Module):

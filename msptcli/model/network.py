@@ -31,11 +31,12 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from msptcli.model.anchors import ONE_TREE, AnchorTrees
 from msptcli.model.config import ModelConfig
 from msptcli.model.layers import channels, gather_rows, init_weights
 from msptcli.model.layout import PatchLayout
 from msptcli.model.mspt import MSPT, AnchorKeys, MSPTBlock
-from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
+from msptcli.model.queries import Queries
 from msptcli.model.spacetime import SpaceTimeMSPT, TimeLevels
 
 #: The coordinates among the input features: the first three (``data/features.py``).

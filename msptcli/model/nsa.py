@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from msptcli.model.anchors import ONE_TREE, AnchorTrees
 from msptcli.model.config import ModelConfig
 from msptcli.model.layers import Embedding, Mlp, gather_rows, init_weights
 from msptcli.model.layout import PatchLayout
 from msptcli.model.pmsa import SupernodePool
-from msptcli.model.queries import ONE_TREE, AnchorTrees
 
 #: Order of the gates in the output of ``BallSparseAttention.gate`` (per branch, H heads each).
 BRANCHES = ("compressed", "selected", "local")

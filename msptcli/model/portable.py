@@ -60,21 +60,12 @@ from torch import Tensor, nn
 from msptcli.choices import ExportFormat
 from msptcli.errors import InvalidInputError, MsptError
 from msptcli.io.atomic import atomic_output
+from msptcli.model.anchors import ONE_TREE, AnchorTrees, PackedAnchors, pack_anchors
 from msptcli.model.config import ModelConfig
 from msptcli.model.inference import PackedClouds, pack_clouds, predict
 from msptcli.model.layout import PatchChunk, PatchLayout
 from msptcli.model.network import Network
-from msptcli.model.queries import (
-    ONE_TREE,
-    AnchorTrees,
-    NearestKeys,
-    PackedAnchors,
-    Queries,
-    QueryGroups,
-    locate_queries,
-    pack_anchors,
-    place_queries,
-)
+from msptcli.model.queries import NearestKeys, Queries, QueryGroups, locate_queries, place_queries
 
 Format = ExportFormat
 FORMATS: tuple[str, ...] = get_args(Format)

@@ -29,11 +29,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from msptcli.model.anchors import ONE_TREE, AnchorTrees
 from msptcli.model.config import ModelConfig
 from msptcli.model.layers import Embedding, channels, init_weights, over_chunks, point_chunks, point_rows
 from msptcli.model.layout import PatchLayout
 from msptcli.model.mspt import MSPTBlock
-from msptcli.model.queries import ONE_TREE, AnchorTrees, Queries
+from msptcli.model.queries import Queries
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from msptcli.model.anchors import ONE_TREE, AnchorTrees
 from msptcli.model.config import ModelConfig
 from msptcli.model.layers import Mlp, init_weights
 from msptcli.model.layout import PatchLayout, point_cloud
-from msptcli.model.queries import ONE_TREE, AnchorTrees
 
 #: Added to a slice's total weight before dividing by it (the official code's constant).
 SLICE_EPS = 1e-5

@@ -20,9 +20,10 @@ from msptcli.data.manifest import Manifest, SampleEntry
 from msptcli.data.sample import Sample, map_sample
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.model import ModelConfig, build_layout
+from msptcli.model.anchors import PackedAnchors, pack_anchors
 from msptcli.model.config import AnchorConfig
 from msptcli.model.layout import PatchLayout
-from msptcli.model.queries import PackedAnchors, Queries, locate_queries, pack_anchors, place_queries
+from msptcli.model.queries import Queries, locate_queries, place_queries
 
 
 @dataclass

@@ -1,0 +1,244 @@
+"""Anchor-query attention: query points read the anchors' MSPT blocks without changing them.
+
+A cloud of *anchors* (a fixed-size sample of the geometry) runs the MSPT blocks as usual:
+ball-tree patches and supernodes. A *query* point i — any surface or volume point a user asks
+about — falls into the patch p(i) of its nearest anchor and, in every block, attends in one
+softmax to the anchors of that patch and to all supernodes of its cloud, with the block's own
+weights (PMSA, Eq. 5-6, with the query as the only query):
+
+    x_i' = x_i + Proj softmax(q_i [K_p(i) ; K_S]^T / sqrt(d)) [V_p(i) ; V_S],   q_i = W_q LN(x_i)
+    x_i  = x_i' + MLP(LN(x_i'))
+
+where K, V are the keys and values of the anchors at the block's input. With ``rotate_trees``
+the odd blocks cut the anchors into the patches of a second ball tree, built on the rotated
+anchors (Erwin's rotated trees), so that no patch boundary stays in place through the network;
+a query reads, in each block, the patch of its nearest anchor in that block's tree. A query never sees
+another query, so its output is a function of the anchors and of its own features alone: the
+same whatever the other queries and however they are chunked. A query with an anchor's position
+and features gets exactly that anchor's output. (The idea of anchor tokens follows AB-UPT; the
+patches and supernodes are MSPT's.)
+
+Reading a patch makes a query's prediction jump where the nearest anchor changes patch: two
+neighbouring queries on either side of a boundary read disjoint anchor sets. With
+``anchors.reads: nearest`` a query instead reads its k nearest anchors N_k(i) under a window
+that falls to zero at the (k+1)-th nearest, at distance r_i:
+
+    a_ij = q_i k_j^T / sqrt(d) + log w(|x_i - a_j| / r_i),   w(t) = (1 - t^2)^2  (t < 1, else 0)
+    x_i' = x_i + Proj softmax([a_ij : j in N_k(i)] ; [q_i K_S^T / sqrt(d)]) [V_N_k(i) ; V_S]
+
+An anchor enters or leaves N_k(i) only where it is the k-th and (k+1)-th nearest at once, that
+is at t = 1, where its weight is zero: the output is continuous in the query's position, and
+no patch boundary of any tree shows in the fields.
+
+This module prepares that reading on the host: where every query sits among its cloud's anchors
+(:func:`locate_queries`), then the queries grouped by the patch they read in every tree
+(:class:`QueryGroups`) or by their nearest anchors (:class:`NearestKeys`), in :class:`Queries`
+(:func:`place_queries`). The anchors themselves are packed by ``anchors.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+from msptcli.errors import InvalidInputError
+from msptcli.model.anchors import PackedAnchors
+from msptcli.model.layout import PatchLayout
+
+
+@dataclass(frozen=True)
+class QueryGroups:
+    """Queries grouped by the anchor patch they read, padded to the most queries any patch has.
+
+    Padded slots hold query 0 and their outputs are dropped; a patch no query falls into has
+    only padded slots.
+    """
+
+    slots: Tensor  # (P, Lq) long: query row of each slot (0 where padded)
+    query_slot: Tensor  # (M,) long: flat slot (patch * Lq + j) of each query
+
+    def to(self, device: torch.device | str) -> QueryGroups:
+        return QueryGroups(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def group_queries(query_patch: np.ndarray, num_patches: int) -> QueryGroups:
+    """The :class:`QueryGroups` of queries whose patches (global patch numbers of the layout) are ``query_patch``."""
+    patch = np.asarray(query_patch, dtype=np.int64)
+    if patch.ndim != 1 or len(patch) == 0:
+        raise InvalidInputError("query patches must be a non-empty (M,) array")
+    if patch.min() < 0 or patch.max() >= num_patches:
+        raise InvalidInputError(f"query patches must lie in [0, {num_patches}), got {patch.min()}..{patch.max()}")
+    order = np.argsort(patch, kind="stable")  # queries patch by patch
+    counts = np.bincount(patch, minlength=num_patches)
+    length = max(int(counts.max()), 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(patch), dtype=np.int64)
+    rank[order] = np.arange(len(patch)) - starts[patch[order]]  # position of each query within its patch
+    slots = np.zeros((num_patches, length), dtype=np.int64)
+    slots[patch, rank] = np.arange(len(patch))
+    return QueryGroups(slots=torch.from_numpy(slots), query_slot=torch.from_numpy(patch * length + rank))
+
+
+#: Queries that read their nearest anchors are grouped by runs of this many anchors of the first tree's order
+#: (spatially compact: the union of a group's k nearest anchors stays small). Grouping changes the cost only.
+QUERY_GROUP = 64
+
+
+@dataclass(frozen=True)
+class NearestKeys:
+    """What queries that read their nearest anchors (``reads: nearest``) attend to.
+
+    For speed the queries are grouped by the run of ``QUERY_GROUP`` anchors (in the first tree's
+    order) that holds their nearest anchor; a group's keys are the union of its queries' k nearest
+    anchors, then the supernodes of its cloud. The bias of a (query, anchor) pair is its log w(t)
+    where the anchor is one of that query's k nearest and -inf elsewhere; that of a supernode 0, or
+    -inf for padding: the same attention as gathering every query's own k anchors, with a group's
+    keys computed once for all its queries.
+    """
+
+    groups: QueryGroups  # the queries by group: slots (G, Lq), query_slot (M,)
+    key_rows: Tensor  # (G, U) long: packed anchor rows of every group's keys (0 where padded)
+    key_bias: Tensor  # (G, Lq, U + S) float32: bias of each (query slot, key), the supernodes last
+    group_cloud: Tensor  # (G,) long: cloud of every group
+
+    def to(self, device: torch.device | str) -> NearestKeys:
+        return NearestKeys(
+            self.groups.to(device), self.key_rows.to(device), self.key_bias.to(device), self.group_cloud.to(device)
+        )
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Query points of a batch: their features and either, per tree, their grouping by anchor patch
+    (``reads: patch``) or their nearest anchors (``reads: nearest``; ``groups`` is then empty)."""
+
+    features: Tensor  # (M, F)
+    groups: tuple[QueryGroups, ...]
+    nearest: NearestKeys | None = None
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Queries:
+        """The same queries on ``device`` (features in ``dtype``, when given)."""
+        nearest = None if self.nearest is None else self.nearest.to(device)
+        return Queries(self.features.to(device, dtype), tuple(g.to(device) for g in self.groups), nearest)
+
+
+@dataclass(frozen=True)
+class QueryPlaces:
+    """Where every query of a batch sits among its cloud's anchors (clouds stacked in order).
+
+    ``rows[:, 0]`` is the nearest anchor (whose patch a query reads with ``reads: patch``); with
+    ``reads: nearest`` ``rows`` holds the k nearest, nearest first, and ``window`` their log w(t).
+    """
+
+    rows: np.ndarray  # (M, k) int64 packed anchor rows, nearest first
+    window: np.ndarray | None  # (M, k) float32 log window weights (reads: nearest), else None
+    cloud: np.ndarray  # (M,) int64 cloud of every query
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, rows: slice | np.ndarray) -> QueryPlaces:
+        window = None if self.window is None else self.window[rows]
+        return QueryPlaces(self.rows[rows], window, self.cloud[rows])
+
+
+def locate_queries(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -> QueryPlaces:
+    """The :class:`QueryPlaces` of query points, one (m_b, 3) array per cloud of ``anchors``."""
+    if len(query_points) != anchors.layout.num_clouds:
+        raise InvalidInputError(f"{len(query_points)} query clouds for {anchors.layout.num_clouds} clouds of anchors")
+    k = anchors.neighbours
+    rows, windows, clouds, start = [], [], [], 0
+    for b, (cloud, queries) in enumerate(zip(anchors.points, query_points, strict=True)):
+        q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
+        n = len(cloud)
+        if k == 0:  # the nearest anchor only
+            nearest = cKDTree(cloud).query(q)[1] if len(q) else np.zeros(0, dtype=np.int64)
+            rows.append(start + np.asarray(nearest, dtype=np.int64).reshape(-1, 1))
+        else:
+            distance, index = cKDTree(cloud).query(q, k=k + 1) if len(q) else (np.zeros((0, k + 1)),) * 2
+            distance, index = distance.reshape(-1, k + 1), np.asarray(index, dtype=np.int64).reshape(-1, k + 1)
+            rows.append(start + np.where(index[:, :k] < n, index[:, :k], 0))
+            windows.append(window_log_weight(distance[:, :k], distance[:, k]))
+        clouds.append(np.full(len(q), b, dtype=np.int64))
+        start += n
+    window = np.concatenate(windows).astype(np.float32) if k else None
+    return QueryPlaces(np.concatenate(rows), window, np.concatenate(clouds))
+
+
+def window_log_weight(distance: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """log w(d / r), w(t) = (1 - t^2)^2 for t < 1, else 0: (M, k) distances to the k nearest anchors, (M,) radii.
+
+    A missing neighbour (a cloud of at most k anchors: infinite distance) gets -inf; when the
+    (k+1)-th anchor is missing (infinite radius) every present neighbour gets weight 1.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(np.isfinite(radius)[:, None], distance / radius[:, None], 0.0)
+        return np.where(np.isfinite(distance) & (t < 1.0), 2.0 * np.log1p(-(np.minimum(t, 1.0) ** 2)), -np.inf)
+
+
+def nearest_anchors(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -> np.ndarray:
+    """(M,) packed row of the nearest anchor, in the same cloud, of every query (clouds stacked in order)."""
+    return locate_queries(anchors, query_points).rows[:, 0]
+
+
+def place_queries(anchors: PackedAnchors, places: QueryPlaces, features: np.ndarray | Tensor) -> Queries:
+    """The :class:`Queries` at ``places`` (from :func:`locate_queries`), with their features."""
+    layout = anchors.layout
+    features = torch.as_tensor(features, dtype=torch.float32)
+    if len(features) != len(places):
+        raise InvalidInputError(f"{len(places)} query points but {len(features)} rows of query features")
+    if places.window is not None:  # reads: nearest
+        return Queries(features, (), nearest_keys(layout, places))
+    patch_of_row = np.repeat(np.arange(layout.num_patches), np.diff(layout.patch_start))
+    nearest_row = places.rows[:, 0]
+    groups = tuple(group_queries(patch_of_row[rank[nearest_row]], layout.num_patches) for rank in anchors.tree_rank)
+    return Queries(features, groups)
+
+
+def nearest_keys(layout: PatchLayout, places: QueryPlaces) -> NearestKeys:
+    """The :class:`NearestKeys` of queries at ``places`` (with their k nearest anchors and window weights)."""
+    num_anchors = layout.num_points
+    sizes = np.asarray(layout.sizes, dtype=np.int64)
+    per_cloud = -(-sizes // QUERY_GROUP)  # groups of every cloud: runs of QUERY_GROUP rows, the last shorter
+    first_group = np.concatenate([[0], np.cumsum(per_cloud)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    nearest = places.rows[:, 0]
+    run = first_group[places.cloud] + (nearest - starts[places.cloud]) // QUERY_GROUP  # (M,) run of every query
+    runs, group = np.unique(run, return_inverse=True)  # only the runs that hold queries become groups
+    group = group.reshape(-1)
+    num_groups = len(runs)
+    groups = group_queries(group, num_groups)
+    slots = groups.slots.shape[1]
+    rank = groups.query_slot.numpy() - group * slots  # slot of every query within its group
+    k = places.rows.shape[1]
+    keep = np.isfinite(places.window.ravel())  # pairs of weight 0 (and missing neighbours) are not keys
+    pair_group, pair_rank = np.repeat(group, k)[keep], np.repeat(rank, k)[keep]
+    pair_anchor, pair_bias = places.rows.ravel()[keep], places.window.ravel()[keep]
+    keys, which = np.unique(pair_group * num_anchors + pair_anchor, return_inverse=True)  # sorted by group
+    key_group = keys // num_anchors
+    count = np.bincount(key_group, minlength=num_groups)
+    position = np.arange(len(keys)) - np.concatenate([[0], np.cumsum(count)[:-1]])[key_group]
+    length = max(int(count.max()) if len(count) else 1, 1)
+    key_rows = np.zeros((num_groups, length), dtype=np.int64)
+    key_rows[key_group, position] = keys % num_anchors
+    group_cloud = np.repeat(np.arange(len(sizes)), per_cloud)[runs]
+    valid = supernode_valid(layout)  # (B, S)
+    bias = np.full((num_groups, slots, length + valid.shape[1]), -np.inf, dtype=np.float32)
+    bias[pair_group, pair_rank, position[which]] = pair_bias
+    bias[:, :, length:] = np.where(valid[group_cloud], 0.0, -np.inf)[:, None, :]
+    return NearestKeys(groups, torch.from_numpy(key_rows), torch.from_numpy(bias), torch.from_numpy(group_cloud))
+
+
+def supernode_valid(layout: PatchLayout) -> np.ndarray:
+    """(B, S) bool: which padded supernode slots of every cloud hold a real supernode, read from the layout's own
+    key bias (its last S columns, the same for every patch of a cloud)."""
+    w, s = layout.whole, layout.sub_index.shape[1]
+    if w.key_bias is None:  # nothing padded
+        return np.ones((layout.num_clouds, s), dtype=bool)
+    first = np.searchsorted(w.patch_cloud.cpu().numpy(), np.arange(layout.num_clouds))  # first patch of each cloud
+    return np.isfinite(w.key_bias[first, 0, 0, w.key_bias.shape[-1] - s :].cpu().numpy())
