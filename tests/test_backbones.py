@@ -70,6 +70,30 @@ def test_every_backbone_runs_forward_and_backward_with_anchors(backbone):
     assert not [n for n in silent if not n.startswith("blocks.1.") or backbone != "mspt"], silent
 
 
+@pytest.mark.parametrize("backbone", [b for b in BACKBONES if b != "mspt"])
+def test_every_backbone_has_the_written_interface(backbone):
+    """``model/backbones``' ``Backbone``: the protocol's parameters, ``embed`` row by row, (N, C) -> (N, C)."""
+    import inspect
+
+    from msptcli.model.anchors import pack_anchors
+    from msptcli.model.backbones import Backbone
+
+    model = network(backbone)
+    body = model.backbone
+    assert isinstance(body, Backbone)
+    want = inspect.signature(Backbone.forward).parameters
+    got = inspect.signature(type(body).forward).parameters
+    assert [(p.name, p.kind, p.default) for p in got.values()] == [(p.name, p.kind, p.default) for p in want.values()]
+    points, features = cloud(512, 1)
+    packed = pack_anchors([points], [features], model.config)
+    features = packed.features.double()
+    x = body.embed(features)  # (N, C)
+    assert x.shape == (512, 16)
+    torch.testing.assert_close(body.embed(features[:7]), x[:7])  # every row alone
+    with torch.no_grad():
+        assert body(x, features[:, :3], packed.layout, packed.trees).shape == x.shape
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("reads", ["patch", "nearest"])
 def test_a_query_depends_on_the_anchors_and_itself_only(backbone, reads):

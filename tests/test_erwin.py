@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from msptcli.errors import InvalidInputError
 from msptcli.model.anchors import ONE_TREE, AnchorTrees, PackedAnchors, pack_anchors
+from msptcli.model.backbones.erwin import ErwinBackbone, rotated_orders
 from msptcli.model.config import AnchorConfig, ErwinConfig, ModelConfig
-from msptcli.model.erwin import ErwinBackbone, rotated_orders
 
 IN_FEATURES = 5  # coordinates and two more channels
 

@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 from msptcli.geometry.balltree import run_boundaries
 from msptcli.model.anchors import AnchorTrees
+from msptcli.model.backbones.nsa import BRANCHES, BallSparseAttention, NSABackbone
 from msptcli.model.config import ModelConfig, NSAConfig
 from msptcli.model.layout import PatchChunk, PatchLayout, build_layout
-from msptcli.model.nsa import BRANCHES, BallSparseAttention, NSABackbone
 
 SIZES = [250, 37, 1, 130]  # 8, 1, 1 and 4 balls of 32: ball counts differ, padded slots and summaries
 

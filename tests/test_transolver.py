@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from msptcli.model import ModelConfig, PatchChunk, PatchLayout, build_layout
 from msptcli.model.anchors import AnchorTrees
+from msptcli.model.backbones.transolver import TransolverBackbone
 from msptcli.model.config import TransolverConfig
-from msptcli.model.transolver import TransolverBackbone
 
 SIZES = [300, 37, 1, 130]  # several clouds, a single point
 

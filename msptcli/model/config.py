@@ -91,7 +91,7 @@ class AdaptiveConfig(BaseModel):
 
 
 class ErwinConfig(BaseModel):
-    """Erwin (Zhdanov et al., ICML 2025): ball attention over a U-Net of the ball tree (``model/erwin.py``).
+    """Erwin (Zhdanov et al., ICML 2025): ball attention over a U-Net of the ball tree (``model/backbones/erwin.py``).
 
     Level 0 cuts the tree order into balls of ``ball_sizes[0]`` points; each encoder level pools
     ``strides[l]`` consecutive nodes (children of one parent ball) into one, so level l has
@@ -148,7 +148,7 @@ class ErwinConfig(BaseModel):
 
 
 class NSAConfig(BaseModel):
-    """Ball-tree native sparse attention (Erwin-NSA, ``model/nsa.py``): per point a compressed branch (all
+    """Ball-tree native sparse attention (Erwin-NSA, ``model/backbones/nsa.py``): per point a compressed branch (all
     ball summaries of its cloud), a selected branch (all points of the ``selected`` balls whose summaries
     score highest for the point's ball) and a local branch (its own ball), mixed by learned gates.
     Balls are the patches of the layout (``model.patch_size`` / ``num_patches``), summaries its supernodes."""
@@ -159,7 +159,7 @@ class NSAConfig(BaseModel):
 
 
 class TransolverConfig(BaseModel):
-    """Transolver (Wu et al., ICML 2024): physics attention over learned slices (``model/transolver.py``)."""
+    """Transolver (Wu et al., ICML 2024): physics attention over learned slices (``model/backbones/transolver.py``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 

@@ -1,7 +1,8 @@
 """One network for every backbone: MSPT, Erwin, Erwin-NSA or Transolver, behind the same calls.
 
 ``build_network(config, in_features=, out_features=)`` gives :class:`~msptcli.model.mspt.MSPT` for
-``backbone: mspt`` and otherwise a :class:`BackboneNetwork`:
+``backbone: mspt`` and otherwise a :class:`BackboneNetwork` around one of ``model/backbones/`` (the
+:class:`~msptcli.model.backbones.Backbone` interface):
 
     x_0 = Embed(f_i)                    the backbone's own point-wise embedding
     h   = Backbone(x_0)                 its mixing of the points (ball attention, slices, ...)
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from msptcli.model.anchors import ONE_TREE, AnchorTrees
+from msptcli.model.backbones import Backbone, build_backbone
 from msptcli.model.config import ModelConfig
 from msptcli.model.layers import channels, gather_rows, init_weights
 from msptcli.model.layout import PatchLayout
@@ -41,22 +43,6 @@ from msptcli.model.spacetime import SpaceTimeMSPT, TimeLevels
 
 #: The coordinates among the input features: the first three (``data/features.py``).
 POSITIONS = slice(0, 3)
-
-
-def _backbone(config: ModelConfig, in_features: int) -> nn.Module:
-    if config.backbone == "erwin":
-        from msptcli.model.erwin import ErwinBackbone
-
-        return ErwinBackbone(config, in_features)
-    if config.backbone == "erwin-nsa":
-        from msptcli.model.nsa import NSABackbone
-
-        return NSABackbone(config, in_features)
-    if config.backbone == "transolver":
-        from msptcli.model.transolver import TransolverBackbone
-
-        return TransolverBackbone(config, in_features)
-    raise ValueError(f"no backbone module for {config.backbone!r}")
 
 
 class BackboneNetwork(nn.Module):
@@ -72,7 +58,7 @@ class BackboneNetwork(nn.Module):
         super().__init__()
         self.config = config
         self.in_features, self.out_features = channels(in_features, out_features)
-        self.backbone = _backbone(config, in_features)
+        self.backbone: Backbone = build_backbone(config, in_features)
         self.readers = None
         if config.anchors is not None:
             self.readers = nn.ModuleList(MSPTBlock(config) for _ in range(config.query_depth))

@@ -3,7 +3,7 @@
 Lapautre, Marchenko, Patiño and Zhou, "Natively Trainable Sparse Attention for Hierarchical
 Point Cloud Datasets" (2025): the three branches of Native Sparse Attention (NSA; Yuan et al.,
 DeepSeek, 2025) with Erwin's balls as NSA's blocks. Here the balls are the layout's patches and
-the ball summaries its supernodes (``layout.py``): P balls padded to L slots, Q summaries per
+the ball summaries its supernodes (``model/layout.py``): P balls padded to L slots, Q summaries per
 ball, S summaries per cloud (padded), H heads of d = C / H channels. For a point i of ball p:
 
     s_j     = Pool({h_t : t in sub-run j})                                  summaries (MSPT Eq. 4)
