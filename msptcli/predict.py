@@ -92,8 +92,8 @@ class Prediction:
 class Body:
     """A geometry read for prediction (:func:`read_body`)."""
 
-    source: Path
     surface: Any  # pyvista.PolyData, as read; the surface fields are written on it
+    at_cells: bool  # the surface fields at its cells (else at its points), as the checkpoint's
     arrays: dict[str, np.ndarray]  # surface/{points, normals, area, area_norm} and volume/{points, distance, direction}
     volume: Any | None = None  # the mesh the volume fields are written on; None: no volume asked
 
@@ -104,6 +104,11 @@ class Body:
     @property
     def num_volume(self) -> int:
         return len(self.arrays["volume/points"]) if self.volume is not None else 0
+
+    def data(self) -> dict[str, Any]:
+        """Per part, the mesh and the data arrays its fields are read from and written to."""
+        out = {"surface": (self.surface, self.surface.cell_data if self.at_cells else self.surface.point_data)}
+        return out if self.volume is None else {**out, "volume": (self.volume, self.volume.point_data)}
 
 
 def output_names(geometries: Sequence[Path], *, params_file: str | None = "params.json") -> list[str]:
@@ -140,10 +145,8 @@ def predict_geometry(
     geometry, out = Path(geometry), Path(out_dir)
     name = name or geometry.stem
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for option, value in (("--reference-area", reference_area), ("--reference-velocity", reference_velocity),
-                          ("--density", density)):  # fmt: skip
-        if value is not None and not (np.isfinite(value) and value > 0):
-            raise InvalidInputError(f"{option} must be a positive number, got {value}")
+    _check_positive({"--reference-area": reference_area, "--reference-velocity": reference_velocity,
+                     "--density": density})  # fmt: skip
     inputs_given = (geometry,) if volume_mesh is None else (geometry, Path(volume_mesh))
     with_volume = bool(ckpt.channels.volume) and (volume_mesh is not None or volume_points != 0)
     files = _output_files(out, name, with_volume=with_volume)
@@ -160,10 +163,7 @@ def predict_geometry(
     run = dict(device=device, bf16=ckpt.config.train.bf16, chunk_points=chunk_points)
     draws = anchor_draws(ckpt, body.surface)
     fields = predict_fields(model, ckpt, body, draws, **run)
-    surface_data = body.surface.cell_data if ckpt.surface_location == "cells" else body.surface.point_data
-    true = {"surface": _true_fields(surface_data, fields["surface"])}
-    if body.volume is not None:
-        true["volume"] = _true_fields(body.volume.point_data, fields["volume"])
+    true = {part: _true_fields(data, fields[part]) for part, (_, data) in body.data().items()}
     coefficients = None
     if area is not None:
         velocity = reference_velocity if reference_velocity is not None else ckpt.reference.velocity
@@ -174,16 +174,14 @@ def predict_geometry(
     # --- outputs -----------------------------------------------------------------------------------------
     result = Prediction(name=name, files=[], coefficients=coefficients)
     result.solver = {k: float(params[k]) for k in ("Cd", "Cl", "Cd_fields", "Cl_fields") if is_number(params.get(k))}
-    result.errors.update(_attach(surface_data, fields["surface"], true["surface"], "surface"))
-    result.files.append(write_mesh(body.surface, files["surface"], inputs=inputs_given))
-    if body.volume is not None:
-        result.errors.update(_attach(body.volume.point_data, fields["volume"], true["volume"], "volume"))
-        result.files.append(write_mesh(body.volume, files["volume"], inputs=inputs_given))
+    for part, (mesh, data) in body.data().items():
+        result.errors.update(_attach(data, fields[part], true[part], part))
+        result.files.append(write_mesh(mesh, files[part], inputs=inputs_given))
     write_json(files["json"], _summary(ckpt, body, result, geometry))
     result.files.append(files["json"])
     pressure = ckpt.reference.pressure_field
     if preview and pressure and pressure in fields["surface"]:
-        result.files.append(_preview(body.surface, pressure, files["png"], ckpt.surface_location == "cells"))
+        result.files.append(_preview(body.surface, pressure, files["png"], body.at_cells))
     return result
 
 
@@ -204,7 +202,8 @@ def read_body(
     surface = as_polydata(mesh)
     if surface.n_cells == 0:
         raise InvalidInputError(f"{geometry}: has points but no faces; a surface mesh is needed")
-    body = Body(source=geometry, surface=surface, arrays=_surface_arrays(ckpt, surface, source=geometry))
+    at_cells = ckpt.surface_location == "cells"
+    body = Body(surface=surface, at_cells=at_cells, arrays=_surface_arrays(ckpt, surface, source=geometry))
     if with_volume:
         if volume_mesh is not None:
             body.volume = read_mesh(volume_mesh)
@@ -287,6 +286,13 @@ def predicted_forces(
         reference_area=area[0], reference_area_source=area[1], reference_velocity=velocity, density=density,
         cd_true_fields=None if on_true is None else on_true[0], cl_true_fields=None if on_true is None else on_true[1],
     )  # fmt: skip
+
+
+def _check_positive(options: dict[str, float | None]) -> None:
+    """Refuse a reference value given as an option that is not a positive number."""
+    for option, value in options.items():
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise InvalidInputError(f"{option} must be a positive number, got {value}")
 
 
 def _output_files(out: Path, name: str, *, with_volume: bool) -> dict[str, Path]:
@@ -381,11 +387,5 @@ def _summary(ckpt: Checkpoint, body: Body, result: Prediction, geometry: Path) -
 
 
 def _preview(surface: Any, field_name: str, path: Path, at_cells: bool) -> Path:
-    return render_png(
-        surface,
-        path,
-        scalars=field_name,
-        preference="cell" if at_cells else "point",
-        cmap="coolwarm",
-        scalar_bar_args={"title": f"predicted {field_name}"},
-    )
+    where, title = "cell" if at_cells else "point", {"title": f"predicted {field_name}"}
+    return render_png(surface, path, scalars=field_name, preference=where, cmap="coolwarm", scalar_bar_args=title)
