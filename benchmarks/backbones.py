@@ -84,8 +84,9 @@ def worker(backbone: str, mode: str, n: int, device: str, memory_limit_gb: float
     if device == "cpu" and memory_limit_gb > 0:
         limit = int(memory_limit_gb * 1e9)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    from msptcli.model import build_network, predict_queries
+    from msptcli.model import build_network
     from msptcli.model.anchors import pack_anchors
+    from msptcli.runtime import predict_queries
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -35,9 +35,9 @@ from msptcli.data.read import read_fields
 from msptcli.data.template import place_template
 from msptcli.geometry.faces import fan_triangulation, parse_faces
 from msptcli.io.meshes import as_polydata
-from msptcli.model import pack_clouds, predict, predict_queries
 from msptcli.model.anchors import pack_anchors
 from msptcli.model.queries import nearest_anchors
+from msptcli.runtime import pack_clouds, predict, predict_queries
 
 
 def across_over_within(values: np.ndarray, i: np.ndarray, j: np.ndarray, length: np.ndarray, crossing) -> float:  # type: ignore[no-untyped-def]

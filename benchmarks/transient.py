@@ -46,9 +46,9 @@ from msptcli.config import load_config
 from msptcli.data.features import Channels
 from msptcli.data.manifest import read_manifest
 from msptcli.data.sample import load_sample
-from msptcli.model.inference import predict_clouds
 from msptcli.prepare import prepare_dataset
 from msptcli.rollout import rollout_series
+from msptcli.runtime.inference import predict_clouds
 from msptcli.train.loop import train_model
 from msptcli.train.transient import step_arrays, step_errors
 

@@ -2,7 +2,7 @@
 
 Used by validation during training and by the accuracy benchmark; ``mspt predict`` uses
 :func:`relative_l2` and :func:`drag_lift` for a geometry that carries its solver fields.
-Predictions come from the one inference path (:func:`msptcli.model.predict_clouds`).
+Predictions come from the one inference path (:func:`msptcli.runtime.predict_clouds`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from msptcli.data.anchors import sample_anchors, seeds_of
 from msptcli.data.features import Channels, cloud_inputs, cloud_part, model_targets, to_physical
 from msptcli.data.manifest import Manifest
 from msptcli.data.sample import Sample
-from msptcli.model import Network, predict_clouds, predict_queries_averaged
+from msptcli.model import Network
 from msptcli.physics import coefficients, force_from_points
 from msptcli.physics.force_reference import ForceReference
+from msptcli.runtime import predict_clouds, predict_queries_averaged
 
 
 def relative_l2(pred: np.ndarray, true: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from msptcli.errors import InvalidInputError
 from msptcli.io.atomic import atomic_output
 from msptcli.io.guard import check_outputs
 from msptcli.model.config import ModelConfig
-from msptcli.model.portable import FORMATS, Format, export_model, random_example, verify_export
+from msptcli.runtime.portable import FORMATS, Format, export_model, random_example, verify_export
 
 #: Cloud sizes of the verification batch: several clouds, padded patches, other sizes than the trace.
 VERIFY_SIZES = (3000, 1234, 77)
@@ -137,7 +137,7 @@ def _column_ranges(columns: StepColumns) -> dict[str, list[int]]:
 def _backbone_note(config: ModelConfig) -> str:
     note = f"{config.backbone} runs on the anchors; the queries read its anchor features in query_depth blocks"
     if config.num_trees == 2:
-        note += "; tree_reorder_1 / tree_restore_1: the anchors' rotated ball tree (msptcli.model.queries.pack_anchors)"
+        note += "; tree_reorder_1 / tree_restore_1: the anchors' rotated ball tree (msptcli.model.anchors.pack_anchors)"
     if config.backbone == "erwin":
         note += f"; every cloud's anchors a multiple of {config.erwin_settings.cloud_multiple()} (whole balls)"
     return note

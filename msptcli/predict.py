@@ -40,7 +40,8 @@ from msptcli.io.atomic import write_json
 from msptcli.io.guard import check_outputs
 from msptcli.io.meshes import as_polydata, is_surface, read_mesh, write_mesh
 from msptcli.io.render import render_png
-from msptcli.model import DEFAULT_CHUNK_POINTS, Network, predict_clouds, predict_queries_averaged
+from msptcli.model import Network
+from msptcli.runtime import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries_averaged
 
 #: Volume points sampled around the body when no volume mesh is given.
 DEFAULT_VOLUME_POINTS = 50_000

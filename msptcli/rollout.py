@@ -53,7 +53,7 @@ from msptcli.io.atomic import atomic_output, make_dirs, write_json
 from msptcli.io.guard import check_outputs
 from msptcli.io.meshes import write_mesh
 from msptcli.io.pvd import write_pvd
-from msptcli.model.inference import DEFAULT_CHUNK_POINTS, predict_clouds
+from msptcli.runtime.inference import DEFAULT_CHUNK_POINTS, predict_clouds
 
 #: Called after each step with (steps done, steps in all).
 Progress = Callable[[int, int], None]

@@ -163,7 +163,7 @@ def test_adaptive_anchor_model_exports_and_verifies(tmp_path, fmt="onnx"):
     """The exported graph takes the layout as inputs: adaptive cuts of other clouds run through it too."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from msptcli.model.portable import export_model, random_example, verify_export
+    from msptcli.runtime import export_model, random_example, verify_export
 
     torch.manual_seed(0)
     config = ModelConfig(width=32, num_heads=4, depth=2, anchors={"surface": 64, "volume": 64},

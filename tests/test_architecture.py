@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 from helpers import ROOT
 
@@ -14,6 +15,7 @@ LAYERS = [
     {"io", "geometry", "device"},
     {"physics", "model"},
     {"config"},
+    {"runtime"},
     {"data"},
     {"checkpoint", "evaluate", "options"},
     {"prepare", "train", "predict", "rollout", "export", "balltree"},
@@ -29,18 +31,20 @@ def layer_of(name: str) -> int:
     raise AssertionError(f"msptcli/{name} is in no layer of docs/architecture.md: add it there and here")
 
 
-def imports() -> list[tuple[str, str, str]]:
-    """(importing top-level unit, imported top-level unit, file) for every msptcli import in the package."""
+def imports(package: Path = PACKAGE) -> list[tuple[str, str, str]]:
+    """(importing unit, imported unit, file) for every import of ``package``'s own modules inside it; a unit is
+    a module or sub-package directly in ``package``, ``__init__`` for the package itself."""
+    prefix = ".".join(package.relative_to(ROOT).parts)  # msptcli, msptcli.model
     found = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        unit = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    for path in sorted(package.rglob("*.py")):
+        unit = path.relative_to(package).parts[0].removesuffix(".py")
         for node in ast.walk(ast.parse(path.read_text())):
             names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             for name in names:
-                if name.startswith("msptcli.") or name == "msptcli":
-                    target = name.split(".")[1] if "." in name else "__init__"
+                if name == prefix or name.startswith(prefix + "."):
+                    target = name.removeprefix(prefix + ".").split(".")[0] if name != prefix else "__init__"
                     found.append((unit, target, str(path.relative_to(ROOT))))
     return found
 
@@ -71,4 +75,92 @@ def test_the_check_can_fail():
     assert violations(bad) == [
         "msptcli/predict.py: predict imports train",
         "msptcli/model/mspt.py: model imports config",
+    ]
+
+
+#: The modules of msptcli/model, lowest first: each imports only from ranks below its own, so the backbones never
+#: import mspt.py (nor MSPT them), the building blocks nothing that is built of them (docs/architecture.md).
+MODEL_ORDER = [
+    {"config"},
+    {"layout"},
+    {"layers", "anchors"},
+    {"queries"},
+    {"pmsa"},
+    {"mspt", "backbones"},
+    {"spacetime"},
+    {"network", "reference"},
+    {"__init__"},
+]
+#: What model/ never imports: it defines networks, and the I/O is one layer up (runtime/, io/, checkpoint.py).
+MODEL_NO_IO = ("msptcli.io", "pathlib", "os", "shutil", "tempfile", "io", "json", "zipfile", "pickle", "safetensors")
+#: Calls that write files: ``open`` and these attributes (``torch.save``, ``Path.write_text``, ...).
+WRITES = ("save", "write_text", "write_bytes", "export")
+
+
+def model_rank(name: str) -> int:
+    for i, rank in enumerate(MODEL_ORDER):
+        if name in rank:
+            return i
+    raise AssertionError(f"msptcli/model/{name} has no place in MODEL_ORDER: add it there and to docs/architecture.md")
+
+
+def model_violations(found: list[tuple[str, str, str]]) -> list[str]:
+    return [
+        f"{file}: {unit} imports {target}"
+        for unit, target, file in found
+        if unit != target and model_rank(target) >= model_rank(unit)
+    ]
+
+
+def test_every_model_module_has_a_rank():
+    model = PACKAGE / "model"
+    units = {p.name.removesuffix(".py") for p in model.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+    for unit in units:
+        model_rank(unit)
+
+
+def test_model_modules_import_in_order():
+    found = imports(PACKAGE / "model")
+    assert len(found) > 30  # the check reads real imports
+    assert not model_violations(found), "\n".join(model_violations(found))
+
+
+def io_in(source: str, file: str) -> list[str]:
+    """Imports of I/O modules and calls that write files in ``source``."""
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        bad += [f"{file}: imports {n}" for n in names if any(n == m or n.startswith(m + ".") for m in MODEL_NO_IO)]
+        if isinstance(node, ast.Call):
+            f = node.func
+            if (isinstance(f, ast.Name) and f.id == "open") or (isinstance(f, ast.Attribute) and f.attr in WRITES):
+                bad.append(f"{file}:{node.lineno}: writes ({ast.unparse(f)})")
+    return bad
+
+
+def test_model_does_no_io():
+    files = sorted((PACKAGE / "model").rglob("*.py"))
+    assert len(files) > 10
+    bad = [b for path in files for b in io_in(path.read_text(), str(path.relative_to(ROOT)))]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_model_checks_can_fail():
+    # a backbone reaching into MSPT (one rank), the building blocks into PMSA (upwards), a file written
+    bad = [
+        ("backbones", "mspt", "msptcli/model/backbones/nsa.py"),
+        ("layers", "pmsa", "msptcli/model/layers.py"),
+        ("mspt", "layers", "msptcli/model/mspt.py"),
+    ]
+    assert model_violations(bad) == [
+        "msptcli/model/backbones/nsa.py: backbones imports mspt",
+        "msptcli/model/layers.py: layers imports pmsa",
+    ]
+    source = "from msptcli.io.atomic import atomic_output\nimport torch\ntorch.save({}, 'x.pt')\nopen('y', 'w')\n"
+    assert io_in(source, "m.py") == [
+        "m.py: imports msptcli.io.atomic",
+        "m.py:3: writes (torch.save)",
+        "m.py:4: writes (open)",
     ]

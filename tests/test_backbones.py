@@ -16,7 +16,8 @@ from helpers import invoke, ok, one_line_error
 from pydantic import ValidationError
 
 from msptcli.checkpoint import load_checkpoint
-from msptcli.model import BackboneNetwork, ModelConfig, build_network, predict_clouds, predict_queries
+from msptcli.model import BackboneNetwork, ModelConfig, build_network
+from msptcli.runtime import predict_clouds, predict_queries
 
 pytest_plugins = ["helpers"]
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from msptcli.errors import InvalidInputError, MsptError
-from msptcli.model import MSPT, ModelConfig, PackedClouds, pack_clouds
-from msptcli.model.portable import (
+from msptcli.model import MSPT, ModelConfig
+from msptcli.runtime import PackedClouds, pack_clouds
+from msptcli.runtime.portable import (
     LAYOUT_INPUTS,
     export_model,
     layout_inputs,

@@ -11,8 +11,9 @@ from helpers import EXAMPLE_SURFACE
 from pydantic import ValidationError
 
 from msptcli.geometry import ball_tree_order
-from msptcli.model import MSPT, ModelConfig, build_layout, pack_clouds
+from msptcli.model import MSPT, ModelConfig, build_layout
 from msptcli.model.reference import dense_forward
+from msptcli.runtime import pack_clouds
 
 SIZES = [300, 37, 5, 1, 130]  # none divisible by its K; a single point; several clouds
 

@@ -13,8 +13,8 @@ from msptcli import cli_options, options
 from msptcli.checkpoint import load_checkpoint
 from msptcli.config import TrainConfig
 from msptcli.errors import MsptError, OptionError
-from msptcli.model.portable import FORMATS
 from msptcli.prepare import prepare_dataset
+from msptcli.runtime.portable import FORMATS
 
 pytest_plugins = ["helpers"]
 

@@ -269,8 +269,8 @@ def exported_inputs(sidecar: dict, vtp, vtu):
     from msptcli.geometry.balltree import ball_tree_order
     from msptcli.model import ModelConfig, build_layout
     from msptcli.model.anchors import pack_anchors
-    from msptcli.model.portable import QueryExample, layout_inputs, query_inputs
     from msptcli.model.queries import locate_queries, place_queries
+    from msptcli.runtime import QueryExample, layout_inputs, query_inputs
 
     surface = pv.read(vtp)
     points = np.asarray(surface.points, dtype=np.float64)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from msptcli.errors import InvalidInputError
-from msptcli.model import MSPT, ModelConfig, predict_queries
+from msptcli.model import MSPT, ModelConfig
 from msptcli.model.anchors import pack_anchors
 from msptcli.model.queries import group_queries, locate_queries, nearest_anchors, place_queries, window_log_weight
+from msptcli.runtime import predict_queries
 
 SIZES = [300, 45]  # two clouds of anchors, none a power of two
 

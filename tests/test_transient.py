@@ -34,8 +34,8 @@ from msptcli.data.transient import (
 )
 from msptcli.errors import ConfigError, InvalidInputError
 from msptcli.geometry.transport import Transport
-from msptcli.model.inference import predict_clouds
 from msptcli.rollout import rollout_series
+from msptcli.runtime.inference import predict_clouds
 from msptcli.train.loop import train_model
 from msptcli.train.transient import StepPairs, step_arrays
 

@@ -1,0 +1,232 @@
+"""The exported graph of a network: its inputs, named and shaped, and the wrapper that traces the network on them.
+
+The exported graph is ``MSPT.forward`` itself, called on plain tensors (nothing re-implemented). Everything that depends
+on the cloud sizes (patches, padding, supernodes) stays outside it: the caller
+builds the layout with ``build_layout`` and feeds its index tensors, named as in
+``PatchLayout``. Inside, every size is read from a tensor shape, so the graph
+has no Python ints of one batch baked in:
+
+    features    (N, F)           float32  packed, tree-ordered inputs
+    patch_index (P, L)           int64    packed row of every patch slot (0 where padded)
+    point_slot  (N,)             int64    flat slot (p * L + i) of every point
+    patch_cloud (P,)             int64    cloud of every patch
+    sub_slots   (P * Q, Ls)      int64    packed rows of every sub-run, padded (0 where padded)
+    sub_count   (P * Q,)         int64    points pooled into every supernode
+    sub_index   (B, S)           int64    supernodes of every cloud (0 where padded)
+    key_bias    (P, 1, 1, L + S) float32  0 / -inf; all zeros when nothing is padded
+    -> prediction (N, out_features) float32, in the same (tree) order
+
+An anchor-query model (``model.anchors``) takes the same inputs for its anchors, then its queries:
+
+    query_features  (M, F)        float32  inputs of the query points, in any order
+    query_slots_t   (P, Lq_t)     int64    per tree t: query row of every slot of its anchor patch
+    query_slot_t    (M,)          int64    per tree t: flat slot (p * Lq_t + j) of every query
+    tree_reorder_1  (N,)          int64    with rotate_trees: packed anchor row of each row of tree 1
+    tree_restore_1  (N,)          int64    its inverse
+    -> prediction (M, out_features) float32, the queries in their own order
+
+and with ``anchors.reads: nearest`` the queries' slots in their groups (``query_slots_0``, ``query_slot_0``), then:
+
+    query_key_rows    (G, U)            int64    packed anchor rows of every query group's keys (0 where padded)
+    query_key_bias    (G, Lq, U + S)    float32  bias of each (query slot, key): log window weight, -inf where
+                                                 not among its k; 0 / -inf for the supernodes
+    query_group_cloud (G,)              int64    cloud of every group
+
+(``QueryGroups`` and ``NearestKeys`` of ``model/queries.py``, ``AnchorTrees`` of ``model/anchors.py``; ``query_inputs``
+builds them all.) Writing, running and verifying the graph is ``portable.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from msptcli.errors import InvalidInputError
+from msptcli.model.anchors import ONE_TREE, AnchorTrees, PackedAnchors, pack_anchors
+from msptcli.model.layout import PatchChunk, PatchLayout
+from msptcli.model.network import Network
+from msptcli.model.queries import NearestKeys, Queries, QueryGroups, locate_queries, place_queries
+from msptcli.runtime.inference import PackedClouds, pack_clouds
+
+#: Graph inputs after ``features``, in order.
+LAYOUT_INPUTS = ("patch_index", "point_slot", "patch_cloud", "sub_slots", "sub_count", "sub_index", "key_bias")
+OUTPUT_NAME = "prediction"
+
+#: The symbolic axes of every graph input, named as in docs/model.md.
+AXES: dict[str, dict[int, str]] = {
+    "features": {0: "num_points"},
+    "patch_index": {0: "num_patches", 1: "patch_len"},
+    "point_slot": {0: "num_points"},
+    "patch_cloud": {0: "num_patches"},
+    "sub_slots": {0: "num_subruns", 1: "subrun_len"},
+    "sub_count": {0: "num_subruns"},
+    "sub_index": {0: "num_clouds", 1: "cloud_supernodes"},
+    "key_bias": {0: "num_patches", 3: "num_keys"},
+}
+
+#: Cloud sizes of the batch traced when no example is given: padded patches and supernodes.
+DEFAULT_EXAMPLE_SIZES = (160, 97, 33)
+
+
+def query_axes(trees: int, *, nearest: bool = False) -> dict[str, dict[int, str]]:
+    """The symbolic axes of the query inputs of a model with ``trees`` ball trees (``nearest``: reads: nearest)."""
+    axes = {
+        "query_features": {0: "num_queries"},
+        "query_key_rows": {0: "query_groups", 1: "query_keys"},
+        "query_key_bias": {0: "query_groups", 1: "query_group_len", 2: "query_keys_and_supernodes"},
+        "query_group_cloud": {0: "query_groups"},
+    }
+    for t in range(trees):
+        axes[f"query_slots_{t}"] = {0: "num_patches", 1: f"query_patch_len_{t}"}
+        axes[f"query_slot_{t}"] = {0: "num_queries"}
+    if nearest:  # the queries' slots are in groups of anchors, not in the patches
+        axes["query_slots_0"] = {0: "query_groups", 1: "query_group_len"}
+    for t in range(1, trees):
+        axes[f"tree_reorder_{t}"] = {0: "num_points"}
+        axes[f"tree_restore_{t}"] = {0: "num_points"}
+    return axes
+
+
+class ExportableNetwork(nn.Module):
+    """``MSPT.forward`` on the layout's index tensors, for tracing; it owns no weights of its own.
+
+    A ``PatchLayout`` is rebuilt from the inputs: ``whole`` and ``sub_index`` are
+    all the forward pass reads on one chunk, and its host-side fields (sizes, patch
+    bounds) are left empty so that no size of the traced batch enters the graph.
+    """
+
+    def __init__(self, model: Network) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        features: Tensor,
+        patch_index: Tensor,
+        point_slot: Tensor,
+        patch_cloud: Tensor,
+        sub_slots: Tensor,
+        sub_count: Tensor,
+        sub_index: Tensor,
+        key_bias: Tensor,
+        query_features: Tensor | None = None,
+        query_slots_0: Tensor | None = None,
+        query_slot_0: Tensor | None = None,
+        query_slots_1: Tensor | None = None,
+        query_slot_1: Tensor | None = None,
+        tree_reorder_1: Tensor | None = None,
+        tree_restore_1: Tensor | None = None,
+        query_key_rows: Tensor | None = None,
+        query_key_bias: Tensor | None = None,
+        query_group_cloud: Tensor | None = None,
+    ) -> Tensor:
+        n, p = features.shape[0], patch_index.shape[0]
+        whole = PatchChunk(0, p, 0, n, patch_index, point_slot, patch_cloud, sub_slots, sub_count, key_bias)
+        layout = PatchLayout(
+            sizes=(),
+            num_supernodes=self.model.config.num_supernodes,
+            patch_len=patch_index.shape[1],
+            patch_start=np.zeros(0, dtype=np.int64),
+            sub_index=sub_index,
+            whole=whole,
+        )
+        if query_features is None:
+            return self.model(features, layout)  # (N, out_features)
+        trees = ONE_TREE
+        if tree_reorder_1 is not None:
+            trees = AnchorTrees((None, tree_reorder_1), (None, tree_restore_1))
+        if query_key_rows is not None:  # reads: nearest
+            groups = QueryGroups(query_slots_0, query_slot_0)
+            nearest = NearestKeys(groups, query_key_rows, query_key_bias, query_group_cloud)
+            queries = Queries(query_features, (), nearest)
+        else:
+            groups = [QueryGroups(query_slots_0, query_slot_0)]
+            if tree_reorder_1 is not None:
+                groups.append(QueryGroups(query_slots_1, query_slot_1))
+            queries = Queries(query_features, tuple(groups))
+        return self.model(features, layout, queries=queries, trees=trees)  # (M, out)
+
+
+@dataclass(frozen=True)
+class QueryExample:
+    """Anchors and queries of an anchor-query model, as fed to its exported graph."""
+
+    anchors: PackedAnchors
+    queries: Queries
+
+
+def random_example(model: Network, sizes: Sequence[int], seed: int = 0) -> PackedClouds | QueryExample:
+    """Clouds of random points and inputs of ``sizes`` (anchors and as many queries, for an anchor-query model)."""
+    rng = np.random.default_rng(seed)
+    if model.config.backbone == "erwin":  # whole balls at every level
+        m = model.config.erwin_settings.cloud_multiple()
+        sizes = [-(-n // m) * m for n in sizes]
+    points = [rng.normal(size=(n, 3)) for n in sizes]
+    features = [rng.normal(size=(n, model.in_features)).astype(np.float32) for n in sizes]
+    if model.config.anchors is None:
+        return pack_clouds(points, features, model.config)
+    anchors = pack_anchors(points, features, model.config)
+    queries = [rng.normal(size=(n, 3)) for n in sizes]
+    q_features = np.concatenate([rng.normal(size=(n, model.in_features)) for n in sizes]).astype(np.float32)
+    return QueryExample(anchors, place_queries(anchors, locate_queries(anchors, queries), q_features))
+
+
+def query_inputs(example: QueryExample) -> dict[str, np.ndarray]:
+    """The named arrays to feed an exported anchor-query model, in the order of its graph inputs."""
+    a, q = example.anchors, example.queries
+    arrays = layout_inputs(a.layout, a.features)
+    arrays["query_features"] = _float32(q.features)
+    for t, groups in enumerate(q.groups):
+        arrays[f"query_slots_{t}"] = groups.slots.cpu().numpy().astype(np.int64)
+        arrays[f"query_slot_{t}"] = groups.query_slot.cpu().numpy().astype(np.int64)
+    for t in range(1, a.trees.count):
+        arrays[f"tree_reorder_{t}"] = a.trees.reorder[t].cpu().numpy().astype(np.int64)
+        arrays[f"tree_restore_{t}"] = a.trees.restore[t].cpu().numpy().astype(np.int64)
+    if q.nearest is not None:
+        arrays["query_slots_0"] = q.nearest.groups.slots.cpu().numpy().astype(np.int64)
+        arrays["query_slot_0"] = q.nearest.groups.query_slot.cpu().numpy().astype(np.int64)
+        arrays["query_key_rows"] = q.nearest.key_rows.cpu().numpy().astype(np.int64)
+        arrays["query_key_bias"] = _float32(q.nearest.key_bias)
+        arrays["query_group_cloud"] = q.nearest.group_cloud.cpu().numpy().astype(np.int64)
+    return arrays
+
+
+def layout_inputs(
+    batch_or_layout: PackedClouds | PatchLayout, features: Tensor | np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The named arrays to feed an exported model, in the order of its graph inputs.
+
+    Args:
+        batch_or_layout: a ``PackedClouds`` (its features are the default), or a ``PatchLayout``.
+        features: (N, F) packed, tree-ordered and normalised inputs; required with a bare layout.
+    """
+    if isinstance(batch_or_layout, PackedClouds):
+        layout = batch_or_layout.layout
+        features = batch_or_layout.features if features is None else features
+    else:
+        layout = batch_or_layout
+    if features is None:
+        raise InvalidInputError("layout_inputs needs the features of the batch")
+    w = layout.whole
+    p, length = w.patch_index.shape
+    s = layout.sub_index.shape[1]
+    bias = torch.zeros(p, 1, 1, length + s) if w.key_bias is None else w.key_bias  # one graph signature
+    arrays = {"features": _float32(features)}
+    tensors = (w.patch_index, w.point_slot, w.patch_cloud, w.sub_slots, w.sub_count, layout.sub_index)
+    arrays.update(
+        {name: t.detach().cpu().numpy().astype(np.int64) for name, t in zip(LAYOUT_INPUTS[:-1], tensors, strict=True)}
+    )
+    arrays["key_bias"] = _float32(bias)
+    if arrays["features"].ndim != 2 or len(arrays["features"]) != layout.num_points:
+        raise InvalidInputError(f"features must be ({layout.num_points}, F), got {arrays['features'].shape}")
+    return arrays
+
+
+def _float32(a: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(a, Tensor):
+        a = a.detach().cpu().numpy()
+    return np.ascontiguousarray(a, dtype=np.float32)
