@@ -126,9 +126,9 @@ class PatchLayout:
         """Patches ``p0:p1`` with indices local to their points."""
         if (p0, p1) == (0, self.num_patches):
             return self.whole
-        q = self.num_supernodes
         w = self.whole
         n0, n1 = int(self.patch_start[p0]), int(self.patch_start[p1])  # host array: no device sync
+        subs = slice(p0 * self.num_supernodes, p1 * self.num_supernodes)  # the chunk's supernodes
         return self._grouped(
             PatchChunk(
                 p0=p0,
@@ -138,8 +138,8 @@ class PatchLayout:
                 patch_index=torch.where(w.patch_index[p0:p1] >= n0, w.patch_index[p0:p1] - n0, 0),
                 point_slot=w.point_slot[n0:n1] - p0 * self.patch_len,
                 patch_cloud=w.patch_cloud[p0:p1],
-                sub_slots=torch.where(w.sub_slots[p0 * q : p1 * q] >= n0, w.sub_slots[p0 * q : p1 * q] - n0, 0),
-                sub_count=w.sub_count[p0 * q : p1 * q],
+                sub_slots=torch.where(w.sub_slots[subs] >= n0, w.sub_slots[subs] - n0, 0),
+                sub_count=w.sub_count[subs],
                 key_bias=None if w.key_bias is None else w.key_bias[p0:p1],
                 exact=w.exact,
                 cloud_runs=() if self.patch_cloud_host is None else _cloud_runs(self.patch_cloud_host[p0:p1]),
@@ -171,15 +171,11 @@ class PatchLayout:
         for k in kinds:
             members = np.flatnonzero(kind == k)
             length = int(sizes[members].max())
-            valid = np.arange(length)[None, :] < sizes[members][:, None]  # (g, Lg)
-            index = np.where(valid, starts[members][:, None] + np.arange(length)[None, :], 0)
+            index, valid = _padded(starts[members], sizes[members], length)  # (g, Lg) each
             group_slot[index[valid]] = offset + np.flatnonzero(valid.reshape(-1))
             offset += valid.size
             clouds = self.patch_cloud_host[chunk.p0 + members]
-            key_valid = np.concatenate([valid, self.sub_valid_host[clouds]], axis=1)  # (g, Lg + S)
-            bias = None
-            if not key_valid.all():
-                bias = torch.from_numpy(np.where(key_valid, 0.0, -np.inf).astype(np.float32))[:, None, None, :]
+            bias = _key_bias(np.concatenate([valid, self.sub_valid_host[clouds]], axis=1))  # (g, 1, 1, Lg + S)
             groups.append(PatchGroup(_long(index), _long(clouds), bias, _cloud_runs(clouds)))
         grouped = replace(chunk, groups=tuple(groups), group_slot=_long(group_slot))
         device = chunk.patch_index.device
@@ -213,8 +209,7 @@ def build_layout(sizes: Sequence[int], config: ModelConfig, features: np.ndarray
         raise InvalidInputError("a batch needs at least one cloud")
     if (sizes_arr < 1).any():
         raise InvalidInputError(f"cloud {int(np.flatnonzero(sizes_arr < 1)[0])} is empty")
-    q = config.num_supernodes
-    q_levels = q.bit_length() - 1
+    num_supernodes = config.num_supernodes  # Q
     offsets = np.concatenate([[0], np.cumsum(sizes_arr)])
     if features is not None and len(features) != offsets[-1]:
         raise InvalidInputError(f"{len(features)} rows of features for clouds of {int(offsets[-1])} points")
@@ -224,12 +219,8 @@ def build_layout(sizes: Sequence[int], config: ModelConfig, features: np.ndarray
     ]
 
     # Patch and sub-run bounds, as packed rows, cloud after cloud.
-    patch_start = np.concatenate(
-        [*(start + cut.bounds()[:-1] for start, cut in zip(offsets[:-1], cuts, strict=True)), [offsets[-1]]]
-    )
-    sub_start = np.concatenate(
-        [*(start + cut.sub_bounds(q_levels)[:-1] for start, cut in zip(offsets[:-1], cuts, strict=True)), [offsets[-1]]]
-    )
+    patch_start = _packed_bounds(offsets, [cut.bounds() for cut in cuts])
+    sub_start = _packed_bounds(offsets, [cut.sub_bounds(num_supernodes.bit_length() - 1) for cut in cuts])
     patch_size = np.diff(patch_start)
     sub_count = np.diff(sub_start)
     num_patches = len(patch_size)
@@ -237,28 +228,17 @@ def build_layout(sizes: Sequence[int], config: ModelConfig, features: np.ndarray
     cloud_patches = np.concatenate([[0], np.cumsum([len(cut) for cut in cuts])])
 
     # Padded patches: slot (p, i) holds packed row patch_start[p] + i while i < size_p.
-    slot = np.arange(length)
-    valid = slot[None, :] < patch_size[:, None]
-    patch_index = np.where(valid, patch_start[:-1, None] + slot[None, :], 0)
+    patch_index, valid = _padded(patch_start[:-1], patch_size, length)  # (P, L) each
     patch_of_point = np.repeat(np.arange(num_patches), patch_size)
     point_slot = patch_of_point * length + (np.arange(offsets[-1]) - patch_start[:-1][patch_of_point])
-    sub_len = np.arange(max(int(sub_count.max()), 1))
-    sub_slots = np.where(sub_len[None, :] < sub_count[:, None], sub_start[:-1, None] + sub_len[None, :], 0)
+    sub_slots, _ = _padded(sub_start[:-1], sub_count, max(int(sub_count.max()), 1))  # (P * Q, Ls)
     patch_cloud = np.repeat(np.arange(len(sizes_arr)), np.diff(cloud_patches))
 
     # Supernodes of each cloud, padded to the most any cloud has.
-    subs_per_cloud = np.diff(cloud_patches) * q
-    s = int(subs_per_cloud.max())
-    sub_slot = np.arange(s)
-    sub_in_cloud = sub_slot[None, :] < subs_per_cloud[:, None]
-    sub_index = np.where(sub_in_cloud, cloud_patches[:-1, None] * q + sub_slot[None, :], 0)
-    sub_valid = sub_in_cloud & (sub_count[sub_index] > 0)
-
-    key_valid = np.concatenate([valid, sub_valid[patch_cloud]], axis=1)  # (P, L + S)
-    key_bias = None
-    if not key_valid.all():
-        bias = np.where(key_valid, 0.0, -np.inf).astype(np.float32)
-        key_bias = torch.from_numpy(bias)[:, None, None, :]
+    subs_per_cloud = np.diff(cloud_patches) * num_supernodes
+    sub_index, sub_in_cloud = _padded(cloud_patches[:-1] * num_supernodes, subs_per_cloud, int(subs_per_cloud.max()))
+    sub_valid = sub_in_cloud & (sub_count[sub_index] > 0)  # (B, S)
+    key_bias = _key_bias(np.concatenate([valid, sub_valid[patch_cloud]], axis=1))  # (P, 1, 1, L + S)
 
     whole = PatchChunk(
         p0=0,
@@ -276,7 +256,7 @@ def build_layout(sizes: Sequence[int], config: ModelConfig, features: np.ndarray
     )
     layout = PatchLayout(
         sizes=tuple(int(n) for n in sizes_arr),
-        num_supernodes=q,
+        num_supernodes=num_supernodes,
         patch_len=length,
         patch_start=patch_start,
         sub_index=_long(sub_index),
@@ -286,6 +266,26 @@ def build_layout(sizes: Sequence[int], config: ModelConfig, features: np.ndarray
         size_groups=config.adaptive is not None,
     )
     return replace(layout, whole=layout._grouped(whole))
+
+
+def _packed_bounds(offsets: np.ndarray, bounds: Sequence[np.ndarray]) -> np.ndarray:
+    """Every cloud's run bounds (from 0 to its size) as packed rows, cloud after cloud: (runs + 1,), ending at N."""
+    return np.concatenate([*(start + b[:-1] for start, b in zip(offsets[:-1], bounds, strict=True)), [offsets[-1]]])
+
+
+def _padded(starts: np.ndarray, sizes: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of ``sizes`` rows from rows ``starts``, padded to ``length`` slots: (k, length) the row of every slot
+    (0 where padded) and whether the slot is real."""
+    slot = np.arange(length)
+    valid = slot[None, :] < sizes[:, None]
+    return np.where(valid, starts[:, None] + slot[None, :], 0), valid
+
+
+def _key_bias(key_valid: np.ndarray) -> Tensor | None:
+    """(k, keys) bool -> (k, 1, 1, keys) float32 attention bias, 0 / -inf; None when every key is real."""
+    if key_valid.all():
+        return None
+    return torch.from_numpy(np.where(key_valid, 0.0, -np.inf).astype(np.float32))[:, None, None, :]
 
 
 def _long(a: np.ndarray) -> Tensor:

@@ -63,9 +63,9 @@ def ball_index(layout: PatchLayout) -> Tensor:
 
     A cloud's summaries are its balls' summaries in ball order, Q per ball (``layout.sub_index``).
     """
-    q = layout.num_supernodes
-    first = layout.sub_index[:, ::q]  # (B, K): first summary of each ball
-    return gather_rows(torch.div(first, q, rounding_mode="floor"), layout.whole.patch_cloud)  # (P, K)
+    num_supernodes = layout.num_supernodes  # Q summaries per ball
+    first = layout.sub_index[:, ::num_supernodes]  # (B, K): first summary of each ball
+    return gather_rows(torch.div(first, num_supernodes, rounding_mode="floor"), layout.whole.patch_cloud)  # (P, K)
 
 
 def sum_per_ball(t: Tensor, num_supernodes: int) -> Tensor:
@@ -182,11 +182,12 @@ class BallSparseAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """The top-k balls of every ball by its points' compressed probabilities (``ball_scores``,
         ``select_balls``): (P, k) global balls and (P, k) whether each is real (None: all are)."""
-        q = layout.num_supernodes
+        num_supernodes = layout.num_supernodes  # Q summaries per ball
         ball_valid = None
         if summary_bias is not None:  # a ball place holds a ball where any of its summaries is a key
-            ball_valid = sum_per_ball(torch.isfinite(summary_bias[:, 0, 0]).to(prob.dtype), q) > 0  # (P, K)
-        score = ball_scores(prob, point_valid, q)  # (P, K)
+            summary_valid = torch.isfinite(summary_bias[:, 0, 0]).to(prob.dtype)  # (P, S)
+            ball_valid = sum_per_ball(summary_valid, num_supernodes) > 0  # (P, K)
+        score = ball_scores(prob, point_valid, num_supernodes)  # (P, K)
         return select_balls(score, ball_valid, ball_index(layout), self.selected)
 
     def selected_attention(
