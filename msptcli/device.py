@@ -23,3 +23,14 @@ def pick_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise InvalidInputError("--device mps: MPS is not available")
     return torch.device(name)
+
+
+#: The device types on which ``bf16`` (``train.bf16``) turns bfloat16 autocast on; on the CPU it is ignored (slower
+#: than float32 there). The tests add ``"cpu"`` to run the GPU's precision path on a CPU.
+BF16_DEVICES: tuple[str, ...] = ("cuda",)
+
+
+def autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """The autocast of a forward pass on ``device``: bfloat16 where ``bf16`` asks for it and the device is one of
+    :data:`BF16_DEVICES`, else off (float32 or the model's own dtype)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type in BF16_DEVICES)

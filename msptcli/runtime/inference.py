@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from msptcli.device import autocast
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.model.anchors import pack_anchors
@@ -110,7 +111,7 @@ def predict(
     model.eval()
     layout = packed.layout.to(device)
     features = packed.features.to(device, next(model.parameters()).dtype)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+    with autocast(device, bf16):
         out = model(features, layout, chunk_points=chunk_points)
     return packed.unpack(out.float().cpu().numpy())
 
@@ -164,7 +165,7 @@ def predict_queries(
     # few patches or anchor groups, and its padded (slot, key) tensors stay small. A query's output does not
     # depend on the other queries, so the order changes nothing but the cost.
     order = np.argsort(places.rows[:, 0], kind="stable")
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+    with autocast(device, bf16):
         keys, _ = model.read_anchors(on_device.features.to(dtype), on_device.layout, on_device.trees)
         for start in range(0, len(features), step):
             rows = order[start : start + step]

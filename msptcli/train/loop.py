@@ -31,7 +31,7 @@ from msptcli.data.manifest import Manifest, Stats, read_manifest
 from msptcli.data.sample import load_sample
 from msptcli.data.template import volume_template
 from msptcli.data.transient import input_width, time_levels
-from msptcli.device import pick_device
+from msptcli.device import autocast, pick_device
 from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.evaluate import evaluate_sample
 from msptcli.io.atomic import atomic_output, make_dirs
@@ -295,7 +295,7 @@ def _train(
             if isinstance(cpu_batch, Batch) and cpu_batch.unrolls:  # pushforward (transient)
                 cpu_batch = _push_forward(cpu_batch, dataset, model, model_config, device, bf16=tc.bf16)
             batch = cpu_batch.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda"):
+            with autocast(device, tc.bf16):
                 if isinstance(batch, QueryBatch):  # anchor-query MSPT: the loss counts on the queries
                     a = batch.anchors
                     pred = net(a.features, a.layout, queries=batch.queries, trees=a.trees)
