@@ -19,7 +19,7 @@ step of the training cases (``data.transient``: increments, history 1 carried al
 
 - **one step**: from every true snapshot t, the predicted t + 1 (teacher forcing): mean rel. L2 of U
   and p, next to *persistence* (f(t+1) = f(t)), the error of not predicting at all;
-- **rollout**: ``mspt predict --initial`` from snapshot h (the history) to the end (``msptcli.rollout``): rel.
+- **rollout**: ``mspt rollout`` from snapshot h (the history) to the end (``msptcli.rollout``): rel.
   L2 after 1, 10 and 47 steps, the Strouhal number of the predicted lift (zero up-crossings, the
   data's README) and the mean Cd over its whole cycles, against the solver's (``params.json``) and
   against the same method on the series' own fields; seconds per step.

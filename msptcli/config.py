@@ -44,8 +44,8 @@ class SplitConfig(BaseModel):
 class TransientConfig(BaseModel):
     """A transient dataset (``data.transient``): each case is a time series of snapshots on one fixed mesh.
 
-    ``mspt train`` then learns the step ``fields(t) [+ history] -> fields(t + dt)`` and ``mspt predict
-    --initial`` rolls it out (docs/transient.md).
+    ``mspt train`` then learns the step ``fields(t) [+ history] -> fields(t + dt)`` and ``mspt rollout``
+    rolls it out (docs/transient.md).
     """
 
     model_config = Strict

@@ -1,4 +1,4 @@
-"""``mspt predict RUN --initial series.pvd``: roll a transient model out from one snapshot of a series.
+"""``mspt rollout RUN series.pvd``: roll a transient model out from one snapshot of a series.
 
     snapshot K (and the h before it)  --step, N times-->  K+1 ... K+N, each the last output + sigma * increment
 
@@ -94,7 +94,7 @@ def rollout_series(
     """
     transient = ckpt.config.data.transient
     if transient is None:
-        raise InvalidInputError(f"{ckpt.path}: is a steady model; --initial rolls out transient models only")
+        raise InvalidInputError(f"{ckpt.path}: is a steady model; mspt rollout rolls out transient models only")
     initial, out = Path(initial), Path(out_dir)
     h = transient.history
     start = h if start is None else start  # the first snapshot with h before it

@@ -169,7 +169,7 @@ def test_a_run_with_time_attention_trains_rolls_out_and_exports(run, tmp_path):
     last = dict(zip(header, rows[-1].split(","), strict=True))
     assert np.isfinite(float(last["val_U_rel_l2"]))
     series = ROOT / "examples" / "transient" / "case_0002" / "series.pvd"
-    result = ok("predict", run / "run", "--initial", series, "--steps", 3, "-o", tmp_path / "roll")
+    result = ok("rollout", run / "run", series, "--steps", 3, "-o", tmp_path / "roll")
     summary = json.loads((tmp_path / "roll" / "case_0002.json").read_text())
     assert summary["steps"] == 3 and all(np.isfinite(summary["relative_l2"]["U"])), result.output
     pytest.importorskip("onnxruntime")

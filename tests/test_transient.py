@@ -188,7 +188,7 @@ def test_training_learns_the_step(run):
 def test_rollout_writes_a_series_pyvista_reads_back(run, tmp_path):
     _, data, run_dir = run
     ckpt = load_checkpoint(run_dir)
-    result = invoke("predict", run_dir, "--initial", EXAMPLES / "case_0002" / "series.pvd", "--start", 2,
+    result = invoke("rollout", run_dir, EXAMPLES / "case_0002" / "series.pvd", "--start", 2,
                     "--steps", 4, "-o", tmp_path)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Strouhal" in result.output and "rel. L2 U" in result.output
@@ -342,24 +342,20 @@ def test_one_step_exports_to_onnx_verified_in_onnxruntime(run, tmp_path):
 def test_rollout_errors_are_one_line(run, trained, tmp_path):
     _, _, run_dir = run
     series = EXAMPLES / "case_0002" / "series.pvd"
-    one_line_error(invoke("predict", trained.run, "--initial", series, "-o", tmp_path), "steady model")
-    one_line_error(invoke("predict", run_dir, "--initial", series, "--start", 0, "-o", tmp_path), "start at 1")
+    one_line_error(invoke("rollout", trained.run, series, "-o", tmp_path), "steady model")
+    one_line_error(invoke("rollout", run_dir, series, "--start", 0, "-o", tmp_path), "start at 1")
     one_line_error(invoke("predict", run_dir, "x.stl", "--initial", series, "-o", tmp_path), "not both")
-    one_line_error(invoke("predict", run_dir, "-o", tmp_path), "--initial")
-    one_line_error(invoke("predict", run_dir, "--initial", series, "--start", 11, "-o", tmp_path), "last")
-    one_line_error(
-        invoke("predict", run_dir, "--initial", series, "--condition", "Re=fast", "-o", tmp_path), "KEY=NUMBER"
-    )
-    one_line_error(
-        invoke("predict", run_dir, "--initial", tmp_path / "none.pvd", "--start", 1, "-o", tmp_path), "none.pvd"
-    )
+    one_line_error(invoke("predict", run_dir, "-o", tmp_path), "mspt rollout RUN SERIES")
+    one_line_error(invoke("rollout", run_dir, series, "--start", 11, "-o", tmp_path), "last")
+    one_line_error(invoke("rollout", run_dir, series, "--condition", "Re=fast", "-o", tmp_path), "KEY=NUMBER")
+    one_line_error(invoke("rollout", run_dir, tmp_path / "none.pvd", "--start", 1, "-o", tmp_path), "none.pvd")
     assert not list(tmp_path.iterdir())
 
 
 @needs_pvpython
 def test_paraview_plays_the_predicted_series(run, tmp_path):
     _, _, run_dir = run
-    ok("predict", run_dir, "--initial", EXAMPLES / "case_0000", "--start", 1, "--steps", 3, "-o", tmp_path)
+    ok("rollout", run_dir, EXAMPLES / "case_0000", "--start", 1, "--steps", 3, "-o", tmp_path)
     script = tmp_path / "play.py"
     script.write_text(
         "import sys\n"
@@ -425,6 +421,7 @@ def test_a_flow_without_a_body_has_no_wall_channels(tmp_path):
 
 def test_a_condition_outside_the_training_range_is_noted(run, tmp_path):
     _, _, run_dir = run
+    # `mspt predict RUN --initial SERIES`: the alias of `mspt rollout RUN SERIES`
     ok("predict", run_dir, "--initial", EXAMPLES / "case_0002", "--steps", 1, "--condition", "Re=1000", "-o", tmp_path)
     summary = json.loads((tmp_path / "case_0002.json").read_text())
     assert summary["start"] == 1  # by default the first snapshot with the model's history of 1 before it
