@@ -29,7 +29,7 @@ import numpy as np
 
 from msptcli.checkpoint import load_checkpoint
 from msptcli.data.anchors import geometry_anchors
-from msptcli.data.features import model_inputs, to_physical
+from msptcli.data.features import cloud_inputs, cloud_part, to_physical
 from msptcli.data.prepare_case import surface_arrays, volume_arrays
 from msptcli.data.read import read_fields
 from msptcli.data.template import place_template
@@ -52,18 +52,14 @@ def predict_with_patches(ckpt, poly, s, field):  # type: ignore[no-untyped-def]
     n = len(s["surface/points"])
     if config.anchors is not None:  # anchor-query: a point's patch is its nearest anchor's
         a_points, a_inputs = geometry_anchors(poly, ckpt.stats, config.anchors, ckpt.volume_template)
-        inputs = model_inputs(ckpt.stats, s["surface/points"], s["surface/normals"])
+        _, inputs = cloud_inputs(ckpt.stats, cloud_part(s, "surface"))
         (out,) = predict_queries(ckpt.model, [a_points], [a_inputs], [s["surface/points"]], [inputs])
         anchors = pack_anchors([a_points], [a_inputs], config)
         patch_of_row = np.repeat(np.arange(anchors.layout.num_patches), np.diff(anchors.layout.patch_start))
         patch = patch_of_row[nearest_anchors(anchors, [s["surface/points"]])]
     else:  # every point in the cloud [surface ; default volume points]
         v = volume_arrays(place_template(ckpt.volume_template, poly), poly)
-        inputs = model_inputs(
-            ckpt.stats, s["surface/points"], s["surface/normals"], v["volume/points"], v["volume/distance"],
-            v["volume/direction"],
-        )  # fmt: skip
-        cloud = np.concatenate([s["surface/points"], v["volume/points"]])
+        cloud, inputs = cloud_inputs(ckpt.stats, cloud_part(s, "surface"), cloud_part(v, "volume"))
         packed = pack_clouds([cloud], [inputs], config)
         out = predict(ckpt.model, packed)
         patch_of_row = np.repeat(np.arange(packed.layout.num_patches), np.diff(packed.layout.patch_start))
