@@ -233,13 +233,7 @@ def train(
         )
         raise typer.Exit(130)
     if summary.parent is not None:
-        p = summary.parent
-        kept = ", ".join(k if k == v else f"{k} <- {v}" for k, v in p["kept_fields"].items()) or "none"
-        console.print(
-            f"fine-tuned from {p['path']} (epoch {p['epoch']}): kept {kept}; new {', '.join(p['new_fields']) or 'none'}"
-            f"; frozen {p['freeze']} ({p['frozen_parameters']:,} of "
-            f"{p['frozen_parameters'] + p['trainable_parameters']:,} parameters)"
-        )
+        console.print(summary.parent.describe())
     console.print(f"trained {summary.epochs_done} epochs: checkpoints in {output / 'checkpoints'}")
     console.print(f"metrics in {output / 'metrics.csv'}, curves in {output / 'curves.png'}")
 

@@ -167,7 +167,7 @@ def test_a_run_with_time_attention_trains_rolls_out_and_exports(run, tmp_path):
     rows = (run / "run" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     last = dict(zip(header, rows[-1].split(","), strict=True))
-    assert np.isfinite(float(last["val_U_rel_l2"]))
+    assert np.isfinite(float(last["val_rel_l2/volume/U"]))
     series = ROOT / "examples" / "transient" / "case_0002" / "series.pvd"
     result = ok("rollout", run / "run", series, "--steps", 3, "-o", tmp_path / "roll")
     summary = json.loads((tmp_path / "roll" / "case_0002.json").read_text())

@@ -22,21 +22,23 @@ config; the CLI takes it from the parent), loads all of its weights but the head
   optimiser, so they are bit for bit the parent's at the end.
 
 The checkpoints record the parent (file, SHA-256, epoch, fields), what was frozen and how the head
-rows were mapped (``Checkpoint.parent``).
+rows were mapped (:class:`ParentRecord`, ``Checkpoint.parent``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from msptcli.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from msptcli.config import TrainConfig
 from msptcli.data.features import Channels
-from msptcli.data.manifest import Stats
+from msptcli.data.manifest import Manifest, Stats
 from msptcli.errors import InvalidInputError
 from msptcli.model import ModelConfig, Network, build_network
 
@@ -153,23 +155,90 @@ def freeze(model: Network, group: str) -> tuple[int, int]:
     return frozen, trainable
 
 
+@dataclass(frozen=True)
+class ParentRecord:
+    """What a fine-tuned run records of where it came from; a checkpoint holds it as a JSON object of these keys
+    (``Checkpoint.parent``), and the run's training state too, so that ``--resume`` keeps it."""
+
+    path: str  # the parent's checkpoint file
+    sha256: str
+    epoch: int
+    backbone: str
+    fields: list[str]  # the parent's ``part/name`` fields
+    kept_fields: dict[str, str]  # this dataset's field -> the parent's field whose head rows it kept
+    new_fields: list[str]  # this dataset's fields with new head rows
+    freeze: str  # train.freeze
+    frozen_parameters: int
+    trainable_parameters: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ParentRecord:
+        return cls(**value)
+
+    def describe(self) -> str:
+        """One line for the user: the parent, the kept, new and frozen parts."""
+        kept = ", ".join(k if k == v else f"{k} <- {v}" for k, v in self.kept_fields.items()) or "none"
+        total = self.frozen_parameters + self.trainable_parameters
+        return (
+            f"fine-tuned from {self.path} (epoch {self.epoch}): kept {kept}; new {', '.join(self.new_fields) or 'none'}"
+            f"; frozen {self.freeze} ({self.frozen_parameters:,} of {total:,} parameters)"
+        )
+
+
 def parent_record(
     parent: Parent, pairs: dict[str, str], channels: Channels, group: str, counts: tuple[int, int]
-) -> dict[str, Any]:
+) -> ParentRecord:
     """What a fine-tuned checkpoint says about where it came from."""
-    new_fields = [k for k in _field_keys(channels) if k not in pairs]
-    return {
-        "path": str(parent.path),
-        "sha256": parent.sha256,
-        "epoch": parent.checkpoint.epoch,
-        "backbone": parent.checkpoint.config.model.backbone,
-        "fields": list(parent.fields),
-        "kept_fields": pairs,
-        "new_fields": new_fields,
-        "freeze": group,
-        "frozen_parameters": counts[0],
-        "trainable_parameters": counts[1],
-    }
+    return ParentRecord(
+        path=str(parent.path),
+        sha256=parent.sha256,
+        epoch=parent.checkpoint.epoch,
+        backbone=parent.checkpoint.config.model.backbone,
+        fields=list(parent.fields),
+        kept_fields=pairs,
+        new_fields=[k for k in _field_keys(channels) if k not in pairs],
+        freeze=group,
+        frozen_parameters=counts[0],
+        trainable_parameters=counts[1],
+    )
+
+
+def begin(
+    model: Network,
+    manifest: Manifest,
+    channels: Channels,
+    tc: TrainConfig,
+    run_dir: Path,
+    *,
+    state: dict[str, Any] | None,
+    start: tuple[Parent, dict[str, str]] | None,
+) -> tuple[Manifest, ParentRecord | None]:
+    """The start of a run with ``train.init`` (none without): the parent's weights in ``model`` (resuming: they come
+    with the state, which recorded what the run started from, :func:`state_entry`), the parent's coordinate
+    normalisation and the frozen groups; the manifest with these statistics, and the run's record of its parent."""
+    if tc.init is None:
+        return manifest, None
+    if state is not None:
+        fine = json.loads(state.get("fine_tune") or "null")
+        if fine is None:
+            raise InvalidInputError(f"{run_dir}: was not started with --init; resume it without train.init")
+        manifest = manifest.model_copy(update={"stats": Stats.model_validate(fine["stats"])})
+        freeze(model, tc.freeze)
+        return manifest, ParentRecord.from_json(fine["parent"])
+    assert start is not None  # loaded and checked before the run began
+    parent, pairs = start
+    manifest = manifest.model_copy(update={"stats": fine_tune_stats(parent, manifest.stats)})
+    start_from_parent(model, parent, channels, manifest.stats, pairs)
+    counts = freeze(model, tc.freeze)
+    return manifest, parent_record(parent, pairs, channels, tc.freeze, counts)
+
+
+def state_entry(parent: ParentRecord | None, stats: Stats) -> str:
+    """What the training state keeps of a fine-tuned run for :func:`begin` to resume it (JSON; ``null``: none)."""
+    return json.dumps(None if parent is None else {"parent": parent.to_json(), "stats": stats.model_dump(mode="json")})
 
 
 def _is_frozen(name: str, group: str) -> bool:

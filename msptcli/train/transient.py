@@ -8,15 +8,15 @@ reproducible whatever the number of loader workers.
 
 Pushforward training (``data.transient.pushforward`` = k > 0; Brandstetter, Worrall and Welling, 2022):
 an item then also draws j in 0..k, and for j > 0 its input state is not the data's but the network's own
-rollout of j steps from snapshot t - j, without gradient, so the trained step t -> t + 1 sees the errors
-that a rollout makes and learns to undo them. The loader cannot run the network; it marks such an item
-(``Cloud.unroll``) and the loop calls :meth:`StepPairs.push_forward` for it before the step.
+rollout of j steps from snapshot t - j (the rollout's step, ``data/step.py``), without gradient, so the
+trained step t -> t + 1 sees the errors that a rollout makes and learns to undo them. The loader cannot
+run the network; it marks such an item (``Cloud.unroll``) and the loop calls :meth:`StepPairs.push_forward`
+for it before the step.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from msptcli.config import TransientConfig
 from msptcli.data.features import Channels
 from msptcli.data.manifest import Manifest, SampleEntry
 from msptcli.data.sample import Sample, load_sample, map_sample
+from msptcli.data.step import StepCase, take_step
 from msptcli.data.transient import (
     field_matrix,
     input_width,
@@ -35,15 +36,12 @@ from msptcli.data.transient import (
     noise_scale,
     operators_of,
     split_fields,
-    static_features,
-    step_inputs,
     step_target,
     training_noise,
 )
 from msptcli.evaluate import relative_l2
 from msptcli.geometry.balltree import ball_tree_order
 from msptcli.geometry.mesh_gradient import MeshOperators
-from msptcli.model.inference import predict_clouds
 from msptcli.model.network import Network
 from msptcli.train.dataset import Cloud
 
@@ -115,16 +113,15 @@ class StepPairs(Dataset):
         rng, unrolled, rows = self._draw(index, t, sample)
         operators = self._operators_for(entry.name, sample, rows)
         order = self._order(sample, rows)
-        points = np.asarray(sample.arrays["mesh/points"])[rows]
+        case = StepCase.of(
+            self.manifest.stats, self.channels, self.transient, sample.arrays, sample.meta["conditions"], rows=rows,
+            operators=operators, order=order,
+        )  # fmt: skip
         was_training = model.training
         states = step_states(sample, self.channels, self.transient, t - unrolled, rows)  # the data's, up to t - j
-        for s in range(unrolled):
-            inputs, _ = step_arrays(
-                sample, self.manifest, self.channels, self.transient, t - unrolled + s, rows,
-                operators=operators, states=states,
-            )  # fmt: skip
-            (out,) = predict_clouds(model, [points], [inputs], orders=[order], device=device, bf16=bf16)
-            states = [*states[1:], next_state(self.manifest.stats, self.channels, states[-1], out)]  # one step on
+        for _ in range(unrolled):
+            _, state = take_step(model, case, states, device=device, bf16=bf16)
+            states = [*states[1:], state]  # one step on
         model.train(was_training)
         inputs, target = step_arrays(
             sample, self.manifest, self.channels, self.transient, t, rows, rng=rng if self.noise else None,
@@ -171,24 +168,30 @@ def step_arrays(
     with ``rng`` the input state gets the training noise and the target is the step from it. ``operators``:
     the derivatives of the mesh (of ``rows``), built here when the inputs need them and none are given.
     ``states``: the history and current state (t - h .. t) to use instead of the data's (pushforward)."""
-    a = sample.arrays
-    rows = np.arange(len(a["mesh/points"])) if rows is None else rows
-    geometry = {k: np.asarray(a[k])[rows] for k in ("mesh/points", "mesh/normals", "mesh/distance", "mesh/direction",
-                                                    "mesh/wall")}  # fmt: skip
-    static = static_features(manifest.stats, geometry)
+    rows = np.arange(len(sample.arrays["mesh/points"])) if rows is None else rows
     states = step_states(sample, channels, transient, t, rows, states)
     following = snapshot(sample, channels, t + 1, rows)
     noisy = rng is not None and transient.noise > 0
-    if operators is None and needs_operators(transient, noisy=noisy):
-        operators = operators_of(a, None if len(rows) == len(a["mesh/points"]) else rows)
+    if operators is None:
+        operators = _operators(transient, sample, rows, noisy=noisy)
     if noisy:
         scale = noise_scale(manifest.stats, channels, transient)
         states[-1] = states[-1] + training_noise(
             rng, scale, len(rows), sweeps=transient.noise_smoothing, operators=operators
         )
-    conditions = sample.meta["conditions"]
-    inputs = step_inputs(manifest.stats, channels, transient, static, states, conditions, operators)
-    return inputs, step_target(manifest.stats, channels, states[-1], following)
+    case = StepCase.of(
+        manifest.stats, channels, transient, sample.arrays, sample.meta["conditions"], rows=rows, operators=operators
+    )
+    return case.inputs(states), step_target(manifest.stats, channels, states[-1], following)
+
+
+def _operators(
+    transient: TransientConfig, sample: Sample, rows: np.ndarray, *, noisy: bool = False
+) -> MeshOperators | None:
+    """The mesh operators of ``rows`` where a step needs them (:func:`needs_operators`), else None."""
+    if not needs_operators(transient, noisy=noisy):
+        return None
+    return operators_of(sample.arrays, None if len(rows) == len(sample.arrays["mesh/points"]) else rows)
 
 
 def step_states(
@@ -211,29 +214,37 @@ def validate_steps(
     model: Network, data_dir: Path, manifest: Manifest, entries: list[SampleEntry], transient: TransientConfig,
     device: torch.device, *, bf16: bool,
 ) -> dict[str, float]:  # fmt: skip
-    """One-step errors on ``VAL_STEPS`` steps of every validation case, on whole meshes and without noise:
-    ``val_loss`` (the training loss on them) and ``val_<field>_rel_l2`` of the predicted next state."""
+    """One-step errors on ``VAL_STEPS`` steps of every validation case, on whole meshes and without noise, named
+    as steady validation's: ``val_loss`` (the training loss on them) and ``val_rel_l2/volume/<field>`` of the
+    predicted next state."""
     channels = Channels.from_fields(manifest.fields)
     sums: dict[str, list[float]] = {}
     for entry in entries:
         sample = load_sample(data_dir / entry.file)
-        points = np.asarray(sample.arrays["mesh/points"])
+        rows = np.arange(len(sample.arrays["mesh/points"]))
+        case = StepCase.of(
+            manifest.stats, channels, transient, sample.arrays, sample.meta["conditions"],
+            operators=_operators(transient, sample, rows), order=sample.arrays["order"],
+        )  # fmt: skip
         h, steps = transient.history, entry.num_steps or 0
-        operators = operators_of(sample.arrays) if needs_operators(transient, noisy=False) else None
         for t in np.unique(np.linspace(h, steps - 2, VAL_STEPS).round().astype(int)):
-            inputs, target = step_arrays(sample, manifest, channels, transient, int(t), operators=operators)
-            (out,) = predict_clouds(
-                model, [points], [inputs], orders=[sample.arrays["order"]], device=device, bf16=bf16
-            )
+            states = step_states(sample, channels, transient, int(t), rows)
+            out, state = take_step(model, case, states, device=device, bf16=bf16)
+            truth = snapshot(sample, channels, int(t) + 1)
+            target = step_target(manifest.stats, channels, states[-1], truth)
             sums.setdefault("loss", []).append(float(np.mean((out - target) ** 2)))
-            for name, errs in step_errors(sample, channels, manifest, t, out).items():
-                sums.setdefault(f"{name}_rel_l2", []).append(errs)
+            for name, error in state_errors(state, truth, channels).items():
+                sums.setdefault(f"rel_l2/volume/{name}", []).append(error)
     return {f"val_{k}": float(np.mean(v)) for k, v in sums.items()}
 
 
-def step_errors(sample: Sample, channels: Channels, manifest: Manifest, t: int, out: np.ndarray) -> dict[str, Any]:
-    """Relative L2 error of each field of the state after one predicted step from snapshot t."""
+def step_errors(sample: Sample, channels: Channels, manifest: Manifest, t: int, out: np.ndarray) -> dict[str, float]:
+    """Relative L2 error of each field of the state after one predicted step (``out``) from snapshot t."""
     current, truth = snapshot(sample, channels, t), snapshot(sample, channels, t + 1)
-    pred = next_state(manifest.stats, channels, current, out)
+    return state_errors(next_state(manifest.stats, channels, current, out), truth, channels)
+
+
+def state_errors(pred: np.ndarray, truth: np.ndarray, channels: Channels) -> dict[str, float]:
+    """Relative L2 error of each field of the (N, F) state ``pred`` against ``truth``."""
     p, q = split_fields(pred, channels), split_fields(truth, channels)
     return {n: relative_l2(p[n], q[n]) for n, _ in channels.volume}
