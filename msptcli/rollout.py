@@ -11,8 +11,10 @@ Outputs, in ``OUT``:
                                 and from the series' own fields, next to the solver's (the case's params)
     <name>_rollout.png          the lift/drag histories and the error against the step
 
-The VTU folder is written under a temporary name and renamed when complete, and the ``.pvd`` comes
-last: an interrupted rollout leaves no series that ParaView would open half-filled.
+Read (every output checked first) -> roll (``data/step.py``'s step, as pushforward and validation take
+it) -> score against the series -> write. The VTU folder is written under a temporary name and renamed
+when complete, and the ``.pvd`` comes last: an interrupted rollout leaves no series that ParaView would
+open half-filled.
 """
 
 from __future__ import annotations
@@ -34,17 +36,15 @@ from msptcli.data.cases import find_params
 from msptcli.data.params import read_params
 from msptcli.data.prepare_series import mesh_geometry
 from msptcli.data.series import Series, read_series
+from msptcli.data.step import StepCase, take_step
 from msptcli.data.transient import (
     condition_names,
     condition_values,
     field_matrix,
     lookup,
     needs_operators,
-    next_state,
     operators_of,
     split_fields,
-    static_features,
-    step_inputs,
 )
 from msptcli.errors import InvalidInputError, MsptError
 from msptcli.evaluate import relative_l2
@@ -53,7 +53,7 @@ from msptcli.io.atomic import atomic_output, make_dirs, write_json
 from msptcli.io.guard import check_outputs
 from msptcli.io.meshes import write_mesh
 from msptcli.io.pvd import write_pvd
-from msptcli.runtime.inference import DEFAULT_CHUNK_POINTS, predict_clouds
+from msptcli.runtime.inference import DEFAULT_CHUNK_POINTS
 
 #: Called after each step with (steps done, steps in all).
 Progress = Callable[[int, int], None]
@@ -71,6 +71,31 @@ class Rollout:
     errors: dict[str, list[float | None]] = field(default_factory=dict)  # field -> rel. L2 per step (None: no truth)
     summary: dict[str, Any] = field(default_factory=dict)  # St, Cd mean, ... predicted / fields / solver
     seconds_per_step: float = 0.0
+
+
+@dataclass
+class _Case:
+    """The series a rollout starts from, read and checked (:func:`_read`): what the later phases need."""
+
+    name: str
+    out: Path  # the output folder
+    start: int  # the snapshot the rollout starts from
+    steps: int  # steps asked for
+    series: Series  # snapshots start - h .. (the last asked, or of the file)
+    geometry: dict[str, np.ndarray]  # ``mesh_geometry``'s arrays
+    params: dict[str, Any]  # the case's params file, or {}
+    conditions: dict[str, float]  # the values the model is given
+    truth: np.ndarray  # (T', N, F) physical fields of the series' snapshots
+    step: StepCase
+
+
+@dataclass
+class _Scores:
+    """The rollout's steps against the series: times, the series' row of each step, drag and lift."""
+
+    times: np.ndarray  # (S,) time of each predicted state
+    true_at: list[int | None]  # the row of ``truth`` at each step; None past the series' end
+    forces: dict[str, Any]
 
 
 def rollout_series(
@@ -92,10 +117,29 @@ def rollout_series(
 
     ``conditions`` set or override the case's condition values (else read from its params file).
     """
+    case = _read(ckpt, Path(initial), Path(out_dir), start=start, steps=steps, name=name, conditions=conditions)
+    result = Rollout(name=case.name, start=case.start)
+    predicted = _roll(ckpt, case, result, device=device, chunk_points=chunk_points, progress=progress)
+    scores = _score(ckpt, case, predicted, result)
+    _write(ckpt, case, predicted, scores, result)
+    return result
+
+
+def _read(
+    ckpt: Checkpoint,
+    initial: Path,
+    out: Path,
+    *,
+    start: int | None,
+    steps: int | None,
+    name: str | None,
+    conditions: dict[str, float] | None,
+) -> _Case:
+    """The snapshots the rollout needs, checked, with the outputs checked before anything is written; the
+    case's geometry, tree order and conditions, once."""
     transient = ckpt.config.data.transient
     if transient is None:
         raise InvalidInputError(f"{ckpt.path}: is a steady model; mspt rollout rolls out transient models only")
-    initial, out = Path(initial), Path(out_dir)
     h = transient.history
     start = h if start is None else start  # the first snapshot with h before it
     if start < h:
@@ -103,130 +147,143 @@ def rollout_series(
     stop = None if steps is None else start + steps + 1
     series = read_series(initial, transient.fields, pattern=transient.series_file, dt=transient.dt,
                          start=start - h, stop=stop)  # fmt: skip
-    available = len(series.times) - 1 - h  # snapshots after the start in the file
     if steps is None:
-        steps = available
+        steps = len(series.times) - 1 - h  # snapshots after the start in the file
         if steps < 1:
             raise InvalidInputError(f"{series.source}: snapshot {start} is its last; give --steps to roll out past it")
     if steps < 1:
         raise InvalidInputError(f"--steps {steps}: roll out at least one step")
     name = name or _case_name(initial)
-    folder, pvd = out / name, out / f"{name}.pvd"
-    files = {"json": out / f"{name}.json", "png": out / f"{name}_rollout.png"}
-    check_outputs(out, [pvd, *files.values()], folders=[folder], inputs=series.files, input_name="the input series")
-
-    # --- the case: geometry, tree order and conditions, once ---------------------------------------------
-    channels, stats = ckpt.channels, ckpt.stats
+    paths = _paths(out, name)
+    files = [paths["pvd"], paths["json"], paths["png"]]
+    check_outputs(out, files, folders=[paths["folder"]], inputs=series.files, input_name="the input series")
     geometry = mesh_geometry(series)
-    points = geometry["mesh/points"]
-    order = ball_tree_order(points)
-    static = static_features(stats, geometry)
-    operators = operators_of(geometry) if needs_operators(transient, noisy=False) else None
     params = _params_of(initial, ckpt)
     values = condition_values(transient, {**params, **(conditions or {})}, series.dt, source=str(series.source))
-    truth = field_matrix(series.fields, channels)  # (T', N, F) from snapshot start - h
-    states = [truth[j] for j in range(h + 1)]
-    dt, t0 = series.dt, float(series.times[h])
+    step = StepCase.of(
+        ckpt.stats, ckpt.channels, transient, geometry, values, order=ball_tree_order(geometry["mesh/points"]),
+        operators=operators_of(geometry) if needs_operators(transient, noisy=False) else None,
+    )  # fmt: skip
+    truth = field_matrix(series.fields, ckpt.channels)  # (T', N, F) from snapshot start - h
+    return _Case(name, out, start, steps, series, geometry, params, values, truth, step)
 
-    # --- the rollout -------------------------------------------------------------------------------------
-    result = Rollout(name=name, start=start)
+
+def _roll(
+    ckpt: Checkpoint,
+    case: _Case,
+    result: Rollout,
+    *,
+    device: torch.device | str,
+    chunk_points: int | None,
+    progress: Progress | None,
+) -> np.ndarray:
+    """(S, N, F) the states after each step, each from the last h + 1; the rollout stops before the first state
+    that is not finite (``result.diverged_at``), and with none finite is an error."""
+    h = case.step.transient.history
+    states = [case.truth[j] for j in range(h + 1)]
     predicted: list[np.ndarray] = []
     started = time.perf_counter()
-    for step in range(1, steps + 1):
-        inputs = step_inputs(stats, channels, transient, static, states[-(h + 1) :], values, operators)
-        (out_step,) = predict_clouds(ckpt.model, [points], [inputs], orders=[order], device=device,
-                                     chunk_points=chunk_points)  # fmt: skip
-        state = next_state(stats, channels, states[-1], out_step)
+    for step in range(1, case.steps + 1):
+        _, state = take_step(ckpt.model, case.step, states[-(h + 1) :], device=device, chunk_points=chunk_points)
         if not np.isfinite(state).all():
             result.diverged_at = step
             break
         states.append(state)
         predicted.append(state)
         if progress is not None:
-            progress(step, steps)
+            progress(step, case.steps)
     result.steps = len(predicted)
     result.seconds_per_step = (time.perf_counter() - started) / max(len(predicted), 1)
     if not predicted:
         raise MsptError("the rollout diverged at its first step (non-finite fields); nothing was written")
-    times = t0 + dt * np.arange(1, result.steps + 1)
-    true_at = [h + k if h + k < len(truth) else None for k in range(1, result.steps + 1)]
+    return np.stack(predicted)
 
-    # --- errors, forces ----------------------------------------------------------------------------------
-    for fname, _ in channels.volume:
-        cols = split_fields(np.stack(predicted), channels)[fname]
-        errs: list[float | None] = []
-        for k, row in enumerate(true_at):
-            if row is None:
-                errs.append(None)
-                continue
-            ref = split_fields(truth[row], channels)[fname]
-            errs.append(relative_l2(cols[k], ref))
-        result.errors[fname] = errs
-    forces = _forces(ckpt, series, geometry, params, np.stack(predicted), truth, true_at, times)
+
+def _score(ckpt: Checkpoint, case: _Case, predicted: np.ndarray, result: Rollout) -> _Scores:
+    """Each step's relative L2 error per field where the series has its snapshot (``result.errors``), and drag,
+    lift and shedding numbers, predicted and from the series' fields (``result.summary``)."""
+    h, channels = case.step.transient.history, ckpt.channels
+    times = float(case.series.times[h]) + case.series.dt * np.arange(1, result.steps + 1)
+    true_at = [h + k if h + k < len(case.truth) else None for k in range(1, result.steps + 1)]
+    result.errors = {n: [] for n, _ in channels.volume}
+    for state, row in zip(predicted, true_at, strict=True):
+        pred = split_fields(state, channels)
+        ref = None if row is None else split_fields(case.truth[row], channels)
+        for n, errs in result.errors.items():
+            errs.append(None if ref is None else relative_l2(pred[n], ref[n]))
+    forces = _forces(ckpt, case, predicted, true_at, times)
     result.summary = forces.pop("summary", {})
+    return _Scores(times, true_at, forces)
 
-    # --- outputs: the VTU folder under a temporary name, renamed; JSON, PNG; the .pvd last ----------------
-    make_dirs(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out))
+
+def _write(ckpt: Checkpoint, case: _Case, predicted: np.ndarray, scores: _Scores, result: Rollout) -> None:
+    """The VTU folder under a temporary name, renamed; the JSON and the PNG; the .pvd last."""
+    paths = _paths(case.out, case.name)
+    make_dirs(case.out)
+    written = _write_states(ckpt, case, predicted, scores)
+    write_json(paths["json"], _summary(ckpt, case, scores, result))
+    _plot(paths["png"], case.name, scores.times, scores.forces, result.errors)
+    write_pvd(paths["pvd"], written)
+    result.files = [paths["pvd"], paths["folder"], paths["json"], paths["png"]]
+
+
+def _write_states(ckpt: Checkpoint, case: _Case, predicted: np.ndarray, scores: _Scores) -> list[tuple[float, str]]:
+    """One VTU per predicted state, with ``<field>_true`` and ``<field>_error`` where the series has the
+    snapshot, into the case's folder (whole or not at all); the (time, file) entries of the .pvd."""
+    folder = _paths(case.out, case.name)["folder"]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{case.name}.", suffix=".tmp", dir=case.out))
     try:
         written = []
-        for k, state in enumerate(predicted):
-            mesh = series.mesh.copy(deep=False)
+        for k, (state, row, time_k) in enumerate(zip(predicted, scores.true_at, scores.times, strict=True)):
+            mesh = case.series.mesh.copy(deep=False)
             mesh.clear_data()
-            pred = split_fields(state, channels)
-            row = true_at[k]
-            ref = split_fields(truth[row], channels) if row is not None else None
-            for fname, k_comp in channels.volume:
+            pred = split_fields(state, ckpt.channels)
+            ref = split_fields(case.truth[row], ckpt.channels) if row is not None else None
+            for fname, k_comp in ckpt.channels.volume:
                 mesh.point_data[fname] = _shape(pred[fname], k_comp)
                 if ref is not None:
                     mesh.point_data[f"{fname}_true"] = _shape(ref[fname], k_comp)
                     mesh.point_data[f"{fname}_error"] = _shape(pred[fname] - ref[fname], k_comp)
-            mesh.field_data["TimeValue"] = np.array([times[k]])
-            file = f"{name}_{k + 1:03d}.vtu"
-            write_mesh(mesh, tmp / file, inputs=tuple(series.files))
-            written.append((times[k], f"{name}/{file}"))
+            mesh.field_data["TimeValue"] = np.array([time_k])
+            file = f"{case.name}_{k + 1:03d}.vtu"
+            write_mesh(mesh, tmp / file, inputs=tuple(case.series.files))
+            written.append((time_k, f"{case.name}/{file}"))
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    summary = {
-        "name": name,
+    return written
+
+
+def _summary(ckpt: Checkpoint, case: _Case, scores: _Scores, result: Rollout) -> dict[str, Any]:
+    """The rollout's JSON record (module docstring)."""
+    h = case.step.transient.history
+    return {
+        "name": case.name,
         "checkpoint": str(ckpt.path),
         "checkpoint_epoch": ckpt.epoch,
-        "initial": str(series.source),
-        "start": start,
-        "start_time": t0,
+        "initial": str(case.series.source),
+        "start": case.start,
+        "start_time": float(case.series.times[h]),
         "steps": result.steps,
         "diverged_at": result.diverged_at,
-        "dt": dt,
-        "num_points": len(points),
-        "conditions": values,
-        "fields": [n for n, _ in channels.volume],
-        "times": times.tolist(),
+        "dt": case.series.dt,
+        "num_points": len(case.step.points),
+        "conditions": case.conditions,
+        "fields": [n for n, _ in ckpt.channels.volume],
+        "times": scores.times.tolist(),
         "relative_l2": result.errors,
-        "forces": forces,
+        "forces": scores.forces,
         "shedding": result.summary,
         "seconds_per_step": result.seconds_per_step,
-        "notes": _range_notes(ckpt, values),
+        "notes": _range_notes(ckpt, case.conditions),
     }
-    write_json(files["json"], summary)
-    _plot(files["png"], name, times, forces, result.errors)
-    write_pvd(pvd, written)
-    result.files = [pvd, folder, files["json"], files["png"]]
-    return result
 
 
 def _forces(
-    ckpt: Checkpoint,
-    series: Series,
-    geometry: dict[str, np.ndarray],
-    params: dict[str, Any],
-    predicted: np.ndarray,
-    truth: np.ndarray,
-    true_at: list[int | None],
-    times: np.ndarray,
+    ckpt: Checkpoint, case: _Case, predicted: np.ndarray, true_at: list[int | None], times: np.ndarray
 ) -> dict[str, Any]:
     """Drag and lift histories from the ``predicted`` (S, N, F) states and from the series' own (``truth`` rows
     ``true_at`` of each step, None past its end), with the shedding summaries: St, mean Cd, Cl amplitude."""
@@ -238,8 +295,10 @@ def _forces(
     velocity_name, pressure_name = "U", ckpt.config.data.pressure_field or "p"
     if velocity_name not in names or pressure_name not in names:
         return {"note": f"forces need the fields {velocity_name!r} and {pressure_name!r}"}
-    if len(geometry["body/edges"]) == 0:
+    edges = case.geometry["body/edges"]
+    if len(edges) == 0:
         return {"note": "no body: the mesh has no inner boundary"}
+    params = case.params
     nu = transient.viscosity if transient.viscosity is not None else lookup(params, transient.viscosity_key or "")
     nu = float(nu) if isinstance(nu, (int, float)) and not isinstance(nu, bool) else None
     kw = dict(
@@ -251,17 +310,17 @@ def _forces(
 
     def coefficients(states: np.ndarray) -> dict[str, np.ndarray]:
         f = split_fields(states, ckpt.channels)
-        return body_forces(series.mesh, geometry["body/edges"], f[velocity_name], f[pressure_name], **kw)
+        return body_forces(case.series.mesh, edges, f[velocity_name], f[pressure_name], **kw)
 
     out: dict[str, Any] = {"viscous": nu is not None, "reference": kw}
-    pred = coefficients(predicted)
-    out["predicted"] = {"cd": np.asarray(pred["cd"]).tolist(), "cl": np.asarray(pred["cl"]).tolist()}
-    summary: dict[str, Any] = {"predicted": shedding_summary(times, np.asarray(pred["cd"]), np.asarray(pred["cl"]))}
+    summary: dict[str, Any] = {}
     rows = [r for r in true_at if r is not None]
-    if rows:
-        true = coefficients(truth[rows])
-        out["fields"] = {"cd": np.asarray(true["cd"]).tolist(), "cl": np.asarray(true["cl"]).tolist()}
-        summary["fields"] = shedding_summary(times[: len(rows)], np.asarray(true["cd"]), np.asarray(true["cl"]))
+    for key, states in (("predicted", predicted), ("fields", case.truth[rows] if rows else None)):
+        if states is not None:
+            c = coefficients(states)
+            cd, cl = np.asarray(c["cd"]), np.asarray(c["cl"])
+            out[key] = {"cd": cd.tolist(), "cl": cl.tolist()}
+            summary[key] = shedding_summary(times[: len(states)], cd, cl)
     solver = params.get("forces", {}) if isinstance(params.get("forces"), dict) else {}
     picked = {k: solver[k] for k in ("St", "Cd_mean", "Cl_amp", "Cl_rms") if isinstance(solver.get(k), (int, float))}
     if picked:
@@ -286,6 +345,12 @@ def _params_of(initial: Path, ckpt: Checkpoint) -> dict[str, Any]:
     """The case's params: the data config's params file beside the series, or nothing."""
     folder = initial if initial.is_dir() else initial.parent
     return read_params(find_params(folder, ckpt.config.data.params_file))
+
+
+def _paths(out: Path, name: str) -> dict[str, Path]:
+    """The outputs of the rollout ``name`` in ``out`` (module docstring)."""
+    files = {"pvd": f"{name}.pvd", "folder": name, "json": f"{name}.json", "png": f"{name}_rollout.png"}
+    return {k: out / v for k, v in files.items()}
 
 
 def _case_name(initial: Path) -> str:
