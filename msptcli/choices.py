@@ -9,7 +9,7 @@ or the model would load torch before ``mspt --help`` could answer.
 | ``Device`` | auto, cpu, cuda, mps | ``train.device`` (``config.py``), ``--device`` |
 | ``Freeze`` | none, attention, encoder | ``train.freeze`` (``config.py``), ``mspt train --freeze`` |
 | ``OnError`` | fail, skip | ``prepare_dataset(on_error=)``, ``mspt prepare --on-error`` |
-| ``ExportFormat`` | onnx, torchscript | ``model/portable.py``, ``export_run(fmt=)``, ``mspt export --format`` |
+| ``ExportFormat`` | onnx, torchscript | ``runtime/portable.py``, ``export_run(fmt=)``, ``mspt export --format`` |
 """
 
 from __future__ import annotations
