@@ -2,7 +2,8 @@
 
 MATEY (Zhang et al.) adapts a pretrained model to new physics from few cases by training it further
 with its attention frozen. Here a run with ``train.init`` builds the parent's network (its ``model``
-config, taken from the parent by ``options.train_config``), loads all of its weights but the head's, and then:
+config, taken from the parent by ``options.train_config``), loads all of its weights but the head's,
+and then:
 
 - **Head** — every output field of the new dataset that the parent also predicts (same part and
   name, or mapped with ``train.field_map``) keeps the parent's head rows, re-expressed for the new
