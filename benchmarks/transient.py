@@ -46,11 +46,12 @@ from msptcli.config import load_config
 from msptcli.data.features import Channels
 from msptcli.data.manifest import read_manifest
 from msptcli.data.sample import load_sample
+from msptcli.data.step import StepCase, take_step
+from msptcli.data.transient import step_operators
 from msptcli.prepare import prepare_dataset
 from msptcli.rollout import rollout_series
-from msptcli.runtime.inference import predict_clouds
 from msptcli.train.loop import train_model
-from msptcli.train.transient import step_arrays, step_errors
+from msptcli.train.transient import step_errors, step_states
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "transient"
 TRAIN = ["case_0000", "case_0001", "case_0003", "case_0004"]
@@ -93,12 +94,13 @@ def one_step(ckpt, data_dir: Path, manifest, name: str) -> dict[str, float]:  # 
     entry = next(e for e in manifest.samples if e.name == name)
     sample = load_sample(data_dir / entry.file)
     transient = ckpt.config.data.transient
-    points = np.asarray(sample.arrays["mesh/points"])
+    rows = np.arange(len(sample.arrays["mesh/points"]))
+    case = StepCase.of(ckpt.stats, channels, transient, sample.arrays, sample.meta["conditions"],
+                       operators=step_operators(transient, sample.arrays), order=sample.arrays["order"])  # fmt: skip
     model_errs: dict[str, list[float]] = {}
     still_errs: dict[str, list[float]] = {}
     for t in range(transient.history, entry.num_steps - 1):
-        inputs, _ = step_arrays(sample, ckpt_manifest(ckpt, manifest), channels, transient, t)
-        (out,) = predict_clouds(ckpt.model, [points], [inputs], orders=[sample.arrays["order"]])
+        out, _ = take_step(ckpt.model, case, step_states(sample, channels, transient, t, rows))
         for f, e in step_errors(sample, channels, ckpt_manifest(ckpt, manifest), t, out).items():
             model_errs.setdefault(f, []).append(e)
         for f, e in step_errors(sample, channels, ckpt_manifest(ckpt, manifest), t, 0 * out).items():

@@ -42,9 +42,8 @@ from msptcli.data.transient import (
     condition_values,
     field_matrix,
     lookup,
-    needs_operators,
-    operators_of,
     split_fields,
+    step_operators,
 )
 from msptcli.errors import InvalidInputError, MsptError
 from msptcli.evaluate import relative_l2
@@ -162,7 +161,7 @@ def _read(
     values = condition_values(transient, {**params, **(conditions or {})}, series.dt, source=str(series.source))
     step = StepCase.of(
         ckpt.stats, ckpt.channels, transient, geometry, values, order=ball_tree_order(geometry["mesh/points"]),
-        operators=operators_of(geometry) if needs_operators(transient, noisy=False) else None,
+        operators=step_operators(transient, geometry),
     )  # fmt: skip
     truth = field_matrix(series.fields, ckpt.channels)  # (T', N, F) from snapshot start - h
     return _Case(name, out, start, steps, series, geometry, params, values, truth, step)

@@ -279,6 +279,17 @@ def operators_of(arrays: dict[str, np.ndarray], rows: np.ndarray | None = None) 
     return mesh_operators(points[rows], kept[(kept >= 0).all(axis=1)])
 
 
+def step_operators(
+    transient: TransientConfig, arrays: dict[str, np.ndarray], rows: np.ndarray | None = None, *, noisy: bool = False
+) -> MeshOperators | None:
+    """The operators of the mesh (of ``rows``; None: all points) where a step needs them (:func:`needs_operators`,
+    ``noisy``: for its training noise too), else None."""
+    if not needs_operators(transient, noisy=noisy):
+        return None
+    whole = rows is None or len(rows) == len(arrays["mesh/points"])
+    return operators_of(arrays, None if whole else rows)
+
+
 def static_features(stats: Stats, arrays: dict[str, np.ndarray]) -> np.ndarray:
     """(N, 11) float32 geometry channels of a transient mesh, in mesh order (``data/features.py``'s layout:
     wall points as surface points with their normal, the others as volume points)."""

@@ -36,6 +36,7 @@ from msptcli.data.transient import (
     noise_scale,
     operators_of,
     split_fields,
+    step_operators,
     step_target,
     training_noise,
 )
@@ -173,7 +174,7 @@ def step_arrays(
     following = snapshot(sample, channels, t + 1, rows)
     noisy = rng is not None and transient.noise > 0
     if operators is None:
-        operators = _operators(transient, sample, rows, noisy=noisy)
+        operators = step_operators(transient, sample.arrays, rows, noisy=noisy)
     if noisy:
         scale = noise_scale(manifest.stats, channels, transient)
         states[-1] = states[-1] + training_noise(
@@ -183,15 +184,6 @@ def step_arrays(
         manifest.stats, channels, transient, sample.arrays, sample.meta["conditions"], rows=rows, operators=operators
     )
     return case.inputs(states), step_target(manifest.stats, channels, states[-1], following)
-
-
-def _operators(
-    transient: TransientConfig, sample: Sample, rows: np.ndarray, *, noisy: bool = False
-) -> MeshOperators | None:
-    """The mesh operators of ``rows`` where a step needs them (:func:`needs_operators`), else None."""
-    if not needs_operators(transient, noisy=noisy):
-        return None
-    return operators_of(sample.arrays, None if len(rows) == len(sample.arrays["mesh/points"]) else rows)
 
 
 def step_states(
@@ -224,7 +216,7 @@ def validate_steps(
         rows = np.arange(len(sample.arrays["mesh/points"]))
         case = StepCase.of(
             manifest.stats, channels, transient, sample.arrays, sample.meta["conditions"],
-            operators=_operators(transient, sample, rows), order=sample.arrays["order"],
+            operators=step_operators(transient, sample.arrays), order=sample.arrays["order"],
         )  # fmt: skip
         h, steps = transient.history, entry.num_steps or 0
         for t in np.unique(np.linspace(h, steps - 2, VAL_STEPS).round().astype(int)):
