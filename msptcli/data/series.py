@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from msptcli.data.read import read_fields
+from msptcli.data.read import FieldMesh, read_fields
 from msptcli.errors import InvalidInputError, MeshReadError
 from msptcli.io.meshes import MESH_SUFFIXES, read_mesh
 from msptcli.io.pvd import read_pvd
@@ -115,17 +115,7 @@ def read_series(
         if j == 0:
             points, location = got.points, got.location
             fields = {n: np.empty((len(files), *v.shape), dtype=np.float32) for n, v in got.fields.items()}
-        elif got.location != location:
-            raise InvalidInputError(
-                f"{file}: the fields are {got.location[:-1]} data, in {files[0].name} they are {location[:-1]} data"
-            )
-        for name, values in got.fields.items():
-            if values.shape[1:] != fields[name].shape[2:]:
-                raise InvalidInputError(
-                    f"{file}: field {name!r} has {values.shape[1]} components, "
-                    f"{files[0].name} has {fields[name].shape[2]}"
-                )
-            fields[name][j] = values
+        _store(fields, j, got, file, files[0], location)
         if all_times is None:
             file_times.append(_time_value(mesh, file))
             if j == 0 and file_times[0] is None and dt is None:
@@ -141,6 +131,21 @@ def read_series(
     return Series(
         source=source, files=files, times=times, mesh=first_mesh, points=points, location=location, fields=fields
     )
+
+
+def _store(fields: dict[str, np.ndarray], j: int, got: FieldMesh, file: Path, first: Path, location: str) -> None:
+    """Snapshot ``j``'s fields (``read_fields``' result) into the (T, N, k) arrays, checked to be of the first
+    snapshot's location and components."""
+    if got.location != location:
+        raise InvalidInputError(
+            f"{file}: the fields are {got.location[:-1]} data, in {first.name} they are {location[:-1]} data"
+        )
+    for name, values in got.fields.items():
+        if values.shape[1:] != fields[name].shape[2:]:
+            raise InvalidInputError(
+                f"{file}: field {name!r} has {values.shape[1]} components, {first.name} has {fields[name].shape[2]}"
+            )
+        fields[name][j] = values
 
 
 # --- finding the files ---------------------------------------------------------------------------------------
