@@ -10,11 +10,12 @@ import torch
 
 from msptcli.errors import InvalidInputError, MsptError
 from msptcli.model import MSPT, ModelConfig
-from msptcli.runtime import PackedClouds, pack_clouds
-from msptcli.runtime.portable import (
+from msptcli.runtime import (
     LAYOUT_INPUTS,
+    PackedClouds,
     export_model,
     layout_inputs,
+    pack_clouds,
     query_inputs,
     random_example,
     run_exported,

@@ -306,7 +306,7 @@ LAYOUT_NAMES = ("patch_index", "point_slot", "patch_cloud", "sub_slots", "sub_co
 
 
 class Exported(nn.Module):
-    """embed + forward on the layout's index tensors (as ``model/portable.py`` feeds them)."""
+    """embed + forward on the layout's index tensors (as ``runtime/graph.py`` feeds them)."""
 
     def __init__(self, model: NSABackbone) -> None:
         super().__init__()

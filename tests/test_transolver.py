@@ -239,7 +239,7 @@ def test_bf16_autocast_runs_close_to_float32():
 
 
 class Portable(nn.Module):
-    """embed + forward on the layout's index tensors, as the exported graph sees them (``model/portable.py``)."""
+    """embed + forward on the layout's index tensors, as the exported graph sees them (``runtime/graph.py``)."""
 
     def __init__(self, model: TransolverBackbone) -> None:
         super().__init__()
