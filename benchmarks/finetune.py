@@ -108,7 +108,7 @@ def evaluate(data_dir: Path, run: Path) -> dict[str, float]:
 def trained_parameters(run: Path) -> int:
     ckpt = load_checkpoint(run)
     if ckpt.parent is not None:
-        return int(ckpt.parent["trainable_parameters"])
+        return ckpt.parent.trainable_parameters
     return sum(p.numel() for p in ckpt.model.parameters())
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,40 @@ class Checkpoint:
     version: str
     path: Path | None = None
     volume_template: np.ndarray | None = None  # (M, 3) training volume points relative to the body's box
-    parent: dict[str, Any] | None = None  # fine-tuned: the network it started from and what was frozen
+    parent: ParentRecord | None = None  # fine-tuned: the network it started from and what was frozen
+
+
+@dataclass(frozen=True)
+class ParentRecord:
+    """What a fine-tuned run records of where it came from; a checkpoint holds it as a JSON object of these keys
+    (``Checkpoint.parent``), and the run's training state too, so that ``--resume`` keeps it."""
+
+    path: str  # the parent's checkpoint file
+    sha256: str
+    epoch: int
+    backbone: str
+    fields: list[str]  # the parent's ``part/name`` fields
+    kept_fields: dict[str, str]  # this dataset's field -> the parent's field whose head rows it kept
+    new_fields: list[str]  # this dataset's fields with new head rows
+    freeze: str  # train.freeze
+    frozen_parameters: int
+    trainable_parameters: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ParentRecord:
+        return cls(**value)
+
+    def describe(self) -> str:
+        """One line for the user: the parent, the kept, new and frozen parts."""
+        kept = ", ".join(k if k == v else f"{k} <- {v}" for k, v in self.kept_fields.items()) or "none"
+        total = self.frozen_parameters + self.trainable_parameters
+        return (
+            f"fine-tuned from {self.path} (epoch {self.epoch}): kept {kept}; new {', '.join(self.new_fields) or 'none'}"
+            f"; frozen {self.freeze} ({self.frozen_parameters:,} of {total:,} parameters)"
+        )
 
 
 def force_reference(config: MsptConfig, train_entries: list[SampleEntry]) -> ForceReference:
@@ -94,7 +127,7 @@ def save_checkpoint(
     epoch: int,
     metrics: dict[str, Any] | None = None,
     volume_template: np.ndarray | None = None,
-    parent: dict[str, Any] | None = None,
+    parent: ParentRecord | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -117,7 +150,7 @@ def save_checkpoint(
         "metrics": json.dumps(metrics or {}),
     }
     if parent is not None:
-        meta["parent"] = json.dumps(parent)
+        meta["parent"] = json.dumps(parent.to_json())
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -174,7 +207,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             version=meta.get("mspt_version", "?"),
             path=p,
             volume_template=None if template is None else template.numpy(),
-            parent=json.loads(meta["parent"]) if "parent" in meta else None,
+            parent=ParentRecord.from_json(json.loads(meta["parent"])) if "parent" in meta else None,
         )
     except CheckpointError:
         raise

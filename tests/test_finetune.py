@@ -48,12 +48,12 @@ def test_frozen_attention_stays_bit_for_bit_and_the_rest_trains(parent, tmp_path
 
     ckpt = load_checkpoint(run)
     record = ckpt.parent
-    assert record["freeze"] == "attention" and record["epoch"] == 1
-    assert record["kept_fields"] == {"surface/p": "surface/p", "volume/U": "volume/U"}
-    assert record["new_fields"] == ["volume/nut"]
-    assert len(record["sha256"]) == 64 and record["path"].endswith("best.safetensors")
+    assert record.freeze == "attention" and record.epoch == 1
+    assert record.kept_fields == {"surface/p": "surface/p", "volume/U": "volume/U"}
+    assert record.new_fields == ["volume/nut"]
+    assert len(record.sha256) == 64 and record.path.endswith("best.safetensors")
     frozen = sum(v.size for k, v in after.items() if k in attention)
-    assert record["frozen_parameters"] == frozen
+    assert record.frozen_parameters == frozen
     assert ckpt.config.train.init == str(parent / "parent") and ckpt.config.train.freeze == "attention"
     assert ckpt.channels.volume == (("U", 3), ("nut", 1))
 
@@ -67,7 +67,7 @@ def test_frozen_encoder_trains_only_the_head_and_survives_resume(parent, tmp_pat
     assert all(np.array_equal(before[k], after[k]) for k in body)
     assert not np.array_equal(before["norm.weight"], after["norm.weight"])
     ckpt = load_checkpoint(run)
-    assert ckpt.epoch == 2 and ckpt.parent["freeze"] == "encoder"
+    assert ckpt.epoch == 2 and ckpt.parent.freeze == "encoder"
 
 
 def test_kept_head_rows_predict_the_parents_fields_before_any_step(parent):
@@ -101,7 +101,7 @@ def test_field_map_keeps_a_renamed_field(parent, tmp_path):
     run = tmp_path / "ft"
     ok("train", parent / "b", "-o", run, "--init", parent / "parent", "--field-map", "volume/nut=volume/p",
        "--epochs", "1")  # fmt: skip
-    assert load_checkpoint(run).parent["kept_fields"]["volume/nut"] == "volume/p"
+    assert load_checkpoint(run).parent.kept_fields["volume/nut"] == "volume/p"
 
 
 @pytest.mark.parametrize(

@@ -23,20 +23,20 @@ and then:
   optimiser, so they are bit for bit the parent's at the end.
 
 The checkpoints record the parent (file, SHA-256, epoch, fields), what was frozen and how the head
-rows were mapped (:class:`ParentRecord`, ``Checkpoint.parent``).
+rows were mapped (:class:`msptcli.checkpoint.ParentRecord`, ``Checkpoint.parent``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from msptcli.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from msptcli.checkpoint import Checkpoint, ParentRecord, load_checkpoint, resolve_checkpoint
 from msptcli.config import TrainConfig
 from msptcli.data.features import Channels
 from msptcli.data.manifest import Manifest, Stats
@@ -154,39 +154,6 @@ def freeze(model: Network, group: str) -> tuple[int, int]:
     if group != "none" and frozen == 0:
         raise InvalidInputError(f"train.freeze {group}: this network has no such parameters")
     return frozen, trainable
-
-
-@dataclass(frozen=True)
-class ParentRecord:
-    """What a fine-tuned run records of where it came from; a checkpoint holds it as a JSON object of these keys
-    (``Checkpoint.parent``), and the run's training state too, so that ``--resume`` keeps it."""
-
-    path: str  # the parent's checkpoint file
-    sha256: str
-    epoch: int
-    backbone: str
-    fields: list[str]  # the parent's ``part/name`` fields
-    kept_fields: dict[str, str]  # this dataset's field -> the parent's field whose head rows it kept
-    new_fields: list[str]  # this dataset's fields with new head rows
-    freeze: str  # train.freeze
-    frozen_parameters: int
-    trainable_parameters: int
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> ParentRecord:
-        return cls(**value)
-
-    def describe(self) -> str:
-        """One line for the user: the parent, the kept, new and frozen parts."""
-        kept = ", ".join(k if k == v else f"{k} <- {v}" for k, v in self.kept_fields.items()) or "none"
-        total = self.frozen_parameters + self.trainable_parameters
-        return (
-            f"fine-tuned from {self.path} (epoch {self.epoch}): kept {kept}; new {', '.join(self.new_fields) or 'none'}"
-            f"; frozen {self.freeze} ({self.frozen_parameters:,} of {total:,} parameters)"
-        )
 
 
 def parent_record(

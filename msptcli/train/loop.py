@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from msptcli.checkpoint import force_reference, save_checkpoint
+from msptcli.checkpoint import ParentRecord, force_reference, save_checkpoint
 from msptcli.config import MsptConfig
 from msptcli.data.features import Channels
 from msptcli.data.manifest import Manifest, read_manifest
@@ -38,7 +38,6 @@ from msptcli.model import Network
 from msptcli.train import finetune
 from msptcli.train.dataset import collate, loader_workers
 from msptcli.train.distributed import World, join, leave, rank_batches
-from msptcli.train.finetune import ParentRecord
 from msptcli.train.log import append_metrics, plot_curves, truncate_metrics
 from msptcli.train.objective import channel_weights, lr_factor, masked_mse
 from msptcli.train.state import STATE, load_train_state, run_lock, save_train_state
@@ -200,7 +199,7 @@ def _setup(
         surface_location=manifest.surface_location,
         reference=force_reference(config, train_entries),
         volume_template=task.volume_template(channels, train_entries),
-        parent=None if parent is None else parent.to_json(),
+        parent=parent,
     )
     return _Run(
         data_dir=data_dir, run_dir=run_dir, config=config, manifest=manifest, task=task, world=world, device=device,
