@@ -164,3 +164,65 @@ def test_the_model_checks_can_fail():
         "m.py:3: writes (torch.save)",
         "m.py:4: writes (open)",
     ]
+
+
+#: docs/architecture.md "One home for each concept": each name is defined once in msptcli, in this file.
+CONCEPTS = {
+    "relative_l2": "msptcli/evaluate.py",
+    "find_params": "msptcli/data/cases.py",
+    "read_params": "msptcli/data/params.py",
+    "check_outputs": "msptcli/io/guard.py",
+    "cloud_inputs": "msptcli/data/features.py",
+    "take_step": "msptcli/data/step.py",
+    "read_pvd": "msptcli/io/pvd.py",
+    "write_pvd": "msptcli/io/pvd.py",
+    "outline_features": "msptcli/geometry/outline.py",
+    "autocast": "msptcli/device.py",
+    "ForceReference": "msptcli/physics/force_reference.py",
+    "ParentRecord": "msptcli/checkpoint.py",
+    "Coefficients": "msptcli/predict.py",
+}
+#: Names a second copy of a concept would likely take: a definition matching one is a second home.
+LOOKALIKES = (r"rel(ative)?_?l2", r"(read|load)_?params", r"(read|write|parse)_?pvd", r"relative_error")
+
+
+def definitions(files: dict[str, str]) -> dict[str, list[str]]:
+    """{name: [file, ...]} for every function and class defined anywhere in ``files`` {path: source}."""
+    found: dict[str, list[str]] = {}
+    for file, source in files.items():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                found.setdefault(node.name, []).append(file)
+    return found
+
+
+def second_homes(found: dict[str, list[str]]) -> list[str]:
+    import re
+
+    bad = [
+        f"{name}: defined in {', '.join(found[name])}, not only in {home}"
+        if name in found
+        else f"{name}: not in {home}"
+        for name, home in CONCEPTS.items()
+        if found.get(name) != [home]
+    ]
+    for name, files in found.items():
+        if name not in CONCEPTS and any(re.fullmatch(f"_?{p}", name, re.IGNORECASE) for p in LOOKALIKES):
+            bad.append(f"{name} ({', '.join(files)}) looks like a second home of a concept in CONCEPTS")
+    return bad
+
+
+def test_each_concept_has_one_home():
+    files = {str(p.relative_to(ROOT)): p.read_text() for p in sorted(PACKAGE.rglob("*.py"))}
+    assert not second_homes(definitions(files)), "\n".join(second_homes(definitions(files)))
+
+
+def test_the_concept_check_can_fail():
+    files = {
+        "msptcli/evaluate.py": "def relative_l2(a, b): ...\n",
+        "msptcli/rollout.py": "def _rel_l2(a, b): ...\ndef relative_l2(a, b): ...\n",
+    }
+    bad = second_homes(definitions(files))
+    assert "relative_l2: defined in msptcli/evaluate.py, msptcli/rollout.py, not only in msptcli/evaluate.py" in bad
+    assert "_rel_l2 (msptcli/rollout.py) looks like a second home of a concept in CONCEPTS" in bad
+    assert "read_params: not in msptcli/data/params.py" in bad
