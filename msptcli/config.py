@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from msptcli.choices import Device, Freeze
+from msptcli.duration import parse_duration
 from msptcli.errors import ConfigError
 from msptcli.model.config import ModelConfig
 
@@ -157,7 +158,13 @@ class TrainConfig(BaseModel):
 
     model_config = Strict
 
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(100, ge=1, description="epochs to train (with time_limit: only the warm-up's share)")
+    time_limit: float | None = Field(
+        None,
+        description="train for this long instead (seconds, or a text such as 90s, 30m, 1.5h, 1h30m; saved as "
+        "seconds): the run ends when the time is spent, however many epochs that is, and the learning-rate "
+        "schedule follows the elapsed share of it; counted across --resume (docs/config.md)",
+    )
     batch_size: int = Field(1, ge=1, description="samples per step")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -199,6 +206,11 @@ class TrainConfig(BaseModel):
         description="fine-tuning: this dataset's field <- the parent's, e.g. {'surface/pMean': 'surface/p'}; "
         "fields of the same part and name map by default, the others get new head rows",
     )
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
 
     @model_validator(mode="after")
     def _fine_tuning_needs_a_parent(self) -> TrainConfig:

@@ -11,6 +11,7 @@ names the options. Importing this module loads neither torch nor the config: ``m
 | ``names`` | ``"p, wallShearStress"`` (``--surface-fields``, ``--adaptive-on``) | ``["p", "wallShearStress"]`` |
 | ``field_map`` | ``"surface/pm=surface/p,..."`` (``--field-map``) | ``{"surface/pm": "surface/p"}`` |
 | ``conditions`` | ``["Re=250", ...]`` (``--condition``, repeatable) | ``{"Re": 250.0}`` |
+| ``time_limit`` | ``"1h30m"`` (``--time-limit``; the forms of ``duration.py``) | ``5400.0`` (seconds) |
 | ``check_fine_tuning`` | ``--init``, ``--resume``, ``--freeze``, ``--field-map`` (``mspt train``) | refuses a bad mix |
 | ``rolls_out`` | geometries, ``--initial`` and the rollout options (``mspt predict``) | whether it is a rollout |
 | ``check_prediction`` | geometries, ``--volume``, ``--volume-points`` (``mspt predict``) | refuses a bad mix |
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from msptcli.choices import Freeze
+from msptcli.duration import FORMS, parse_duration
 from msptcli.errors import OptionError
 
 if TYPE_CHECKING:
@@ -61,6 +63,14 @@ def conditions(items: Sequence[str]) -> dict[str, float]:
         if not sep or not key.strip():
             raise OptionError(f"--condition {item!r}: expected KEY=NUMBER, e.g. Re=250")
     return values
+
+
+def time_limit(text: str) -> float:
+    """``--time-limit``: ``"1h30m"`` -> ``5400.0`` seconds, ``"90"`` -> ``90.0``; a positive duration only."""
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise OptionError(f"--time-limit {text!r}: expected a positive duration, {FORMS}") from None
 
 
 def check_fine_tuning(

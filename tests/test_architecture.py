@@ -11,7 +11,7 @@ PACKAGE = ROOT / "msptcli"
 
 #: Top-level modules and packages of msptcli, lowest layer first (docs/architecture.md).
 LAYERS = [
-    {"__init__", "errors", "choices"},
+    {"__init__", "errors", "choices", "duration"},
     {"io", "geometry", "device"},
     {"physics", "model"},
     {"config"},
