@@ -107,9 +107,9 @@ def real_versus_bare(device: str, epochs: int, num_workers: int) -> None:
         class Clock:
             last = None
 
-            def start(self, total_steps: int, done_steps: int) -> None: ...
+            def start(self, total_steps: int, done_steps: int, time_limit: float | None, elapsed: float) -> None: ...
 
-            def step(self, loss: float | None, lr: float) -> None:
+            def step(self, loss: float | None, lr: float, elapsed: float) -> None:
                 now = time.perf_counter()
                 if self.last is not None:
                     times.append(now - self.last)

@@ -183,6 +183,14 @@ def train(
     config: ConfigOption = None,
     overrides: SetOption = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Number of epochs (train.epochs).")] = None,
+    time_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--time-limit",
+            help="Train for this long instead of --epochs: 90s, 30m, 1.5h, 1h30m or seconds (train.time_limit). "
+            "The learning rate follows the elapsed share; --resume goes on with the time left.",
+        ),
+    ] = None,
     device: DeviceOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output where it stopped.")] = False,
     init: Annotated[
@@ -208,10 +216,12 @@ def train(
     normalisation is this dataset's (docs/finetune.md).
     """
     from msptcli import options
-    from msptcli.cli_output import TrainProgress, ctrl_c_stops
+    from msptcli.cli_output import TrainProgress, ctrl_c_stops, training_ended
     from msptcli.train.loop import train_model
 
     values: dict[str, object] = {"train.epochs": epochs, "train.device": device.value if device else None}
+    if time_limit is not None:
+        values["train.time_limit"] = options.time_limit(time_limit)
     cfg = options.train_config(
         data_dir,
         output,
@@ -225,17 +235,9 @@ def train(
     )
     with ctrl_c_stops() as should_stop, TrainProgress() as reporter:
         summary = train_model(data_dir, output, config=cfg, resume=resume, reporter=reporter, should_stop=should_stop)
-    if not summary.main:  # under torchrun, rank 0 speaks for the run
-        raise typer.Exit(130 if summary.interrupted else 0)
-    if summary.interrupted:
-        err_console.print(
-            f"interrupted: checkpoint saved in {output}; continue with: mspt train {data_dir} -o {output} --resume"
-        )
-        raise typer.Exit(130)
-    if summary.parent is not None:
-        console.print(summary.parent.describe())
-    console.print(f"trained {summary.epochs_done} epochs: checkpoints in {output / 'checkpoints'}")
-    console.print(f"metrics in {output / 'metrics.csv'}, curves in {output / 'curves.png'}")
+    code = training_ended(summary, time_limit=cfg.train.time_limit, data_dir=data_dir, output=output)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

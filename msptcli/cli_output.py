@@ -24,12 +24,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from msptcli.duration import format_duration
 from msptcli.errors import MsptError
 
 if TYPE_CHECKING:
     from msptcli.balltree import PatchReport
     from msptcli.prepare import PrepareReport
     from msptcli.rollout import Rollout
+    from msptcli.train.report import TrainSummary
 
 console = Console()
 err_console = Console(stderr=True)
@@ -76,13 +78,16 @@ def ctrl_c_stops() -> Iterator[Callable[[], bool]]:
 
 
 class TrainProgress:
-    """A rich progress bar over all steps, with the loss, the learning rate and one line per epoch.
+    """A rich progress bar over all steps, with the loss, the learning rate and one line per epoch; with a time
+    limit, over the time (counting down the time left, the steps beside it).
 
     The bar appears at ``start``, once the inputs are checked, so an error is the only output.
     """
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self.time_limit: float | None = None
+        self.steps = 0
 
     def __enter__(self) -> TrainProgress:
         return self
@@ -91,17 +96,30 @@ class TrainProgress:
         if self.bar is not None:
             self.bar.__exit__(*exc)
 
-    def start(self, total_steps: int, done_steps: int) -> None:
-        columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-        self.bar = Progress(*columns, TextColumn("{task.description}"), console=err_console)
+    def start(self, total_steps: int, done_steps: int, time_limit: float | None = None, elapsed: float = 0.0) -> None:
+        self.time_limit, self.steps = time_limit, done_steps
+        counts: tuple[Any, ...] = (MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        total, done = float(total_steps), float(done_steps)
+        if time_limit is not None:  # the bar counts the time down, the steps beside it
+            counts = (TextColumn("{task.fields[left]} left, step {task.fields[steps]}"),)
+            total, done = time_limit, elapsed
+        columns = (TextColumn("train"), BarColumn(), *counts, TextColumn("{task.description}"))
+        self.bar = Progress(*columns, console=err_console)
         self.bar.__enter__()
-        self.task = self.bar.add_task("", total=total_steps, completed=done_steps)
+        self.task = self.bar.add_task("", total=total, completed=done, **self._time(elapsed))
 
-    def step(self, loss: float | None, lr: float) -> None:
-        if loss is None:
-            self.bar.update(self.task, advance=1)
+    def step(self, loss: float | None, lr: float, elapsed: float = 0.0) -> None:
+        self.steps += 1
+        shown = {} if loss is None else {"description": f"loss {loss:.4g} lr {lr:.2e}"}
+        if self.time_limit is None:
+            self.bar.update(self.task, advance=1, **shown)
         else:
-            self.bar.update(self.task, advance=1, description=f"loss {loss:.4g} lr {lr:.2e}")
+            self.bar.update(self.task, completed=min(elapsed, self.time_limit), **self._time(elapsed), **shown)
+
+    def _time(self, elapsed: float) -> dict[str, Any]:
+        """The time limit's columns: the time left and the steps done."""
+        left = format_duration(max(0.0, self.time_limit - elapsed)) if self.time_limit is not None else ""
+        return {"left": left, "steps": self.steps}
 
     def epoch(self, epoch: int, row: dict) -> None:
         parts = [f"epoch {epoch}", f"train {row['train_loss']:.4g}"]
@@ -111,6 +129,30 @@ class TrainProgress:
         if "val_cd_abs_error" in row:
             parts.append(f"|dCd| {row['val_cd_abs_error']:.4f}")
         self.bar.console.print("  ".join(parts), highlight=False)
+
+
+def training_ended(summary: TrainSummary, *, time_limit: float | None, data_dir: Path, output: Path) -> int:
+    """Say how ``mspt train`` ended (rank 0 under torchrun speaks for the run); its exit code."""
+    if not summary.main:
+        return 130 if summary.interrupted else 0
+    again = f"mspt train {data_dir} -o {output} --resume"
+    if summary.interrupted:
+        err_console.print(f"interrupted: checkpoint saved in {output}; continue with: {again}")
+        return 130
+    limit = format_duration(time_limit or 0.0)
+    if summary.already_spent:
+        console.print(f"time limit {limit} already spent ({format_duration(summary.elapsed)} trained): nothing to "
+                      f"train; to train on: {again} --time-limit LONGER", soft_wrap=True)  # fmt: skip
+        return 0
+    if summary.parent is not None:
+        console.print(summary.parent.describe())
+    if summary.time_up:
+        console.print(f"time limit {limit} reached after {summary.steps_done} steps ({summary.epochs_done} whole "
+                      f"epochs): checkpoints in {output / 'checkpoints'}")  # fmt: skip
+    else:
+        console.print(f"trained {summary.epochs_done} epochs: checkpoints in {output / 'checkpoints'}")
+    console.print(f"metrics in {output / 'metrics.csv'}, curves in {output / 'curves.png'}")
+    return 0
 
 
 def balltree_table(report: PatchReport, mesh: Path) -> Table:

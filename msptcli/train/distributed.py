@@ -40,10 +40,17 @@ class World:
 
     def sum(self, value: float, device: torch.device) -> float:
         """The sum of ``value`` over all ranks."""
+        return self._reduce(value, device, dist.ReduceOp.SUM)
+
+    def max(self, value: float, device: torch.device) -> float:
+        """The largest ``value`` of all ranks (e.g. the elapsed time, read by each rank's clock)."""
+        return self._reduce(value, device, dist.ReduceOp.MAX)
+
+    def _reduce(self, value: float, device: torch.device, op: dist.ReduceOp.RedOpType) -> float:
         if not self.distributed:
             return value
         t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=op)
         return float(t.item())
 
     def any(self, flag: bool, device: torch.device) -> bool:

@@ -5,20 +5,21 @@
 What differs between steady and transient runs is chosen once, as the run's task (``train/task.py``).
 Checkpoints and the training state are written at the end of every epoch and when the loop is
 interrupted (Ctrl-C); ``resume`` restarts at the exact step where the state was saved, with the same
-optimiser, scheduler and RNG state.
+optimiser, scheduler and RNG state. With a time limit (``train.time_limit``, ``train/budget.py``) the
+epochs go on until the budget is spent; the epoch it ends in is cut short after the current step, validated
+and saved like a whole one, and ``resume`` goes on with the time left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -36,33 +37,17 @@ from msptcli.io.atomic import atomic_output, make_dirs
 from msptcli.io.guard import check_outputs
 from msptcli.model import Network
 from msptcli.train import finetune
+from msptcli.train.budget import Budget
 from msptcli.train.dataset import collate, loader_workers
 from msptcli.train.distributed import World, join, leave, rank_batches
 from msptcli.train.log import append_metrics, plot_curves, truncate_metrics
-from msptcli.train.objective import channel_weights, lr_factor, masked_mse
-from msptcli.train.state import STATE, load_train_state, run_lock, save_train_state
+from msptcli.train.objective import channel_weights, follow_time, masked_mse, schedule
+from msptcli.train.report import Reporter, TrainSummary
+from msptcli.train.state import STATE, check_same_model, load_train_state, run_lock, save_train_state
 from msptcli.train.task import AnyBatch, Task, TrainItems, task_for
 
 #: Steps between two readings of the loss for the progress bar.
 LOG_EVERY = 10
-
-
-class Reporter(Protocol):
-    """What the loop tells its caller (the CLI draws a progress bar from it)."""
-
-    def start(self, total_steps: int, done_steps: int) -> None: ...
-    def step(self, loss: float | None, lr: float) -> None: ...
-    def epoch(self, epoch: int, row: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class TrainSummary:
-    run_dir: Path
-    epochs_done: int
-    interrupted: bool = False
-    model: Network | None = None  # the trained network of this process (under torchrun: of this rank)
-    main: bool = True  # this process speaks for the run (rank 0 under torchrun)
-    parent: ParentRecord | None = None  # fine-tuned (train.init): where the run started from
 
 
 @dataclass
@@ -83,6 +68,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     weights: Tensor  # (C,) loss weight of each output channel
     steps_per_epoch: int
+    budget: Budget  # the time limit, and the time trained
     save_kw: dict[str, Any]  # what every checkpoint holds besides the weights
     parent: ParentRecord | None
 
@@ -115,8 +101,11 @@ def train_model(
     resume: bool = False,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainSummary:
-    """Train on a prepared dataset, writing checkpoints, ``metrics.csv`` and ``curves.png`` in ``run_dir``."""
+    """Train on a prepared dataset, writing checkpoints, ``metrics.csv`` and ``curves.png`` in ``run_dir``.
+
+    ``clock`` (seconds) measures the time the run trains, which ``train.time_limit`` limits."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     manifest = read_manifest(data_dir)
     tc = config.train
@@ -137,8 +126,12 @@ def train_model(
             if not resume and (run_dir / "checkpoints" / "last.safetensors").exists():
                 raise InvalidInputError(f"{run_dir}: already holds a run; use --resume to continue it or another -o")
             state = load_train_state(run_dir / STATE) if resume else None
+            budget = Budget(tc.time_limit, spent=float(state.get("elapsed", 0.0)) if state else 0.0, clock=clock)
+            if state is not None and budget.spent:  # resumed with no time left: nothing is built, trained or written
+                return TrainSummary(run_dir, int(state["epoch"]), main=world.main, time_up=True, already_spent=True,
+                                    elapsed=budget.agreed)  # fmt: skip
             run = _setup(data_dir, run_dir, manifest, config, task, world, device or pick_device(tc.device),
-                         state=state, start=start)  # fmt: skip
+                         state=state, start=start, budget=budget)  # fmt: skip
             return _epochs(run, _restore(run, state), reporter if world.main else None, should_stop)
     finally:
         leave(world)
@@ -163,6 +156,7 @@ def _setup(
     *,
     state: dict[str, Any] | None,
     start: tuple[finetune.Parent, dict[str, str]] | None,
+    budget: Budget,
 ) -> _Run:
     """The network (with a fine-tuned run's start), its data, optimiser and schedule; the run's folders."""
     tc = config.train
@@ -189,8 +183,7 @@ def _setup(
         weight_decay=tc.weight_decay,
         fused=device.type == "cuda",
     )
-    warmup, total = tc.warmup_epochs * steps_per_epoch, tc.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, tc.min_lr_ratio))
+    scheduler = schedule(optimizer, tc, steps_per_epoch, budget)
     weights = channel_weights(channels, tc).to(device)
     save_kw = dict(
         config=config,
@@ -204,7 +197,7 @@ def _setup(
     return _Run(
         data_dir=data_dir, run_dir=run_dir, config=config, manifest=manifest, task=task, world=world, device=device,
         model=model, net=net, dataset=dataset, optimizer=optimizer, scheduler=scheduler, weights=weights,
-        steps_per_epoch=steps_per_epoch, save_kw=save_kw, parent=parent,
+        steps_per_epoch=steps_per_epoch, budget=budget, save_kw=save_kw, parent=parent,
     )  # fmt: skip
 
 
@@ -213,10 +206,12 @@ def _restore(run: _Run, state: dict[str, Any] | None) -> _Progress:
     then the run's config written (after the checks: a refused --resume leaves it as it was)."""
     progress = _Progress()
     if state is not None:
-        _check_same_model(state, run.model, run.run_dir)
+        check_same_model(state, run.model, run.run_dir)
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
+        if run.budget.limited:
+            follow_time(run.scheduler)
         torch.set_rng_state(state["torch_rng"])
         best = float(state["best"])
         progress = _Progress(
@@ -234,28 +229,44 @@ def _restore(run: _Run, state: dict[str, Any] | None) -> _Progress:
 
 
 def _epochs(run: _Run, progress: _Progress, reporter: Reporter | None, should_stop: Callable[[], bool]) -> TrainSummary:
-    """The epochs from ``progress`` on, then the end: the best checkpoint without validation, the curves."""
-    tc, world = run.config.train, run.world
+    """The epochs from ``progress`` on, until ``train.epochs`` or the time limit; then the end: the best
+    checkpoint without validation, the curves."""
+    tc, world, budget = run.config.train, run.world, run.budget
     if reporter:
-        reporter.start(tc.epochs * run.steps_per_epoch, progress.epoch * run.steps_per_epoch + progress.step_in_epoch)
+        done = progress.epoch * run.steps_per_epoch + progress.step_in_epoch
+        reporter.start(tc.epochs * run.steps_per_epoch, done, budget.seconds, budget.agreed)
+    budget.start()
     row: dict[str, Any] = {}
-    while progress.epoch < tc.epochs:
+    while budget.limited or progress.epoch < tc.epochs:
         started = time.perf_counter()
-        if not _steps(run, progress, reporter, should_stop):
-            return TrainSummary(run.run_dir, progress.epoch, interrupted=True, model=run.model, main=world.main)
-        row = _end_epoch(run, progress, started)
+        ended = _steps(run, progress, reporter, should_stop)
+        if ended == "stopped":
+            return _summary(run, progress, interrupted=True)
+        row = _end_epoch(run, progress, started, partial=ended == "time up")
         if reporter:
-            reporter.epoch(progress.epoch, row)
+            reporter.epoch(row["epoch"], row)
+        if budget.spent:
+            break
     if world.main:
         if not run.manifest.split("val"):  # no validation split: the last model is the best we know
             save_checkpoint(run.ckpt_dir / "best.safetensors", run.model, epoch=progress.epoch, metrics=row,
                             **run.save_kw)  # fmt: skip
         plot_curves(run.run_dir / "metrics.csv", run.run_dir / "curves.png")
-    return TrainSummary(run.run_dir, progress.epoch, model=run.model, main=world.main, parent=run.parent)
+    return _summary(run, progress, time_up=budget.spent)
 
 
-def _steps(run: _Run, progress: _Progress, reporter: Reporter | None, should_stop: Callable[[], bool]) -> bool:
-    """The optimiser steps of one epoch from ``progress``; False when a stop was asked (the state is saved)."""
+def _summary(run: _Run, progress: _Progress, **ended: bool) -> TrainSummary:
+    """What the run did, from where it is; ``ended``: how it ended (``interrupted``, ``time_up``, ...)."""
+    steps = progress.epoch * run.steps_per_epoch + progress.step_in_epoch
+    return TrainSummary(run.run_dir, progress.epoch, model=run.model, main=run.world.main, parent=run.parent,
+                        steps_done=steps, elapsed=run.budget.elapsed(), **ended)  # fmt: skip
+
+
+def _steps(
+    run: _Run, progress: _Progress, reporter: Reporter | None, should_stop: Callable[[], bool]
+) -> Literal["epoch", "stopped", "time up"]:
+    """The optimiser steps of one epoch from ``progress``; "stopped" when a stop was asked (the state is saved),
+    "time up" when the time limit ends the epoch early (``progress`` says after which step)."""
     tc, world, device = run.config.train, run.world, run.device
     run.model.train()
     run.dataset.set_epoch(progress.epoch)
@@ -273,16 +284,24 @@ def _steps(run: _Run, progress: _Progress, reporter: Reporter | None, should_sto
     for step, cpu_batch in enumerate(loader, start=progress.step_in_epoch):
         if _stop_asked(world, step, should_stop, device):
             progress.add(losses)
-            _save_state(run, progress, next_epoch=progress.epoch, next_step=step)
-            return False
+            progress.step_in_epoch = step
+            _save_state(run, progress)
+            return "stopped"
         losses.append(_step(run, run.task.prepare(cpu_batch, run.dataset, run.model, device).to(device)))
         if reporter:  # reading the loss is a device sync: never on a GPU inside the loop, every few steps on CPU
             read = device.type == "cpu" and (step % LOG_EVERY == 0 or step == run.steps_per_epoch - 1)
-            reporter.step(float(losses[-1]) if read else None, run.scheduler.get_last_lr()[0])
+            lr = run.optimizer.param_groups[0]["lr"]  # the one this step used
+            reporter.step(float(losses[-1]) if read else None, lr, run.budget.elapsed())
+        time_up = _time_up(run, step)
+        run.scheduler.step()  # the next step's learning rate (by time: the share spent at this tick)
+        if time_up and step + 1 < run.steps_per_epoch:  # at the epoch's last step, the epoch ends as always
+            progress.add(losses)
+            progress.step_in_epoch = step + 1
+            return "time up"
     progress.step_in_epoch = 0
     progress.epoch += 1
     progress.add(losses)
-    return True
+    return "epoch"
 
 
 def _stop_asked(world: World, step: int, should_stop: Callable[[], bool], device: torch.device) -> bool:
@@ -291,6 +310,18 @@ def _stop_asked(world: World, step: int, should_stop: Callable[[], bool], device
     if world.distributed:
         return step % LOG_EVERY == 0 and world.any(should_stop(), device)
     return should_stop()
+
+
+def _time_up(run: _Run, step: int) -> bool:
+    """After ``step``: whether the time limit is reached. A single process reads the clock after every step;
+    under torchrun, as for a stop request, the ranks agree (on the largest elapsed time) every LOG_EVERY steps and
+    at the epoch's end, on the same steps everywhere: they step with the same learning rate and stop together."""
+    budget, world = run.budget, run.world
+    if not budget.limited:
+        return False
+    if world.distributed and (step + 1) % LOG_EVERY and step + 1 < run.steps_per_epoch:
+        return budget.spent
+    return budget.tick(lambda elapsed: world.max(elapsed, run.device))
 
 
 def _step(run: _Run, batch: AnyBatch) -> Tensor:
@@ -304,23 +335,27 @@ def _step(run: _Run, batch: AnyBatch) -> Tensor:
     if tc.grad_clip:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
     run.optimizer.step()
-    run.scheduler.step()
     return loss.detach()
 
 
-def _end_epoch(run: _Run, progress: _Progress, started: float) -> dict[str, Any]:
-    """The epoch's row (training loss over every rank, validation), the best checkpoint, metrics.csv, the state."""
+def _end_epoch(run: _Run, progress: _Progress, started: float, *, partial: bool) -> dict[str, Any]:
+    """The epoch's row (training loss over every rank, validation), the best checkpoint, metrics.csv, the state.
+
+    ``partial``: the time limit ended the epoch after ``progress.step_in_epoch`` steps. Its row, numbered as the
+    epoch it is part of, is validated; the state keeps the epoch's running loss for ``--resume`` to finish it."""
     tc, world, device = run.config.train, run.world, run.device
-    epoch = progress.epoch
+    epoch = progress.epoch + 1 if partial else progress.epoch
+    last = run.budget.spent if run.budget.limited else epoch == tc.epochs
     epoch_sum, epoch_count = world.sum(progress.loss_sum, device), world.sum(float(progress.loss_count), device)
     row: dict[str, Any] = {
         "epoch": epoch,
-        "lr": run.scheduler.get_last_lr()[0],
+        "lr": run.optimizer.param_groups[0]["lr"],
         "train_loss": epoch_sum / epoch_count if epoch_count else float("nan"),
     }
-    progress.loss_sum, progress.loss_count = 0.0, 0
+    if not partial:
+        progress.loss_sum, progress.loss_count = 0.0, 0
     val_entries = run.manifest.split("val")
-    if val_entries and (epoch % tc.val_every == 0 or epoch == tc.epochs) and world.main:
+    if val_entries and (epoch % tc.val_every == 0 or last) and world.main:
         row.update(run.task.validate(run.model, run.manifest, val_entries, device, run.save_kw["reference"]))
     row["seconds"] = time.perf_counter() - started
     score = row.get("val_loss")
@@ -330,17 +365,18 @@ def _end_epoch(run: _Run, progress: _Progress, started: float) -> dict[str, Any]
             save_checkpoint(run.ckpt_dir / "best.safetensors", run.model, epoch=epoch, metrics=row, **run.save_kw)
     if world.main:
         append_metrics(run.run_dir / "metrics.csv", row)  # before the state: a kill between them is re-done
-    _save_state(run, progress, next_epoch=epoch, next_step=0)
+    _save_state(run, progress)
     world.barrier()
     return row
 
 
-def _save_state(run: _Run, progress: _Progress, *, next_epoch: int, next_step: int) -> None:
-    """The last checkpoint and the training state that ``--resume`` continues from (the main process only)."""
+def _save_state(run: _Run, progress: _Progress) -> None:
+    """The last checkpoint and the training state that ``--resume`` continues from, at ``progress`` (the main
+    process only)."""
     if not run.world.main:
         return
     model = run.model
-    save_checkpoint(run.ckpt_dir / "last.safetensors", model, epoch=next_epoch, **run.save_kw)
+    save_checkpoint(run.ckpt_dir / "last.safetensors", model, epoch=progress.epoch, **run.save_kw)
     save_train_state(
         run.run_dir / STATE,
         {
@@ -349,24 +385,12 @@ def _save_state(run: _Run, progress: _Progress, *, next_epoch: int, next_step: i
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "epoch": next_epoch,
-            "step_in_epoch": next_step,
+            "epoch": progress.epoch,
+            "step_in_epoch": progress.step_in_epoch,
             "best": float("nan") if progress.best is None else progress.best,
             "loss_sum": progress.loss_sum,
             "loss_count": progress.loss_count,
+            "elapsed": run.budget.elapsed(),  # seconds trained, every session: the time limit counts on from it
             "fine_tune": finetune.state_entry(run.parent, run.manifest.stats),
         },
     )
-
-
-def _check_same_model(state: dict[str, Any], model: Network, run_dir: Path) -> None:
-    """``--resume`` continues the network the run trained: refuse another ``model:`` config in one line."""
-    saved = state.get("model_config")
-    if saved is not None and saved != model.config.model_dump_json():
-        old, new = json.loads(saved), model.config.model_dump(mode="json")
-        diff = ", ".join(f"model.{k} {old.get(k)} there, {new.get(k)} now" for k in new if old.get(k) != new.get(k))
-        raise InvalidInputError(f"{run_dir}: cannot resume with another network ({diff})")
-    own = model.state_dict()
-    for key, value in state["model"].items():
-        if key not in own or own[key].shape != value.shape:
-            raise InvalidInputError(f"{run_dir}: cannot resume: its saved weights do not fit this network ({key})")

@@ -1,4 +1,5 @@
-"""What ``--resume`` needs beside the checkpoint, and the lock that keeps one ``mspt train`` per run directory.
+"""What ``--resume`` needs beside the checkpoint, the check that it fits the network, and the lock that keeps one
+``mspt train`` per run directory.
 
 ``train_state.pt`` holds the optimiser, scheduler, RNG and loop position as plain
 tensors, numbers and strings, read with ``torch.load(weights_only=True)``: a file
@@ -9,16 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from msptcli.errors import CheckpointError, InvalidInputError
 from msptcli.io.atomic import atomic_output, make_dirs, output_error
+
+if TYPE_CHECKING:
+    from msptcli.model import Network
 
 STATE = "train_state.pt"
 LOCK = ".mspt-train.lock"
@@ -92,3 +97,16 @@ def _locked(path: Path, run_dir: Path) -> int:
         except FileNotFoundError:
             pass
         os.close(fd)  # the holder removed the file after our open: lock the file now at ``path``
+
+
+def check_same_model(state: dict[str, Any], model: Network, run_dir: Path) -> None:
+    """``--resume`` continues the network the run trained: refuse another ``model:`` config in one line."""
+    saved = state.get("model_config")
+    if saved is not None and saved != model.config.model_dump_json():
+        old, new = json.loads(saved), model.config.model_dump(mode="json")
+        diff = ", ".join(f"model.{k} {old.get(k)} there, {new.get(k)} now" for k in new if old.get(k) != new.get(k))
+        raise InvalidInputError(f"{run_dir}: cannot resume with another network ({diff})")
+    own = model.state_dict()
+    for key, value in state["model"].items():
+        if key not in own or own[key].shape != value.shape:
+            raise InvalidInputError(f"{run_dir}: cannot resume: its saved weights do not fit this network ({key})")
