@@ -127,7 +127,7 @@ def test_the_budget_counts_earlier_sessions_and_agrees_between_ranks():
     clock.now = 103.0
     assert budget.elapsed() == 7.0 and budget.agreed == 4.0  # read, not yet agreed
     assert budget.tick(lambda mine: mine + 3.0)  # another rank's clock was further: 10 s spent
-    assert budget.left == 0.0
+    assert budget.left == 0.0 and budget.elapsed() == 10.0  # what the state saves: what stopped the run
     assert not Budget(None, clock=clock).tick() and Budget(None).fraction == 0.0
 
 
@@ -252,3 +252,43 @@ def test_the_progress_bar_counts_the_time_down():
         task = bar.bar.tasks[0]
         assert (task.total, task.completed, task.fields["left"], task.fields["steps"]) == (60.0, 20.0, "40s", 13)
         bar.epoch(7, {"train_loss": 0.5})  # the epoch lines as ever
+
+
+SKEWED_RANKS = """
+import os, sys, time
+from safetensors.torch import save_file
+from msptcli.config import load_config
+from msptcli.train.loop import train_model
+
+data, run, config, out = sys.argv[1:5]
+rank = int(os.environ["RANK"])
+rate = 1 + 2 * rank  # rank 1's clock runs three times as fast: only an agreement stops both at one step
+summary = train_model(data, run, config=load_config(config, ["train.time_limit=2", "train.threads=1"]),
+                      clock=lambda: time.monotonic() * rate)
+weights = {k: v.contiguous() for k, v in summary.model.state_dict().items()}
+save_file(weights, f"{out}/rank{rank}.safetensors", metadata={"steps": str(summary.steps_done)})
+"""
+
+
+@pytest.mark.slow
+def test_ranks_with_different_clocks_stop_at_the_same_step(prepared, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    script = tmp_path / "ranks.py"
+    script.write_text(SKEWED_RANKS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
+    cmd += [str(prepared.data), str(tmp_path / "run"), str(prepared.config), str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = [tmp_path / f"rank{r}.safetensors" for r in (0, 1)]
+    steps = [safe_open(f, "numpy").metadata()["steps"] for f in files]
+    assert steps[0] == steps[1] and int(steps[0]) >= 1
+    rank0, rank1 = (load_file(f) for f in files)
+    assert all(np.array_equal(rank0[k], rank1[k]) for k in rank0)  # the same rates: identical replicas
+    assert load_train_state(tmp_path / "run" / STATE)["elapsed"] >= 2.0  # what stopped it: the time is spent

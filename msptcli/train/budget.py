@@ -37,8 +37,10 @@ class Budget:
         self._started = self.clock()
 
     def elapsed(self) -> float:
-        """Seconds trained by the run so far, this session's by the clock now (this process's reading)."""
-        return self.spent_before + (self.clock() - self._started if self._started is not None else 0.0)
+        """Seconds trained by the run so far, this session's by the clock now; never less than agreed at the last
+        tick (under torchrun another rank's clock may have been ahead: the run stopped by it)."""
+        now = self.spent_before + (self.clock() - self._started if self._started is not None else 0.0)
+        return max(now, self.agreed)
 
     def tick(self, agree: Callable[[float], float] = float) -> bool:
         """Read the clock (``agree``: the value every rank takes from theirs); whether the budget is spent."""
