@@ -309,7 +309,9 @@ def validate_config(data: dict[str, Any], *, source: str = "config") -> MsptConf
         where = ".".join(str(x) for x in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{source}: unknown key '{where}'") from None
-        raise ConfigError(f"{source}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        where = "" if msg.startswith(f"{where}.") else f"{where}: "  # a message that names its own key in full
+        raise ConfigError(f"{source}: {where}{msg}") from None
 
 
 def train_config_file(
