@@ -10,9 +10,10 @@ a traceback or NaN fields.
 
 Formats: ``mspt-checkpoint-2`` (this one). ``mspt-checkpoint-1`` files (mspt 0.1.0
 before the restructure) are read and give the same predictions: their network
-config is translated (``pooling: linear`` -> ``softmax``, ``supernodes: stream`` ->
-``carried``, the never-used conditions and attention options dropped) and their
-dead weights dropped (the score bias of softmax pooling).
+config is translated (``pooling: linear`` -> ``softmax``, the never-used conditions
+and attention options dropped, the input and output widths moved beside it) and
+their dead weights dropped (the score bias of softmax pooling). A network of the
+removed variant ``supernodes: carried`` (format 1: ``stream``) is refused in one line.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from msptcli.data.transient import input_width, time_levels
 from msptcli.errors import CheckpointError
 from msptcli.io.atomic import atomic_output
 from msptcli.model import ModelConfig, Network, build_network
-from msptcli.model.config import RENAMED
+from msptcli.model.config import RENAMED, without_removed_keys
 from msptcli.physics.force_reference import ForceReference, TransientReference
 
 FORMAT = "mspt-checkpoint-2"
@@ -173,6 +174,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         if fmt != FORMAT:
             meta, state = _upgrade_v1(meta, state)
+        _refuse_removed_variants(meta, p)
         meta = _without_anchors_if_older(meta)
         template = state.pop(TEMPLATE_KEY, None)
         channels_json = json.loads(meta["channels"])
@@ -277,7 +279,7 @@ def _upgrade_v1(meta: dict[str, str], state: dict[str, torch.Tensor]) -> tuple[d
         for key, renames in RENAMED.items():
             if section.get(key) in renames:
                 section[key] = renames[section[key]]
-    state = {k.replace("stream_pool.", "carried_pool."): v for k, v in state.items() if not k.endswith("score.bias")}
+    state = {k: v for k, v in state.items() if not k.endswith("score.bias")}
     meta = {
         **meta,
         "model_config": json.dumps(net),
@@ -286,6 +288,14 @@ def _upgrade_v1(meta: dict[str, str], state: dict[str, torch.Tensor]) -> tuple[d
         "out_features": str(out_features),
     }
     return meta, state
+
+
+def _refuse_removed_variants(meta: dict[str, str], path: Path) -> None:
+    """One line for a network of a removed variant (``supernodes: carried``), which no network here can load."""
+    try:
+        without_removed_keys(json.loads(meta["model_config"]))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def _without_anchors_if_older(meta: dict[str, str]) -> dict[str, str]:

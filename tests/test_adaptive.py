@@ -148,7 +148,6 @@ def test_adaptive_layout_needs_features_and_a_channel():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"supernodes": "carried"}, "need supernodes: keys"),
         ({"rotate_trees": True}, "rotate_trees do not combine"),
         ({"backbone": "transolver"}, "not to backbone transolver"),
         ({"adaptive": {"refine": 0}}, "greater than or equal to 1"),

@@ -135,7 +135,6 @@ def test_config_rules_of_the_backbones_are_one_line_each():
         ({"backbone": "transolver", "erwin": {}}, "model.erwin is set but the backbone is transolver"),
         ({"backbone": "erwin", "erwin": {"strides": [2, 2, 2]}}, "strides and dec_depths need one value"),
         ({"backbone": "erwin", "erwin": {"ball_sizes": [100, 128]}}, "erwin.ball_sizes must be powers of two"),
-        ({"backbone": "transolver", "supernodes": "carried"}, "supernodes: carried belongs to MSPT"),
         ({"backbone": "erwin", "query_depth": 1}, "query_depth 1 is below the 2 ball trees"),
         ({"backbone": "resnet"}, "backbone"),
     ]

@@ -70,6 +70,7 @@ BAD_TRAIN_CONFIG = {
     "patches-not-power-of-two": (["model.num_patches=3"], "num_patches must be a power of two"),
     "patch-size-and-patches": (["model.patch_size=8", "model.num_patches=4"], "patch_size or num_patches"),
     "renamed-pooling": (["model.pooling=linear"], "'softmax'"),
+    "removed-carried": (["--set", "model.supernodes=carried"], ": model.supernodes: 'carried' was removed in mspt 0.1"),
 }
 
 

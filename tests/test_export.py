@@ -24,13 +24,14 @@ from msptcli.runtime import (
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+pytest_plugins = ["helpers"]
 
-VARIANTS = {  # together: every pooling, both supernode variants, Q = 1, 2, 4, every patch rule
+VARIANTS = {  # together: every pooling, Q = 1, 2, 4, every patch rule
     "mean-keys": {},
     "max-keys-q2": {"pooling": "max", "num_supernodes": 2},
-    "softmax-carried-q4": {"pooling": "softmax", "supernodes": "carried", "num_supernodes": 4},
-    "mean-carried-q2-l8": {"supernodes": "carried", "num_supernodes": 2, "patch_size": 8},
-    "max-carried-k2": {"pooling": "max", "supernodes": "carried", "num_patches": 2},
+    "softmax-keys-q4": {"pooling": "softmax", "num_supernodes": 4},
+    "mean-keys-q2-l8": {"num_supernodes": 2, "patch_size": 8},
+    "max-keys-k2": {"pooling": "max", "num_patches": 2},
     "softmax-keys-q4-k4": {"pooling": "softmax", "num_supernodes": 4, "num_patches": 4},
 }
 EXAMPLE_SIZES = [150, 40]  # the traced batch
@@ -195,11 +196,11 @@ def test_errors_are_one_clear_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "file", "junk.onnx"]
 
 
-def test_export_run_writes_nothing_when_verification_fails(tmp_path, monkeypatch):
+def test_export_run_writes_nothing_when_verification_fails(tmp_path, monkeypatch, trained):
     """``mspt export``: the graph is verified under a temporary name; a failure leaves neither file behind."""
     import msptcli.export as command
 
-    checkpoint = Path(__file__).parent / "data" / "checkpoint_v1" / "best.safetensors"
+    checkpoint = trained.run
 
     def disagree(path, model, batch, **kw):
         assert Path(path).is_file() and Path(path).name.startswith(".model.")  # the temporary graph

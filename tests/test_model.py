@@ -43,9 +43,8 @@ def randn(*shape, dtype=torch.float64, seed=1):
     ],
 )
 @pytest.mark.parametrize("pooling", ["mean", "max", "softmax"])
-@pytest.mark.parametrize("supernodes", ["keys", "carried"])
-def test_pmsa_equals_dense_masked_reference(patches, q, heads, pooling, supernodes):
-    model = make(num_heads=heads, num_supernodes=q, pooling=pooling, supernodes=supernodes, **patches)
+def test_pmsa_equals_dense_masked_reference(patches, q, heads, pooling):
+    model = make(num_heads=heads, num_supernodes=q, pooling=pooling, **patches)
     layout = build_layout(SIZES, model.config)
     features = randn(sum(SIZES), 3)
     with torch.no_grad():
@@ -55,13 +54,13 @@ def test_pmsa_equals_dense_masked_reference(patches, q, heads, pooling, supernod
 
 
 @pytest.mark.parametrize("sizes", [[256], [300, 290, 310], [64, 64]], ids=["exact", "padded", "exact-batch"])
-@pytest.mark.parametrize(("q", "supernodes"), [(1, "keys"), (2, "keys"), (2, "carried")])
-def test_two_kernel_attention_equals_dense_reference_and_fused_gradients(sizes, q, supernodes, monkeypatch):
+@pytest.mark.parametrize("q", [1, 2, 4])
+def test_two_kernel_attention_equals_dense_reference_and_fused_gradients(sizes, q, monkeypatch):
     """On the CPU, clouds with the same number of patches run Eq. 6 as two flash kernels merged by their
     log-sum-exp: the values equal the dense reference and the gradients those of the one fused kernel."""
     from msptcli.model import pmsa
 
-    model = make(num_heads=3, num_supernodes=q, supernodes=supernodes, num_patches=4)
+    model = make(num_heads=3, num_supernodes=q, num_patches=4)
     layout = build_layout(sizes, model.config)
     assert {k for _, k in layout.whole.cloud_runs} == {4} and layout.whole.exact == (sizes != [300, 290, 310])
     features = randn(sum(sizes), 3)
@@ -91,10 +90,9 @@ def test_reference_check_can_fail():
         assert (model(features, other) - dense_forward(model, features, SIZES)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("supernodes", ["keys", "carried"])
-def test_padding_does_not_leak(supernodes):
+def test_padding_does_not_leak():
     """A cloud's outputs are the same alone (no padding) and in batches that pad its patches a little or a lot."""
-    model = make(num_patches=4, num_supernodes=2, supernodes=supernodes)
+    model = make(num_patches=4, num_supernodes=2)
     cloud = randn(256, 3, seed=2)  # 4 patches of 64: nothing padded when alone
     with torch.no_grad():
         alone = model(cloud, build_layout([256], model.config))
@@ -129,12 +127,10 @@ def test_permuting_points_permutes_outputs():
     assert np.array_equal(points[sigma][ball_tree_order(points[sigma])], points[ball_tree_order(points)])
 
 
-@pytest.mark.parametrize(
-    ("supernodes", "pooling", "q"), [("keys", "mean", 1), ("keys", "softmax", 4), ("carried", "max", 2)]
-)
+@pytest.mark.parametrize(("pooling", "q"), [("mean", 1), ("softmax", 4), ("max", 2)])
 @pytest.mark.parametrize("chunk_points", [1, 50, 333, 10_000])
-def test_streaming_equals_full_forward(supernodes, pooling, q, chunk_points):
-    model = make(torch.float32, supernodes=supernodes, pooling=pooling, num_supernodes=q, depth=3)
+def test_streaming_equals_full_forward(pooling, q, chunk_points):
+    model = make(torch.float32, pooling=pooling, num_supernodes=q, depth=3)
     layout = build_layout(SIZES, model.config)
     features = randn(sum(SIZES), 3, dtype=torch.float32)
     with torch.no_grad():
@@ -154,7 +150,7 @@ def test_chunked_forward_needs_no_grad():
 VARIANTS = [
     dict(),
     dict(num_supernodes=4, pooling="max"),
-    dict(pooling="softmax", supernodes="carried", num_supernodes=2),
+    dict(pooling="softmax", num_supernodes=2),
     dict(checkpointing=True),
     dict(patch_size=16),
     dict(fourier_features=4),
@@ -184,7 +180,7 @@ def test_every_variant_runs_and_every_parameter_gets_a_gradient(variant):
 def test_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
-        model = make(checkpointing=checkpointing, supernodes="carried")
+        model = make(checkpointing=checkpointing, num_supernodes=2)
         layout = build_layout(SIZES, model.config)
         model(randn(sum(SIZES), 3), layout).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -226,13 +222,21 @@ def test_patch_rule():
         (dict(pooling="median"), "pooling"),
         (dict(widht=64), "widht"),
         (dict(pooling="linear"), "now called 'softmax'"),
-        (dict(supernodes="stream"), "now called 'carried'"),
+        (dict(supernodes="carried"), r"model\.supernodes: 'carried' was removed in mspt 0\.1 \(.*\): drop the key and"),
+        (dict(supernodes="stream"), "model.supernodes: 'stream' was removed"),
+        (dict(supernodes="all"), "model.supernodes was removed"),
         (dict(mlp_ratio=float("nan")), "finite"),
     ],
 )
 def test_config_errors(overrides, message):
     with pytest.raises(ValidationError, match=message):
         ModelConfig(**overrides)
+
+
+def test_the_removed_supernodes_key_is_dropped_when_it_holds_the_default():
+    """Every config and checkpoint saved before the key went holds ``supernodes: keys``: it still loads, as before."""
+    old = ModelConfig.model_validate_json('{"width": 16, "num_heads": 2, "supernodes": "keys"}')
+    assert old == ModelConfig(width=16, num_heads=2) and "supernodes" not in old.model_dump()
 
 
 def test_layout_masks_only_what_is_padded():
@@ -280,10 +284,9 @@ def test_learns_a_real_pressure_field():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("supernodes", ["keys", "carried"])
-def test_torch_compile_full_graph(supernodes):
+def test_torch_compile_full_graph():
     """torch.compile captures forward and backward in one graph (no breaks, no host syncs) and agrees."""
-    model = make(torch.float32, supernodes=supernodes, num_supernodes=2)
+    model = make(torch.float32, num_supernodes=2)
     layout = build_layout(SIZES, model.config)
     features = randn(sum(SIZES), 3, dtype=torch.float32)
     expected = model(features, layout)

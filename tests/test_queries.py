@@ -45,7 +45,6 @@ def run(model, anchors, query_points, query_features, *, outputs=False):
 VARIANTS = [
     {},
     {"num_supernodes": 2, "pooling": "softmax"},
-    {"supernodes": "carried", "num_supernodes": 2},
     {"rotate_trees": True, "num_supernodes": 2},
 ]
 
@@ -160,8 +159,6 @@ def test_config_refuses_what_cannot_work():
 
     with pytest.raises(ValidationError, match="rotate_trees needs anchors"):
         ModelConfig(anchors=None, rotate_trees=True)
-    with pytest.raises(ValidationError, match="supernodes: keys"):
-        ModelConfig(rotate_trees=True, supernodes="carried")
     with pytest.raises(ValidationError, match="power of two"):
         ModelConfig(anchors={"surface": 1000})
 

@@ -128,7 +128,7 @@ def test_one_level_of_history_differs_from_the_plain_network():
         ({"model.time_axis": "attention"}, "attends over a transient step's history, but data.transient is not set"),
         ({"model.time_axis": "attention", "data.transient": {"history": 0}}, "data.transient.history is 0"),
         ({"model.time_axis": "attention", "model.backbone": "erwin", "data.transient": {}}, "not backbone erwin"),
-        ({"model.time_axis": "attention", "model.supernodes": "carried", "data.transient": {}}, "supernodes: keys"),
+        ({"model.time_axis": "attention", "model.supernodes": "carried"}, "config: model.supernodes: 'carried' was"),
     ],
 )
 def test_config_errors_are_one_line(values, message):

@@ -16,7 +16,27 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from msptcli.geometry.patches import patch_level
 
 #: Option values renamed since the first checkpoint format: old name -> new name.
-RENAMED = {"pooling": {"linear": "softmax"}, "supernodes": {"stream": "carried"}}
+RENAMED = {"pooling": {"linear": "softmax"}}
+
+
+def without_removed_keys(model: dict) -> dict:
+    """A ``model:`` section without the key ``supernodes``, removed with its variant ``carried`` (formerly
+    ``stream``): ``keys``, which every config and checkpoint saved before holds, is dropped silently.
+
+    Raises:
+        ValueError: one line for any other value (a network of the removed variant).
+    """
+    if "supernodes" not in model:
+        return model
+    value = model["supernodes"]
+    if value in ("carried", "stream"):
+        raise ValueError(
+            f"model.supernodes: {value!r} was removed in mspt 0.1 (it did not beat keys on the accuracy "
+            "benchmark, docs/benchmarks.md): drop the key and train again"
+        )
+    if value != "keys":
+        raise ValueError("model.supernodes was removed in mspt 0.1 (every block pools its own): drop the key")
+    return {k: v for k, v in model.items() if k != "supernodes"}
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -193,12 +213,6 @@ class ModelConfig(BaseModel):
         description="how a sub-run becomes a supernode (Eq. 4): its mean, its channel-wise max, or a "
         "softmax-weighted mean with a learned score per point",
     )
-    supernodes: Literal["keys", "carried"] = Field(
-        "keys",
-        description="'keys': every block pools supernodes from its input, as keys and values only (the paper); "
-        "'carried': pooled once before the first block and carried as a residual stream from block to block, "
-        "each patch's own supernodes also attending (an mspt variant)",
-    )
     fourier_features: int = Field(
         0,
         ge=0,
@@ -220,7 +234,7 @@ class ModelConfig(BaseModel):
     rotate_trees: bool = Field(
         False,
         description="odd blocks cut the anchors into the patches of a rotated ball tree (Erwin), so that patch "
-        "boundaries move from block to block; needs anchors and supernodes: keys",
+        "boundaries move from block to block; needs anchors",
     )
     time_axis: Literal["channels", "attention"] = Field(
         "channels",
@@ -243,7 +257,12 @@ class ModelConfig(BaseModel):
         None, description="settings of backbone: transolver (defaults when null)"
     )
 
-    @field_validator("pooling", "supernodes", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: object) -> object:
+        return without_removed_keys(data) if isinstance(data, dict) else data
+
+    @field_validator("pooling", mode="before")
     @classmethod
     def _renamed(cls, value: object, info) -> object:  # type: ignore[no-untyped-def]
         new = RENAMED[info.field_name].get(value) if isinstance(value, str) else None
@@ -267,27 +286,17 @@ class ModelConfig(BaseModel):
             for bad, why in (
                 (self.backbone != "mspt", f"belong to MSPT's patches, not to backbone {self.backbone}"),
                 (self.rotate_trees, "and rotate_trees do not combine (the cut follows one tree)"),
-                (self.supernodes == "carried", "need supernodes: keys (carried supernodes have a fixed patch each)"),
             ):
                 if bad:
                     raise ValueError(f"adaptive patches {why}")
-        if self.time_axis == "attention":
-            for bad, why in (
-                (self.backbone != "mspt", f"runs MSPT's blocks, not backbone {self.backbone}"),
-                (self.supernodes == "carried", "needs supernodes: keys"),
-            ):
-                if bad:
-                    raise ValueError(f"time_axis: attention {why}")
-        if self.rotate_trees and self.supernodes == "carried":
-            raise ValueError("rotate_trees needs supernodes: keys (carried supernodes belong to one tree's patches)")
+        if self.time_axis == "attention" and self.backbone != "mspt":
+            raise ValueError(f"time_axis: attention runs MSPT's blocks, not backbone {self.backbone}")
         own = {"erwin": "erwin", "erwin-nsa": "nsa", "transolver": "transolver"}
         for backbone, block in own.items():
             if getattr(self, block) is not None and self.backbone != backbone:
                 raise ValueError(
                     f"model.{block} is set but the backbone is {self.backbone} (model.backbone={backbone})"
                 )
-        if self.backbone != "mspt" and self.supernodes == "carried":
-            raise ValueError(f"supernodes: carried belongs to MSPT's blocks, not to backbone {self.backbone}")
         if self.backbone == "erwin":
             self._check_erwin()
         if self.backbone != "mspt" and self.anchors is not None and self.query_depth < self.num_trees:

@@ -51,76 +51,58 @@ class MSPTBlock(nn.Module):
         super().__init__()
         dim = config.width
         self.num_supernodes = config.num_supernodes
-        self.carried = config.supernodes == "carried"
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio), dim)
-        # Carried supernodes are pooled once, before the first block (MSPT.carried_pool).
-        self.pool = None if self.carried else SupernodePool(dim, config.pooling)
-        self.attn = PMSA(dim, config.num_heads, carried=self.carried)
+        self.pool = SupernodePool(dim, config.pooling)
+        self.attn = PMSA(dim, config.num_heads)
 
     def supernode_keys(
-        self, x: Tensor, layout: PatchLayout, z: Tensor | None = None, chunks: Sequence[PatchChunk] | None = None
+        self, x: Tensor, layout: PatchLayout, chunks: Sequence[PatchChunk] | None = None
     ) -> tuple[Tensor, Tensor]:
         """Eq. 4: keys and values 2 x (B, S, C) of the supernodes of every patch, from this block's input."""
         chunks = [layout.whole] if chunks is None else chunks
-        if self.carried:
-            s = self.norm1(z)  # (P * Q, C)
-        else:  # a sub-run never crosses a patch
-            s = over_chunks(
-                chunks,
-                lambda ch: supernode_rows(ch, self.num_supernodes),
-                lambda ch: self.pool(self.norm1(x[point_rows(ch)]), ch.sub_slots, ch.sub_count),
-            )
+        s = over_chunks(  # (P * Q, C): a sub-run never crosses a patch
+            chunks,
+            lambda ch: supernode_rows(ch, self.num_supernodes),
+            lambda ch: self.pool(self.norm1(x[point_rows(ch)]), ch.sub_slots, ch.sub_count),
+        )
         return self.attn.supernode_kv(s, layout)
 
     def forward(
         self,
         x: Tensor,
         layout: PatchLayout,
-        z: Tensor | None = None,
         chunks: Sequence[PatchChunk] | None = None,
         sn_kv: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """The block on points ``x`` (N, C) and, with carried supernodes, on ``z`` (P * Q, C).
+    ) -> Tensor:
+        """The block on points ``x`` (N, C) -> (N, C).
 
         ``chunks``: runs of whole patches to process one after the other (default: all at once).
-        With several chunks ``x`` and ``z`` are updated in place (inference only). ``sn_kv``: the
-        block's supernode keys, when the caller has them already (``supernode_keys``).
+        With several chunks ``x`` is updated in place (inference only). ``sn_kv``: the block's
+        supernode keys, when the caller has them already (``supernode_keys``).
         """
         chunks = [layout.whole] if chunks is None else chunks
         if sn_kv is None:
-            sn_kv = self.supernode_keys(x, layout, z, chunks)  # 2 x (B, S, C)
+            sn_kv = self.supernode_keys(x, layout, chunks)  # 2 x (B, S, C)
 
         # Eq. 5-7: every point attends to its patch and all supernodes of its cloud.
-        def update(ch: PatchChunk) -> tuple[Tensor, Tensor | None]:
+        def update(ch: PatchChunk) -> Tensor:
             xc = x[point_rows(ch)]
-            zc = z[supernode_rows(ch, self.num_supernodes)] if self.carried else None
-            a, az = self.attn(self.norm1(xc), ch, sn_kv, self.norm1(zc) if self.carried else None)
-            xc = xc + a
-            xc = xc + self.mlp(self.norm2(xc))
-            if self.carried:
-                zc = zc + az
-                zc = zc + self.mlp(self.norm2(zc))
-            return xc, zc
+            xc = xc + self.attn(self.norm1(xc), ch, sn_kv)
+            return xc + self.mlp(self.norm2(xc))
 
         if len(chunks) == 1:
             return update(chunks[0])
-        z_next = torch.empty_like(z) if self.carried else None
         for ch in chunks:
-            xc, zc = update(ch)
-            x[point_rows(ch)] = xc  # in place: later chunks read only their own rows and sn_kv
-            if self.carried:
-                z_next[supernode_rows(ch, self.num_supernodes)] = zc
-        return x, z_next
+            x[point_rows(ch)] = update(ch)  # in place: later chunks read only their own rows and sn_kv
+        return x
 
-    def anchor_keys(
-        self, x: Tensor, xt: Tensor, layout: PatchLayout, tree: int, *, nearest: bool, z: Tensor | None = None
-    ) -> AnchorKeys:
+    def anchor_keys(self, x: Tensor, xt: Tensor, layout: PatchLayout, tree: int, *, nearest: bool) -> AnchorKeys:
         """What queries read of anchors ``x`` (N, C, packed rows) in this block, ``xt`` the same rows in tree
         ``tree``'s order: the supernode keys and, with ``nearest``, every anchor's keys (N, 2C, packed rows),
         else the keys of the tree's patches (P, L, 2C)."""
-        sn_kv = self.supernode_keys(xt, layout, z)
+        sn_kv = self.supernode_keys(xt, layout)
         kv = self.attn.point_kv(self.norm1(x)) if nearest else self.attn.patch_kv(self.norm1(xt), layout.whole)
         return AnchorKeys(kv, sn_kv, tree)
 
@@ -151,7 +133,6 @@ class MSPT(nn.Module):
         self.in_features, self.out_features = channels(in_features, out_features)
         dim = config.width
         self.embed = Embedding(in_features, dim, config.fourier_features)
-        self.carried_pool = SupernodePool(dim, config.pooling) if config.supernodes == "carried" else None
         self.blocks = nn.ModuleList(MSPTBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_features)
@@ -178,18 +159,11 @@ class MSPT(nn.Module):
             return self.answer_queries(keys, layout, queries)
         chunks = point_chunks(features, layout, chunk_points)
         x = over_chunks(chunks, point_rows, lambda ch: self.embed(features[point_rows(ch)]))  # (N, C)
-        z = None
-        if self.carried_pool is not None:  # (P * Q, C)
-            z = over_chunks(
-                chunks,
-                lambda ch: supernode_rows(ch, self.config.num_supernodes),
-                lambda ch: self.carried_pool(x[point_rows(ch)], ch.sub_slots, ch.sub_count),
-            )
         for block in self.blocks:
             if self.config.checkpointing and torch.is_grad_enabled():
-                x, z = checkpoint(block, x, layout, z, use_reentrant=False)
+                x = checkpoint(block, x, layout, use_reentrant=False)
             else:
-                x, z = block(x, layout, z, chunks)
+                x = block(x, layout, chunks)
         return over_chunks(chunks, point_rows, lambda ch: self.head(self.norm(x[point_rows(ch)])))  # (N, out)
 
     def read_anchors(
@@ -205,22 +179,20 @@ class MSPT(nn.Module):
             The keys of every block and, with ``outputs``, the anchors' (N, out_features) predictions.
         """
         x = self.embed(features)  # (N, C)
-        whole = layout.whole
         nearest = self.config.anchors is not None and self.config.anchors.reads == "nearest"
-        z = None if self.carried_pool is None else self.carried_pool(x, whole.sub_slots, whole.sub_count)
         keys = []
         for index, block in enumerate(self.blocks):
             tree = index % trees.count
             reorder, restore = trees.reorder[tree], trees.restore[tree]
             xt = x if reorder is None else gather_rows(x, reorder)  # (N, C) in this tree's order
-            keys.append(block.anchor_keys(x, xt, layout, tree, nearest=nearest, z=z))
+            keys.append(block.anchor_keys(x, xt, layout, tree, nearest=nearest))
             sn_kv = keys[-1].sn_kv
             if index == len(self.blocks) - 1 and not outputs:
                 break
             if self.config.checkpointing and torch.is_grad_enabled():
-                xt, z = checkpoint(block, xt, layout, z, None, sn_kv, use_reentrant=False)
+                xt = checkpoint(block, xt, layout, None, sn_kv, use_reentrant=False)
             else:
-                xt, z = block(xt, layout, z, sn_kv=sn_kv)
+                xt = block(xt, layout, sn_kv=sn_kv)
             x = xt if restore is None else gather_rows(xt, restore)
         return keys, (self.head(self.norm(x)) if outputs else None)
 

@@ -57,17 +57,11 @@ class SupernodePool(nn.Module):
 
 
 class PMSA(nn.Module):
-    """Eq. 5-6: multi-head attention of every point over its patch and all supernodes of its cloud.
+    """Eq. 5-6: multi-head attention of every point over its patch and all supernodes of its cloud."""
 
-    ``carried=True`` (``supernodes: carried``): each patch's own Q supernodes are
-    also queries (appended after its L points) and their outputs are returned, to
-    be carried to the next block.
-    """
-
-    def __init__(self, dim: int, num_heads: int, *, carried: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.carried = carried
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -79,38 +73,25 @@ class PMSA(nn.Module):
         k, v = kv.split(c, dim=-1)
         return k, v
 
-    def forward(
-        self,
-        h: Tensor,
-        chunk: PatchChunk,
-        sn_kv: tuple[Tensor, Tensor],
-        hz: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Attention output of the chunk's points (and, carried supernodes, of their own supernodes).
+    def forward(self, h: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor]) -> Tensor:
+        """Attention output of the chunk's points.
 
         Args:
             h: (n, C) normalised features of the chunk's points.
             chunk: the chunk's patches (``layout.whole`` for a whole batch).
             sn_kv: the supernode keys and values of every cloud, from ``supernode_kv``.
-            hz: with ``carried``, (p * Q, C) normalised supernodes owned by the chunk's patches.
 
         Returns:
-            (n, C) outputs of the points; with ``carried`` also (p * Q, C) outputs of the supernodes.
+            (n, C) outputs of the points.
         """
         c = h.shape[1]
-        if chunk.groups and not self.carried and not torch.jit.is_tracing():
-            return self._by_groups(h, chunk, sn_kv), None
+        if chunk.groups and not torch.jit.is_tracing():
+            return self._by_groups(h, chunk, sn_kv)
         p, length = chunk.patch_index.shape
         qkv = patch_rows(self.qkv(h), chunk)  # (p, L, 3C)
         q, k, v = qkv.split(c, dim=-1)  # 3 x (p, L, C)
-        if self.carried:
-            qz = F.linear(hz, self.qkv.weight[:c], self.qkv.bias[:c]).view(p, -1, c)  # (p, Q, C)
-            q = torch.cat([q, qz.to(q.dtype)], dim=1)  # (p, L + Q, C)
-        o = self.attend(q, k, v, chunk, sn_kv)  # (p, L [+ Q], C)
-        o_points = o[:, :length].reshape(p * length, c)
-        out_points = o_points if chunk.exact else gather_rows(o_points, chunk.point_slot)  # (n, C), padding dropped
-        out_sn = o[:, length:].reshape(-1, c) if self.carried else None  # (p * Q, C)
-        return out_points, out_sn
+        o = self.attend(q, k, v, chunk, sn_kv).reshape(p * length, c)  # (p * L, C)
+        return o if chunk.exact else gather_rows(o, chunk.point_slot)  # (n, C), padding dropped
 
     def _by_groups(self, h: Tensor, chunk: PatchChunk, sn_kv: tuple[Tensor, Tensor]) -> Tensor:
         """Eq. 6 for patches of very different sizes (adaptive): each group of patches of about one size

@@ -10,9 +10,6 @@ For a cloud of n points cut into K patches and K * Q sub-runs, the tokens are
 
     M[i, j]     = patch(i) == patch(j)     point i, point j
     M[i, n + s] = sub-run s is not empty   point i, supernode s
-
-and, for carried supernodes, supernode t (of patch t // Q) attends like a
-point of that patch.
 """
 
 from __future__ import annotations
@@ -37,20 +34,18 @@ def dense_forward(model: MSPT, features: Tensor, sizes: list[int]) -> Tensor:
 
 def _cloud_patches(config, f: Tensor):  # type: ignore[no-untyped-def]
     """The patch of every point (n,) and the sub-run bounds of a cloud with inputs ``f`` (uniform, or adaptive
-    from the inputs), and Q."""
-    num_supernodes = config.num_supernodes
+    from the inputs)."""
     cut = cloud_cut(f.shape[0], config, f)
     bounds = torch.from_numpy(cut.bounds())
     patch = torch.repeat_interleave(torch.arange(len(cut)), bounds[1:] - bounds[:-1])  # (n,)
-    return patch, cut.sub_bounds(int(math.log2(num_supernodes))), num_supernodes
+    return patch, cut.sub_bounds(int(math.log2(config.num_supernodes)))
 
 
 def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
-    patch, sub_bounds, num_supernodes = _cloud_patches(model.config, f)
+    patch, sub_bounds = _cloud_patches(model.config, f)
     x = model.embed(f)
-    z = _pool(model.carried_pool, x, sub_bounds) if model.carried_pool is not None else None
     for block in model.blocks:
-        x, z = _dense_block(block, x, z, patch, sub_bounds, num_supernodes)
+        x = _dense_block(block, x, patch, sub_bounds)
     return model.head(model.norm(x))
 
 
@@ -62,14 +57,14 @@ def dense_spacetime_forward(model: SpaceTimeMSPT, features: Tensor, sizes: list[
 
 
 def _dense_spacetime_cloud(model: SpaceTimeMSPT, f: Tensor, levels: TimeLevels) -> Tensor:
-    patch, sub_bounds, num_supernodes = _cloud_patches(model.config, f)
+    patch, sub_bounds = _cloud_patches(model.config, f)
     shared = f[:, list(levels.shared)]
     x = [model.embed_now(torch.cat([shared, f[:, list(levels.current)]], dim=1))]
     for j, past in enumerate(levels.past):
         x.append(model.embed_past(torch.cat([shared, f[:, list(past)]], dim=1)) + model.lag[j])
     for block in model.blocks:
         x = _dense_time(block.norm_t, block.time, x)
-        x = [_dense_block(block.space, level, None, patch, sub_bounds, num_supernodes)[0] for level in x]
+        x = [_dense_block(block.space, level, patch, sub_bounds) for level in x]
     return model.head(model.norm(x[0]))
 
 
@@ -93,17 +88,13 @@ def _dense_time(norm, attn, x: list[Tensor]) -> list[Tensor]:  # type: ignore[no
     return [level + attn.proj(torch.cat(parts, dim=-1)) for level, parts in zip(x, out, strict=True)]
 
 
-def _dense_block(block: MSPTBlock, x: Tensor, z: Tensor | None, patch: Tensor, sub_bounds, num_supernodes: int):  # type: ignore[no-untyped-def]
+def _dense_block(block: MSPTBlock, x: Tensor, patch: Tensor, sub_bounds) -> Tensor:  # type: ignore[no-untyped-def]
     n, c = x.shape
     h = block.norm1(x)
-    s = block.norm1(z) if block.carried else _pool(block.pool, h, sub_bounds)  # (S, C)
+    s = _pool(block.pool, h, sub_bounds)  # (S, C)
     nonempty = torch.from_numpy(sub_bounds[1:] > sub_bounds[:-1])  # (S,)
     tokens = torch.cat([h, s])  # keys/values: [points ; supernodes]
-    queries = torch.cat([h, s]) if block.carried else h
-    query_patch = torch.cat([patch, torch.arange(len(s)) // num_supernodes]) if block.carried else patch
-    mask = torch.cat(
-        [query_patch[:, None] == patch[None, :], nonempty[None, :].expand(len(queries), -1)], dim=1
-    )  # (n [+ S], n + S)
+    mask = torch.cat([patch[:, None] == patch[None, :], nonempty[None, :].expand(n, -1)], dim=1)  # (n, n + S)
     w_q, w_k, w_v = block.attn.qkv.weight.split(c)
     b_q, b_k, b_v = block.attn.qkv.bias.split(c)
     heads = block.attn.num_heads
@@ -111,19 +102,14 @@ def _dense_block(block: MSPTBlock, x: Tensor, z: Tensor | None, patch: Tensor, s
     out = []
     for head in range(heads):
         cols = slice(head * d, (head + 1) * d)
-        qh = F.linear(queries, w_q[cols], b_q[cols])
+        qh = F.linear(h, w_q[cols], b_q[cols])
         kh = F.linear(tokens, w_k[cols], b_k[cols])
         vh = F.linear(tokens, w_v[cols], b_v[cols])
         scores = (qh @ kh.T) / math.sqrt(d)
         scores = scores.masked_fill(~mask, -torch.inf)
         out.append(torch.softmax(scores, dim=-1) @ vh)
-    a = block.attn.proj(torch.cat(out, dim=-1))
-    x = x + a[:n]
-    x = x + block.mlp(block.norm2(x))
-    if block.carried:
-        z = z + a[n:]
-        z = z + block.mlp(block.norm2(z))
-    return x, z
+    x = x + block.attn.proj(torch.cat(out, dim=-1))
+    return x + block.mlp(block.norm2(x))
 
 
 def _pool(pool: SupernodePool, h: Tensor, sub_bounds) -> Tensor:  # type: ignore[no-untyped-def]

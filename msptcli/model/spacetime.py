@@ -106,7 +106,7 @@ class SpaceTimeBlock(nn.Module):
         out = []
         for j in range(xs.shape[1]):
             level = xs[:, j] if len(chunks) == 1 else xs[:, j].contiguous()  # chunks update it in place
-            out.append(self.space(level, layout, None, chunks)[0])
+            out.append(self.space(level, layout, chunks))
         return out
 
 
