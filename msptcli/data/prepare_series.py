@@ -42,7 +42,7 @@ SERIES_CONTENT = "series-2"  # since the mesh edges (derivative inputs)
 def series_fingerprint(case: CaseFiles, data: DataConfig) -> str:
     """Changes when a snapshot, the params or the data config change: decides whether a sample is reused."""
     h = hashlib.sha256((SERIES_CONTENT + data.model_dump_json(exclude={"split"})).encode())
-    folder = case.surface if case.surface.is_dir() else case.surface.parent
+    folder = series_case_folder(case)
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         if path.is_file():
             stat = path.stat()
