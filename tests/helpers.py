@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -142,6 +143,21 @@ def run_pvpython(script: Path, *args: object, timeout: float = 180) -> subproces
         if done.returncode == 0 or "bad X server connection" not in done.stdout + done.stderr:
             return done
     return done
+
+
+def torchrun(*args: object, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone ARGS`` with one thread a rank. Each rank's own output is teed
+    into ours, each line tagged ``[default<rank>]:``: when a rank fails, ``ranks_said`` shows why (torchrun alone
+    says only which rank died of which signal)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone", "--tee", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def ranks_said(done: subprocess.CompletedProcess, *, chars: int = 4000) -> str:
+    """The end of what the ranks of a ``torchrun`` printed (their tagged lines), for an assertion message."""
+    tagged = [line for line in (done.stdout + done.stderr).splitlines() if re.match(r"\[default\d+\]:", line)]
+    return "\n".join(tagged)[-chars:] or done.stderr[-chars:]
 
 
 def mspt_command() -> list[str]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, tiny_config_file
+from helpers import ROOT, ranks_said, tiny_config_file, torchrun
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
@@ -29,11 +27,8 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return work / "data", config
 
 
-def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
-    cmd += ["-m", "msptcli", "train", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+def torchrun_train(*args: object, nproc: int = 2) -> subprocess.CompletedProcess:
+    return torchrun("-m", "msptcli", "train", *args, nproc=nproc)
 
 
 def weights(run: Path) -> dict[str, np.ndarray]:
@@ -50,8 +45,8 @@ def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], atol: float 
 def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, backbone):
     """Also for another backbone (Transolver: per-cloud slices, no batch statistics, so the same arithmetic)."""
     data_dir, config = data
-    ddp = torchrun(str(data_dir), "-o", str(tmp_path / "ddp"), "-c", str(config), "train.batch_size=1", *backbone)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    ddp = torchrun_train(str(data_dir), "-o", str(tmp_path / "ddp"), "-c", str(config), "train.batch_size=1", *backbone)
+    assert ddp.returncode == 0, ranks_said(ddp)
     assert ddp.stdout.count("trained 2 epochs") == 1  # rank 0 alone reports
     single = runner.invoke(
         app, ["train", str(data_dir), "-o", str(tmp_path / "one"), "-c", str(config), "train.batch_size=2", *backbone]
@@ -72,14 +67,14 @@ def test_resume_under_torchrun(data, tmp_path):
     """Stop after epoch 1 (all of it warm-up, so the learning rates do not depend on the epoch count),
     resume to 2 epochs under torchrun: the same weights as 2 epochs in one go."""
     data_dir, config = data
-    first = torchrun(
+    first = torchrun_train(
         str(data_dir), "-o", str(tmp_path / "run"), "-c", str(config), "train.batch_size=1", "--epochs", "1"
     )
-    assert first.returncode == 0, first.stderr[-2000:]
-    resumed = torchrun(str(data_dir), "-o", str(tmp_path / "run"), "--resume", "train.batch_size=1", "--epochs", "2")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole = torchrun(str(data_dir), "-o", str(tmp_path / "whole"), "-c", str(config), "train.batch_size=1")
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert first.returncode == 0, ranks_said(first)
+    resumed = torchrun_train(data_dir, "-o", tmp_path / "run", "--resume", "train.batch_size=1", "--epochs", "2")
+    assert resumed.returncode == 0, ranks_said(resumed)
+    whole = torchrun_train(str(data_dir), "-o", str(tmp_path / "whole"), "-c", str(config), "train.batch_size=1")
+    assert whole.returncode == 0, ranks_said(whole)
     assert_same(weights(tmp_path / "run"), weights(tmp_path / "whole"))
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
 
@@ -101,10 +96,8 @@ def test_both_ranks_end_with_identical_weights(data, tmp_path):
     data_dir, config = data
     script = tmp_path / "ranks.py"
     script.write_text(RANK_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
-    cmd += [str(data_dir), str(tmp_path / "run"), str(config), str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun(script, data_dir, tmp_path / "run", config, tmp_path)
+    assert done.returncode == 0, ranks_said(done)
     rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
     assert rank0.keys() == rank1.keys()
     assert all(np.array_equal(rank0[k], rank1[k]) for k in rank0)  # DDP keeps the replicas bit-identical

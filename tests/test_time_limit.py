@@ -12,7 +12,7 @@ from itertools import pairwise
 import pytest
 import torch
 import yaml
-from helpers import invoke, ok, one_line_error
+from helpers import invoke, ok, one_line_error, ranks_said, torchrun
 
 from msptcli.config import load_config
 from msptcli.duration import format_duration, parse_duration
@@ -272,20 +272,14 @@ save_file(weights, f"{out}/rank{rank}.safetensors", metadata={"steps": str(summa
 
 @pytest.mark.slow
 def test_ranks_with_different_clocks_stop_at_the_same_step(prepared, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     import numpy as np
     from safetensors import safe_open
     from safetensors.numpy import load_file
 
     script = tmp_path / "ranks.py"
     script.write_text(SKEWED_RANKS)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
-    cmd += [str(prepared.data), str(tmp_path / "run"), str(prepared.config), str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun(script, prepared.data, tmp_path / "run", prepared.config, tmp_path)
+    assert done.returncode == 0, ranks_said(done)
     files = [tmp_path / f"rank{r}.safetensors" for r in (0, 1)]
     steps = [safe_open(f, "numpy").metadata()["steps"] for f in files]
     assert steps[0] == steps[1] and int(steps[0]) >= 1

@@ -7,17 +7,14 @@ by the module: prepare -> train -> rollout, then resume, streaming, export and e
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import pyvista as pv
 import yaml
-from helpers import ROOT, invoke, needs_pvpython, ok, one_line_error, run_pvpython
+from helpers import ROOT, invoke, needs_pvpython, ok, one_line_error, ranks_said, run_pvpython, torchrun
 
 from msptcli.checkpoint import load_checkpoint
 from msptcli.config import load_config
@@ -313,12 +310,8 @@ def test_torchrun_two_processes_match_one_with_pushforward(run, tmp_path):
     pushforward clouds included (every rank rolls its own out with its copy of the network)."""
     config, data, _ = run
     common = ["-c", str(config), "train.epochs=1", "data.transient.pushforward=1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "msptcli"]
-    ddp = subprocess.run(
-        [*cmd, "train", str(data), "-o", str(tmp_path / "ddp"), *common, "train.batch_size=1"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    ddp = torchrun("-m", "msptcli", "train", data, "-o", tmp_path / "ddp", *common, "train.batch_size=1")
+    assert ddp.returncode == 0, ranks_said(ddp)
     ok("train", data, "-o", tmp_path / "one", *common, "train.batch_size=2")
     a, b = load_checkpoint(tmp_path / "ddp").model.state_dict(), load_checkpoint(tmp_path / "one").model.state_dict()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)

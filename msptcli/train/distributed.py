@@ -9,6 +9,7 @@ and let rank 0 alone write checkpoints, metrics and plots.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -75,9 +76,21 @@ def join(device_name: str) -> tuple[World, torch.device | None]:
     return World(rank, size, local_rank), torch.device("cpu")
 
 
-def leave(world: World) -> None:
+def leave(world: World, *, together: bool = False) -> None:
+    """Leave the process group. ``together``: after a barrier, so that every rank has finished its last
+    collective before any closes its connections (the normal end; not after an error, where the other ranks may
+    never come).
+
+    What still holds the group (the DistributedDataParallel wrapper of a finished run, freed only by the garbage
+    collector: it sits in reference cycles) is collected first, so that the group and its worker threads are torn
+    down here, while the interpreter is alive, and not at exit, where gloo's threads may still be running and
+    the process aborts ("terminate called without an active exception", seen on a non-main rank)."""
     if world.distributed and dist.is_initialized():
+        if together:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def rank_batches(order: list[int], batch_size: int, world: World) -> list[list[int]]:
