@@ -184,12 +184,14 @@ def evaluate(data_dir: Path, run: Path, data: Path, device: str, *, quick: bool 
     return rows
 
 
-def quick_row(label: str, rows: dict[str, list[float]], lead: list[str]) -> dict[str, float]:
+def quick_row(
+    label: str, rows: dict[str, list[float]], lead: list[str], tail: list[str] | None = None
+) -> dict[str, float]:
     """Print a table row of a ``--quick`` evaluation (``lead`` cells, the 4 fields, Cd from the mesh and
-    the STL) and one comment line per test case with every number; the means by metric."""
+    the STL, ``tail`` cells) and one comment line per test case with every number; the means by metric."""
     mean = {k: float(np.mean(v)) for k, v in rows.items()}
     cells = [*lead, *(f"{mean[f]:.3f}" for f in FIELDS)]
-    cells += [f"{100 * mean['cd_mesh_rel']:.1f}%", f"{100 * mean['cd_stl_rel']:.1f}%"]
+    cells += [f"{100 * mean['cd_mesh_rel']:.1f}%", f"{100 * mean['cd_stl_rel']:.1f}%", *(tail or [])]
     print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
     for i, case in enumerate(TEST):
         detail = ", ".join(f"{k} {v[i]:.3f}" for k, v in rows.items())

@@ -84,9 +84,13 @@ def test_rotated_trees_cut_the_anchors_into_other_patches():
 
 
 NEAREST = {"anchors": {"reads": "nearest", "neighbours": 12}}
+FINAL = {"query_reading": "final", "query_depth": 2}  # the queries read the anchors' final features
 
 
-@pytest.mark.parametrize("variant", [{"num_supernodes": 2}, {"rotate_trees": True}, NEAREST])
+@pytest.mark.parametrize(
+    "variant",
+    [{"num_supernodes": 2}, {"rotate_trees": True}, NEAREST, FINAL, {**FINAL, **NEAREST, "rotate_trees": True}],
+)
 def test_a_query_does_not_depend_on_the_other_queries_or_their_chunks(variant):
     model = make(**variant)
     points, features = clouds()
@@ -108,7 +112,9 @@ def test_a_query_does_not_depend_on_the_other_queries_or_their_chunks(variant):
     assert torch.allclose(alone, together[500:540], rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("variant", [{"rotate_trees": True}, {**NEAREST, "rotate_trees": True}])
+@pytest.mark.parametrize(
+    "variant", [{"rotate_trees": True}, {**NEAREST, "rotate_trees": True}, {**FINAL, "rotate_trees": True}]
+)
 def test_streaming_predict_in_float32_does_not_depend_on_chunks_or_other_queries(variant):
     model = make(torch.float32, **variant)
     points, features = clouds()
@@ -127,7 +133,8 @@ def test_streaming_predict_in_float32_does_not_depend_on_chunks_or_other_queries
 
 
 @pytest.mark.parametrize(
-    "variant", [{}, {"rotate_trees": True, "checkpointing": True}, {**NEAREST, "num_supernodes": 2}]
+    "variant",
+    [{}, {"rotate_trees": True, "checkpointing": True}, {**NEAREST, "num_supernodes": 2}, {**FINAL, **NEAREST}],
 )
 def test_queries_train_the_network(variant):
     model = make(torch.float32, **variant)
@@ -222,3 +229,36 @@ def test_nearest_reading_is_continuous_where_patch_reading_jumps():
         jumps[name] = step.max() / np.median(step)
     assert jumps["patch"] > 50  # the test can tell a jump from a step
     assert jumps["nearest"] < 10, jumps
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nearest_reading_in_two_kernels_is_the_one_softmax(dtype):
+    """Clouds with as many queries each: the nearest reading runs as two attention kernels merged by their
+    log-sum-exp (the local keys; the cloud's supernodes). Outputs and gradients are those of the one softmax over
+    [keys ; supernodes] (the general path), a query whose every local key is masked included."""
+    from dataclasses import replace
+
+    model = make(dtype, **NEAREST, num_supernodes=2)
+    points, features = clouds()
+    anchors = pack_anchors(points, features, model.config)
+    rng = np.random.default_rng(5)
+    queries = [rng.random((300, 3)), rng.random((300, 3))]  # as many per cloud: 5 groups each (64 queries)
+    q = place_queries(anchors, locate_queries(anchors, queries), np.concatenate(featurise(queries)))
+    assert q.nearest.per_cloud == 5
+    bias = q.nearest.key_bias.clone()
+    u = q.nearest.key_rows.shape[1]
+    p, j = divmod(int(q.nearest.groups.query_slot[3]), q.nearest.groups.slots.shape[1])
+    bias[p, j, :u] = -torch.inf  # query 3 reads the supernodes alone
+    fused = replace(q, nearest=replace(q.nearest, key_bias=bias)).to("cpu", dtype)
+    general = replace(fused, nearest=replace(fused.nearest, per_cloud=0))
+    outs, grads = [], []
+    for qs in (fused, general):
+        model.zero_grad()
+        keys, _ = model.read_anchors(anchors.features.to(dtype), anchors.layout, anchors.trees)
+        out = model.answer_queries(keys, anchors.layout, qs)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([prm.grad.flatten() for prm in model.parameters()]))
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert torch.isfinite(outs[0]).all() and torch.allclose(outs[0], outs[1], rtol=0, atol=tol)
+    assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol)

@@ -47,7 +47,7 @@ def distance_to_surface(points: np.ndarray, surface: pv.DataSet) -> tuple[np.nda
     direction = np.zeros((len(x), 3))
     if len(x) == 0:
         return dist, direction
-    tree = _TriangleTree.build(faces.points, tri)
+    tree = TriangleTree.build(faces.points, tri)
     for start in range(0, len(x), _CHUNK):
         chunk = slice(start, start + _CHUNK)
         closest = tree.closest_points(x[chunk])  # (c, 3)
@@ -61,7 +61,7 @@ def distance_to_surface(points: np.ndarray, surface: pv.DataSet) -> tuple[np.nda
 # --- exact distance ----------------------------------------------------------------------------------------
 
 
-class _TriangleTree(NamedTuple):
+class TriangleTree(NamedTuple):
     """Triangles in ball-tree order and the bounding boxes of its runs at every depth."""
 
     a: np.ndarray  # (T, 3) first vertices, tree order
@@ -71,11 +71,13 @@ class _TriangleTree(NamedTuple):
     hi: list[np.ndarray]
     leaf_bounds: np.ndarray  # (2**depth + 1,) run bounds at the leaf depth
     vertices: cKDTree  # of the points the triangles use: the initial upper bound
+    order: np.ndarray  # (T,) the given index of each triangle in tree order
 
     @classmethod
-    def build(cls, points: np.ndarray, tri: np.ndarray) -> _TriangleTree:
+    def build(cls, points: np.ndarray, tri: np.ndarray) -> TriangleTree:
         corners = points[tri]  # (T, 3 corners, 3)
-        corners = corners[ball_tree_order(corners.mean(axis=1))]
+        order = ball_tree_order(corners.mean(axis=1))
+        corners = corners[order]
         n = len(corners)
         depth = max(0, int(np.ceil(np.log2(n / _LEAF_SIZE)))) if n > _LEAF_SIZE else 0
         tmin, tmax = corners.min(axis=1), corners.max(axis=1)  # (T, 3)
@@ -86,11 +88,25 @@ class _TriangleTree(NamedTuple):
             hi.append(np.maximum.reduceat(tmax, starts, axis=0))
         verts = cKDTree(points[np.unique(tri)])
         a, b, c = (np.ascontiguousarray(corners[:, k]) for k in range(3))
-        return cls(a, b, c, lo, hi, run_boundaries(n, depth), verts)
+        return cls(a, b, c, lo, hi, run_boundaries(n, depth), verts, np.asarray(order, dtype=np.int64))
 
     def closest_points(self, x: np.ndarray) -> np.ndarray:
         """Closest surface point ``(m, 3)`` to each of ``x`` ``(m, 3)``."""
+        _, q, _ = self.closest_within(x)
+        return q
+
+    def closest_within(self, x: np.ndarray, within: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The closest surface point and its triangle (the given index) of each point of ``x`` ``(m, 3)`` that lies
+        within ``within`` of the surface (None: every point). Points farther away are dropped early, in the
+        hierarchy's coarse boxes, so a band around the surface costs about what the points in it cost.
+
+        Returns:
+            rows ``(k,)`` of ``x`` found, ascending; their closest points ``(k, 3)`` and triangles ``(k,)``.
+            A point at exactly ``within`` may or may not be among them.
+        """
         bound, _ = self.vertices.query(x)  # (m,) distance to the nearest vertex >= the answer
+        if within is not None:
+            bound = np.minimum(bound, within)
         bound2 = (bound * (1 + 1e-9) + 1e-12) ** 2  # slack for rounding: never drop the true closest
         p = np.arange(len(x))  # (P,) point of each (point, node) pair
         node = np.zeros(len(x), dtype=np.int64)  # (P,) node at the current depth
@@ -109,7 +125,7 @@ class _TriangleTree(NamedTuple):
         d2 = np.einsum("ij,ij->i", q - x[tp], q - x[tp])
         order = np.lexsort((d2, tp))
         best = order[np.r_[True, tp[order][1:] != tp[order][:-1]]]  # nearest candidate of each point
-        return q[best]
+        return tp[best], q[best], self.order[tt[best]]
 
 
 def _closest_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from msptcli.errors import InvalidInputError
+from msptcli.geometry.distance import TriangleTree
 from msptcli.geometry.faces import (
     check_points,
     fan_triangulation,
@@ -83,13 +84,10 @@ def sample_near_surface(
     Returns:
         points ``(n, 3)`` and outward unit normals ``(n, 3)``, float64.
     """
-    import pyvista as pv
-
     if n < 0:
         raise InvalidInputError(f"n must be non-negative, got {n}")
     faces = parse_faces(surface)
-    tri, cell = fan_triangulation(faces)
-    poly = pv.PolyData.from_regular_faces(faces.points, tri)  # triangle t is a fan triangle of cell[t]
+    tri, cell = fan_triangulation(faces)  # triangle t is a fan triangle of cell[t]
     outward = unit_rows(outward_area_vectors(surface))[cell]  # (T, 3)
     used = faces.points[np.unique(tri)]
     lo, hi = used.min(axis=0), used.max(axis=0)
@@ -98,13 +96,14 @@ def sample_near_surface(
         raise InvalidInputError("the surface has zero extent: no point can be drawn on it")
     lo, hi = lo - width, hi + width
     rng = np.random.default_rng(seed)
+    tree = TriangleTree.build(faces.points, tri) if n else None
     points, normals, found = [np.zeros((0, 3))], [np.zeros((0, 3))], 0
     for _ in range(_MAX_DRAWS):
         if found >= n:
             break
         x = rng.uniform(lo, hi, size=(1 << 16, 3))  # a round of fixed size: the stream depends on the seed alone
-        triangle, closest = poly.find_closest_cell(x, return_closest_point=True)
-        delta = x - closest
+        rows, closest, triangle = tree.closest_within(x, width)  # the exact closest point, in the band only
+        delta = x[rows] - closest
         d = np.linalg.norm(delta, axis=1)
         near = (d < width) & (d > 0)
         delta, d, closest, triangle = delta[near], d[near], closest[near], triangle[near]

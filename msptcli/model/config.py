@@ -244,12 +244,18 @@ class ModelConfig(BaseModel):
         "1 + history times the step's cost)",
     )
     checkpointing: bool = Field(False, description="recompute each block in the backward pass to save memory")
+    query_reading: Literal["blocks", "final"] = Field(
+        "blocks",
+        description="with anchors, backbone mspt: where the queries read the anchors: 'blocks', at the input of "
+        "every MSPT block with its weights; 'final', the anchors' final features in query_depth reading blocks "
+        "of their own (as every other backbone's queries do)",
+    )
     query_depth: int = Field(
         2,
         ge=1,
         le=16,
-        description="with anchors and a backbone other than mspt: blocks in which the queries read the backbone's "
-        "anchor features (MSPT's queries read its own blocks)",
+        description="with anchors: reading blocks in which the queries read the anchors' final features (a "
+        "backbone other than mspt, or query_reading: final)",
     )
     erwin: ErwinConfig | None = Field(None, description="settings of backbone: erwin (defaults when null)")
     nsa: NSAConfig | None = Field(None, description="settings of backbone: erwin-nsa (defaults when null)")
@@ -299,7 +305,9 @@ class ModelConfig(BaseModel):
                 )
         if self.backbone == "erwin":
             self._check_erwin()
-        if self.backbone != "mspt" and self.anchors is not None and self.query_depth < self.num_trees:
+        if self.query_reading == "final" and self.anchors is None:
+            raise ValueError("query_reading: final needs anchors (the queries read the anchors' final features)")
+        if self.reads_final and self.query_depth < self.num_trees:
             raise ValueError(
                 f"query_depth {self.query_depth} is below the {self.num_trees} ball trees the reading blocks alternate "
                 "between (each tree needs a block)"
@@ -331,6 +339,11 @@ class ModelConfig(BaseModel):
     @property
     def transolver_settings(self) -> TransolverConfig:
         return self.transolver or TransolverConfig()
+
+    @property
+    def reads_final(self) -> bool:
+        """Whether queries read the anchors' final features in reading blocks of their own (``query_depth``)."""
+        return self.anchors is not None and (self.backbone != "mspt" or self.query_reading == "final")
 
     @property
     def num_trees(self) -> int:

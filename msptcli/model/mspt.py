@@ -134,6 +134,8 @@ class MSPT(nn.Module):
         dim = config.width
         self.embed = Embedding(in_features, dim, config.fourier_features)
         self.blocks = nn.ModuleList(MSPTBlock(config) for _ in range(config.depth))
+        # query_reading: final: the queries' own reading blocks over the anchors' final features
+        self.readers = nn.ModuleList(MSPTBlock(config) for _ in range(config.query_depth if config.reads_final else 0))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_features)
         self.apply(init_weights)
@@ -169,37 +171,48 @@ class MSPT(nn.Module):
     def read_anchors(
         self, features: Tensor, layout: PatchLayout, trees: AnchorTrees = ONE_TREE, *, outputs: bool = False
     ) -> tuple[list[AnchorKeys], Tensor | None]:
-        """Run the anchors (N, F), packed in the first tree's order, through the blocks and keep, per block,
-        what queries read: the anchors' keys and values (:class:`AnchorKeys`) at the block's input.
+        """Run the anchors (N, F), packed in the first tree's order, through the blocks and keep what queries
+        read: the anchors' keys and values (:class:`AnchorKeys`) at the input of every block, or with
+        ``query_reading: final`` those of the anchors' final features in every reading block.
 
-        Block l cuts the anchors into the patches of tree ``l % trees.count``. The last block's update of
-        the anchors is run only for ``outputs`` (queries never read it).
+        Block l (reading block r) cuts the anchors into the patches of tree ``l % trees.count``
+        (``r % trees.count``). Reading every block, the last block's update of the anchors is run only for
+        ``outputs`` (queries never read it).
 
         Returns:
-            The keys of every block and, with ``outputs``, the anchors' (N, out_features) predictions.
+            The keys of every block (reading block) and, with ``outputs``, the anchors' (N, out_features) predictions.
         """
         x = self.embed(features)  # (N, C)
         nearest = self.config.anchors is not None and self.config.anchors.reads == "nearest"
+        final = bool(self.readers)
         keys = []
         for index, block in enumerate(self.blocks):
             tree = index % trees.count
             reorder, restore = trees.reorder[tree], trees.restore[tree]
             xt = x if reorder is None else gather_rows(x, reorder)  # (N, C) in this tree's order
-            keys.append(block.anchor_keys(x, xt, layout, tree, nearest=nearest))
-            sn_kv = keys[-1].sn_kv
-            if index == len(self.blocks) - 1 and not outputs:
-                break
+            sn_kv = None
+            if not final:
+                keys.append(block.anchor_keys(x, xt, layout, tree, nearest=nearest))
+                sn_kv = keys[-1].sn_kv
+                if index == len(self.blocks) - 1 and not outputs:
+                    break
             if self.config.checkpointing and torch.is_grad_enabled():
                 xt = checkpoint(block, xt, layout, None, sn_kv, use_reentrant=False)
             else:
                 xt = block(xt, layout, sn_kv=sn_kv)
             x = xt if restore is None else gather_rows(xt, restore)
+        for index, reader in enumerate(self.readers):  # query_reading: final
+            tree = index % trees.count
+            reorder = trees.reorder[tree]
+            xt = x if reorder is None else gather_rows(x, reorder)
+            keys.append(reader.anchor_keys(x, xt, layout, tree, nearest=nearest))
         return keys, (self.head(self.norm(x)) if outputs else None)
 
     def answer_queries(self, keys: Sequence[AnchorKeys], layout: PatchLayout, queries: Queries) -> Tensor:
-        """(M, F) query features -> (M, out_features) predictions, reading the anchors' ``keys`` block by block."""
+        """(M, F) query features -> (M, out_features) predictions, reading the anchors' ``keys`` block by block
+        (reading block by reading block)."""
         xq = self.embed(queries.features)  # (M, C)
-        for block, k in zip(self.blocks, keys, strict=True):
+        for block, k in zip(self.readers or self.blocks, keys, strict=True):
             xq = block.query_update(xq, k, layout, queries)
         return self.head(self.norm(xq))
 

@@ -158,7 +158,8 @@ class PMSA(nn.Module):
         c = hq.shape[1]
         q = gather_rows(F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]), nearest.groups.slots)  # (G, Lq, C)
         k, v = gather_rows(kv, nearest.key_rows).split(c, dim=-1)  # 2 x (G, U, C)
-        o = self.attend(q, k, v, chunk, sn_kv, key_bias=nearest.key_bias, cloud=nearest.group_cloud)  # (G, Lq, C)
+        o = self.attend(q, k, v, chunk, sn_kv, key_bias=nearest.key_bias, cloud=nearest.group_cloud,
+                        per_cloud=nearest.per_cloud)  # (G, Lq, C)  # fmt: skip
         return gather_rows(o.reshape(-1, c), nearest.groups.query_slot)  # (m, C), padded slots dropped
 
     def attend(
@@ -170,12 +171,14 @@ class PMSA(nn.Module):
         sn_kv: tuple[Tensor, Tensor],
         key_bias: Tensor | None = None,
         cloud: Tensor | None = None,
+        per_cloud: int = 0,
     ) -> Tensor:
         """Eq. 6 for all patches at once: queries (p, T, C) over [patch keys (p, L, C) ; supernodes of the cloud].
 
         For groups of queries that are not the layout's patches (queries reading their nearest anchors):
         ``key_bias`` (p, T, U + S) is the whole additive bias of every query over [keys ``k`` (p, U, C) ;
-        supernodes], and ``cloud`` (p,) the cloud of every group.
+        supernodes], ``cloud`` (p,) the cloud of every group and ``per_cloud`` the groups of every cloud
+        where each of the layout's clouds has as many, in order (else 0).
         """
         p, num_q, c = q.shape
         heads, d = self.num_heads, c // self.num_heads
@@ -183,17 +186,22 @@ class PMSA(nn.Module):
         def heads_first(t: Tensor) -> Tensor:  # (p, T, C) -> (p, H, T, d)
             return t.view(p, t.shape[1], heads, d).transpose(1, 2)
 
-        runs = chunk.cloud_runs if cloud is None and key_bias is None else ()
-        if (
-            runs
-            and _two_kernels(q)
-            and all(k_ == runs[0][1] and c_ == runs[0][0] + i for i, (c_, k_) in enumerate(runs))
-        ):
-            # The one softmax in two kernels (patch keys; the cloud's supernodes), merged by log-sum-exp.
-            b, per_cloud, first = len(runs), runs[0][1], runs[0][0]
+        two_part = None  # (first cloud, clouds, groups per cloud): the one softmax in two kernels
+        if _two_kernels(q):
+            runs = chunk.cloud_runs if cloud is None and key_bias is None else ()
+            if runs and all(k_ == runs[0][1] and c_ == runs[0][0] + i for i, (c_, k_) in enumerate(runs)):
+                two_part = (runs[0][0], len(runs), runs[0][1])
+            elif key_bias is not None and per_cloud:
+                two_part = (0, p // per_cloud, per_cloud)
+        if two_part is not None:
+            # The one softmax in two kernels (the local keys; the cloud's supernodes), merged by log-sum-exp.
+            first, b, per_cloud = two_part
             k_sn, v_sn = (t[first : first + b].to(q.dtype) for t in sn_kv)  # 2 x (b, S, C)
             local_bias = sn_bias = None
-            if chunk.key_bias is not None:
+            if key_bias is not None:  # (p, T, U + S): every query its own bias
+                local_bias = key_bias[:, None, :, : k.shape[1]].to(q.dtype)  # (p, 1, T, U)
+                sn_bias = key_bias[::per_cloud, None, :1, k.shape[1] :].to(q.dtype)  # (b, 1, 1, S)
+            elif chunk.key_bias is not None:
                 local_bias = chunk.key_bias[..., : k.shape[1]].to(q.dtype)  # (p, 1, 1, L)
                 sn_bias = chunk.key_bias[::per_cloud, ..., k.shape[1] :].to(q.dtype)  # (b, 1, 1, S)
             o = TwoPartAttention.apply(
@@ -240,9 +248,11 @@ class TwoPartAttention(torch.autograd.Function):
     is that of flash attention for each part, given the merged o and l (its probabilities are then
     the joint softmax's): the gradients of the one softmax, summed over the parts for the queries.
 
-    Shapes: q (B, K, H, T, d) the queries of K patches of each of B clouds; k, v (B*K, H, L, d) the
-    patch keys; k_sn, v_sn (B, H, S, d); the biases (B*K, 1, 1, L) and (B, 1, 1, S) or None. The
-    output is (B, K, T, H, d), contiguous: heads last, as the output projection reads it.
+    Shapes: q (B, K, H, T, d) the queries of K patches (or query groups) of each of B clouds; k, v
+    (B*K, H, L, d) the patch keys (a group's keys); k_sn, v_sn (B, H, S, d); the biases (B*K, 1, 1, L)
+    or, every query its own, (B*K, 1, T, L), and (B, 1, 1, S), or None. A query whose local keys are
+    all masked (the kernel gives it l_1 = 0 and o_1 = 0) is given l_1 = -inf: the supernodes alone.
+    The output is (B, K, T, H, d), contiguous: heads last, as the output projection reads it.
     """
 
     @staticmethod
@@ -252,6 +262,9 @@ class TwoPartAttention(torch.autograd.Function):
         o1, l1 = flash(q.flatten(0, 1), k, v, 0.0, False, attn_mask=local_bias)  # (BK, H, T, d), (BK, H, T)
         o2, l2 = flash(_by_cloud(q), k_sn, v_sn, 0.0, False, attn_mask=sn_bias)  # (B, H, K T, d), (B, H, K T)
         o1, l1 = o1.view(q.shape), l1.view(q.shape[:-1])
+        if local_bias is not None and local_bias.shape[2] > 1:  # per-query biases: a row may mask every local key
+            empty = torch.isneginf(local_bias).all(-1).unflatten(0, q.shape[:2])  # (B, K, 1, T)
+            l1 = l1.masked_fill(empty, float("-inf"))  # the kernel gives such a row l = 0; its weight is 0
         o2, l2 = _by_patch(o2, per_cloud), _by_patch(l2[..., None], per_cloud)[..., 0]
         lse = torch.logaddexp(l1, l2)  # (B, K, H, T), float32 at least
         o = torch.empty((*q.shape[:2], q.shape[3], q.shape[2], q.shape[4]), dtype=q.dtype, device=q.device)

@@ -84,8 +84,9 @@ def group_queries(query_patch: np.ndarray, num_patches: int) -> QueryGroups:
     return QueryGroups(slots=torch.from_numpy(slots), query_slot=torch.from_numpy(patch * length + rank))
 
 
-#: Queries that read their nearest anchors are grouped by runs of this many anchors of the first tree's order
-#: (spatially compact: the union of a group's k nearest anchors stays small). Grouping changes the cost only.
+#: Queries that read their nearest anchors are grouped, within each cloud, into runs of this many queries in the
+#: order of their nearest anchor (the first tree's order: spatially compact, so the union of a group's k nearest
+#: anchors stays small: about 150 for k = 16, at most about 300). Grouping changes the cost only.
 QUERY_GROUP = 64
 
 
@@ -93,8 +94,8 @@ QUERY_GROUP = 64
 class NearestKeys:
     """What queries that read their nearest anchors (``reads: nearest``) attend to.
 
-    For speed the queries are grouped by the run of ``QUERY_GROUP`` anchors (in the first tree's
-    order) that holds their nearest anchor; a group's keys are the union of its queries' k nearest
+    For speed the queries of every cloud are sorted by their nearest anchor (in the first tree's order) and cut
+    into runs of ``QUERY_GROUP`` queries; a group's keys are the union of its queries' k nearest
     anchors, then the supernodes of its cloud. The bias of a (query, anchor) pair is its log w(t)
     where the anchor is one of that query's k nearest and -inf elsewhere; that of a supernode 0, or
     -inf for padding: the same attention as gathering every query's own k anchors, with a group's
@@ -105,11 +106,13 @@ class NearestKeys:
     key_rows: Tensor  # (G, U) long: packed anchor rows of every group's keys (0 where padded)
     key_bias: Tensor  # (G, Lq, U + S) float32: bias of each (query slot, key), the supernodes last
     group_cloud: Tensor  # (G,) long: cloud of every group
+    per_cloud: int = 0  # groups of every cloud where each cloud of the layout has as many (G = B * per_cloud), else 0
 
     def to(self, device: torch.device | str) -> NearestKeys:
         return NearestKeys(
-            self.groups.to(device), self.key_rows.to(device), self.key_bias.to(device), self.group_cloud.to(device)
-        )
+            self.groups.to(device), self.key_rows.to(device), self.key_bias.to(device), self.group_cloud.to(device),
+            self.per_cloud,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -202,16 +205,16 @@ def place_queries(anchors: PackedAnchors, places: QueryPlaces, features: np.ndar
 
 def nearest_keys(layout: PatchLayout, places: QueryPlaces) -> NearestKeys:
     """The :class:`NearestKeys` of queries at ``places`` (with their k nearest anchors and window weights)."""
-    num_anchors = layout.num_points
-    sizes = np.asarray(layout.sizes, dtype=np.int64)
-    per_cloud = -(-sizes // QUERY_GROUP)  # groups of every cloud: runs of QUERY_GROUP rows, the last shorter
-    first_group = np.concatenate([[0], np.cumsum(per_cloud)[:-1]])
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    nearest = places.rows[:, 0]
-    run = first_group[places.cloud] + (nearest - starts[places.cloud]) // QUERY_GROUP  # (M,) run of every query
-    runs, group = np.unique(run, return_inverse=True)  # only the runs that hold queries become groups
-    group = group.reshape(-1)
-    num_groups = len(runs)
+    num_anchors, num_clouds = layout.num_points, layout.num_clouds
+    order = np.lexsort((places.rows[:, 0], places.cloud))  # (M,) queries by cloud, then by their nearest anchor
+    per_cloud = np.bincount(places.cloud, minlength=num_clouds)  # (B,) queries of every cloud
+    cloud_start = np.concatenate([[0], np.cumsum(per_cloud)[:-1]])
+    groups_of = -(-per_cloud // QUERY_GROUP)  # (B,) groups of every cloud: runs of QUERY_GROUP, the last shorter
+    first_group = np.concatenate([[0], np.cumsum(groups_of)[:-1]])
+    cloud = places.cloud[order]
+    group = np.empty(len(order), dtype=np.int64)
+    group[order] = first_group[cloud] + (np.arange(len(order)) - cloud_start[cloud]) // QUERY_GROUP
+    num_groups = int(groups_of.sum())
     groups = group_queries(group, num_groups)
     slots = groups.slots.shape[1]
     rank = groups.query_slot.numpy() - group * slots  # slot of every query within its group
@@ -226,12 +229,15 @@ def nearest_keys(layout: PatchLayout, places: QueryPlaces) -> NearestKeys:
     length = max(int(count.max()) if len(count) else 1, 1)
     key_rows = np.zeros((num_groups, length), dtype=np.int64)
     key_rows[key_group, position] = keys % num_anchors
-    group_cloud = np.repeat(np.arange(len(sizes)), per_cloud)[runs]
+    group_cloud = np.repeat(np.arange(num_clouds), groups_of)
     valid = supernode_valid(layout)  # (B, S)
     bias = np.full((num_groups, slots, length + valid.shape[1]), -np.inf, dtype=np.float32)
     bias[pair_group, pair_rank, position[which]] = pair_bias
     bias[:, :, length:] = np.where(valid[group_cloud], 0.0, -np.inf)[:, None, :]
-    return NearestKeys(groups, torch.from_numpy(key_rows), torch.from_numpy(bias), torch.from_numpy(group_cloud))
+    uniform = int(groups_of[0]) if num_groups and (groups_of == groups_of[0]).all() else 0
+    return NearestKeys(
+        groups, torch.from_numpy(key_rows), torch.from_numpy(bias), torch.from_numpy(group_cloud), uniform
+    )
 
 
 def supernode_valid(layout: PatchLayout) -> np.ndarray:
