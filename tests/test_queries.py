@@ -168,6 +168,25 @@ def test_config_refuses_what_cannot_work():
         ModelConfig(anchors=None, rotate_trees=True)
     with pytest.raises(ValidationError, match="power of two"):
         ModelConfig(anchors={"surface": 1000})
+    with pytest.raises(ValidationError, match="query_reading: final needs anchors"):
+        ModelConfig(anchors=None, query_reading="final")
+    with pytest.raises(ValidationError, match="query_depth 1 is below the 2 ball trees"):
+        ModelConfig(query_reading="final", query_depth=1, rotate_trees=True)
+    assert ModelConfig(query_depth=1, rotate_trees=True).query_reading == "blocks"  # reading every block: unused
+
+
+def test_reading_the_final_features_has_its_own_blocks():
+    blocks, final = make(), make(query_reading="final", query_depth=2)
+    assert len(blocks.readers) == 0 and len(final.readers) == 2
+    points, features = clouds()
+    anchors = pack_anchors(points, features, final.config)
+    keys, _ = final.read_anchors(anchors.features.double(), anchors.layout, anchors.trees)
+    assert len(keys) == 2  # one set of keys per reading block, of the final features: not one per MSPT block
+    with torch.no_grad():  # the queries read the last block's output: changing the last block changes them
+        before = run(final, anchors, points, features)
+        final.blocks[-1].mlp.fc2.weight.mul_(1.5)  # (adding a constant would shift each row, which LN removes)
+        after = run(final, anchors, points, features)
+    assert not torch.allclose(before, after)
 
 
 def test_the_window_falls_to_zero_at_the_next_anchor():
