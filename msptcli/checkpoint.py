@@ -301,13 +301,17 @@ def _refuse_removed_variants(meta: dict[str, str], path: Path) -> None:
 def _without_anchors_if_older(meta: dict[str, str]) -> dict[str, str]:
     """Defaults of networks saved before an option existed, made explicit, so that a later default cannot change
     them: no ``anchors`` key (before anchor-query MSPT): every point ran through the blocks; anchors without
-    ``reads``: queries read their nearest anchor's patch."""
+    ``reads``: queries read their nearest anchor's patch; no ``query_reading``: MSPT's queries read every block."""
     net, config = json.loads(meta["model_config"]), json.loads(meta["config"])
     transient = config.get("data", {}).get("transient")
     if isinstance(transient, dict) and not {"derivatives", "advection"} <= transient.keys():
         transient.setdefault("derivatives", False)  # before the derivative inputs
         transient.setdefault("advection", None)  # before the transported increment
         meta = {**meta, "config": json.dumps(config)}
+    if "query_reading" not in net:  # before the reading of the final features
+        net["query_reading"] = "blocks"
+        config.setdefault("model", {})["query_reading"] = "blocks"
+        meta = {**meta, "model_config": json.dumps(net), "config": json.dumps(config)}
     if "anchors" not in net:
         net["anchors"] = None
         config.setdefault("model", {})["anchors"] = None

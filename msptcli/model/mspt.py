@@ -15,6 +15,14 @@ meshes, on chunks of whole patches one after the other (``chunk_points``): each 
 first pools the supernodes of every chunk, then updates the points chunk by chunk in
 place. Peak memory is then one (N, C) buffer plus one chunk's temporaries, whatever the
 depth, and the result equals the all-at-once pass up to floating-point reordering.
+
+With anchors (``model.anchors``) the blocks run on the anchors and the mesh points are queries that
+read them (``model/queries.py``): at the input of every block, with its weights
+(``query_reading: blocks``), or the anchors' final features in ``query_depth`` reading blocks of
+their own (``query_reading: final``, ``self.readers``):
+
+    h     = Blocks(Embed(f_a))                        the anchors through all L blocks
+    x_q  <- x_q + PMSA_r(LN(x_q); keys of LN(h)) + MLP_r(...),   r = 1 .. query_depth
 """
 
 from __future__ import annotations
