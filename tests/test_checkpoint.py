@@ -157,11 +157,13 @@ def test_older_defaults_are_written_out_so_that_a_new_default_cannot_change_a_sa
     before_reads = _without_anchors_if_older(meta({"width": 64, "anchors": {"surface": 256}}))
     assert json.loads(before_reads["model_config"])["anchors"] == {"surface": 256, "reads": "patch"}
     assert json.loads(before_reads["config"])["model"]["anchors"]["reads"] == "patch"
-    current = meta({"width": 64, "anchors": {"surface": 256, "reads": "nearest"}})
+    assert json.loads(before_reads["model_config"])["query_reading"] == "blocks"  # before the final reading
+    assert json.loads(before_reads["config"])["model"]["query_reading"] == "blocks"
+    current = meta({"width": 64, "anchors": {"surface": 256, "reads": "nearest"}, "query_reading": "final"})
     assert _without_anchors_if_older(current) == current
 
     def transient(**keys):
-        saved = {"model_config": json.dumps({"anchors": None}), "config": json.dumps({"data": {"transient": keys}})}
+        saved = {"model_config": json.dumps({"anchors": None, "query_reading": "blocks"}), "config": json.dumps({"data": {"transient": keys}})}
         return json.loads(_without_anchors_if_older(saved)["config"])["data"]["transient"]
 
     assert transient(history=1) == {"history": 1, "derivatives": False, "advection": None}  # before both
