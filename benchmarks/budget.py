@@ -126,7 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[30.0], help="training budgets")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--variants", nargs="+", default=list(SIZES), help="backbones of benchmarks/backbones.py")
+    parser.add_argument("--variants", nargs="+", choices=list(SIZES),
+                        help="backbones of benchmarks/backbones.py (default: all, without --variant)")  # fmt: skip
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
                         help="a variant of the default MSPT: a name and config overrides (repeatable)")  # fmt: skip
     parser.add_argument("--half", action="store_true", help="train on 10 of the 20 training bodies")
@@ -135,12 +136,11 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="evaluate finished runs of the same names again")
     parser.add_argument("--no-predict", action="store_true", help="skip the two prediction times")
     args = parser.parse_args()
-    variants = {name: SIZES[name] for name in args.variants if args.variant == [] or name in SIZES}
-    if args.variant:
-        variants = {}
-        for spec in args.variant:
-            name, _, overrides = spec.partition("=")
-            variants[name] = [o for o in overrides.split(",") if o]
+    names = args.variants if args.variants is not None else ([] if args.variant else list(SIZES))
+    variants = {name: SIZES[name] for name in names}
+    for spec in args.variant:  # overrides without commas inside values (lists: use --variants)
+        name, _, overrides = spec.partition("=")
+        variants[name] = [o for o in overrides.split(",") if o]
     data_dir = accuracy.prepare(args.data, WORK, min(2, os.cpu_count() or 1))
     if args.half:
         data_dir = prepare_half(args.data)
