@@ -163,7 +163,8 @@ def test_older_defaults_are_written_out_so_that_a_new_default_cannot_change_a_sa
     assert _without_anchors_if_older(current) == current
 
     def transient(**keys):
-        saved = {"model_config": json.dumps({"anchors": None, "query_reading": "blocks"}), "config": json.dumps({"data": {"transient": keys}})}
+        net = {"anchors": None, "query_reading": "blocks"}
+        saved = {"model_config": json.dumps(net), "config": json.dumps({"data": {"transient": keys}})}
         return json.loads(_without_anchors_if_older(saved)["config"])["data"]["transient"]
 
     assert transient(history=1) == {"history": 1, "derivatives": False, "advection": None}  # before both
