@@ -121,43 +121,24 @@ def train_model(
         start = (parent, finetune.field_pairs(parent, Channels.from_fields(manifest.fields), tc.field_map))
     world, device = join(tc.device)
     try:
-        summary = _run(data_dir, run_dir, manifest, config, task, world, device, resume, start, reporter,
-                       should_stop, clock)  # fmt: skip
+        lock = run_lock(run_dir) if world.main else contextlib.nullcontext()
+        with lock:  # first: a run another process is writing is refused as such, whatever it holds yet
+            if not resume and (run_dir / "checkpoints" / "last.safetensors").exists():
+                raise InvalidInputError(f"{run_dir}: already holds a run; use --resume to continue it or another -o")
+            state = load_train_state(run_dir / STATE) if resume else None
+            budget = Budget(tc.time_limit, spent=float(state.get("elapsed", 0.0)) if state else 0.0, clock=clock)
+            if state is not None and budget.spent:  # resumed with no time left: nothing is built, trained or written
+                summary = TrainSummary(run_dir, int(state["epoch"]), main=world.main, time_up=True,
+                                       already_spent=True, elapsed=budget.agreed)  # fmt: skip
+            else:
+                run = _setup(data_dir, run_dir, manifest, config, task, world, device or pick_device(tc.device),
+                             state=state, start=start, budget=budget)  # fmt: skip
+                summary = _epochs(run, _restore(run, state), reporter if world.main else None, should_stop)
     except BaseException:
         leave(world)
         raise
     leave(world, together=True)  # no rank closes the group while another still works in it (gloo aborts then)
     return summary
-
-
-def _run(
-    data_dir: Path,
-    run_dir: Path,
-    manifest: Manifest,
-    config: MsptConfig,
-    task: Task,
-    world: World,
-    device: torch.device | None,
-    resume: bool,
-    start: tuple[finetune.Parent, dict[str, str]] | None,
-    reporter: Reporter | None,
-    should_stop: Callable[[], bool],
-    clock: Callable[[], float],
-) -> TrainSummary:
-    """The run inside the process group: locked, restored or started, trained."""
-    tc = config.train
-    lock = run_lock(run_dir) if world.main else contextlib.nullcontext()
-    with lock:  # first: a run another process is writing is refused as such, whatever it holds yet
-        if not resume and (run_dir / "checkpoints" / "last.safetensors").exists():
-            raise InvalidInputError(f"{run_dir}: already holds a run; use --resume to continue it or another -o")
-        state = load_train_state(run_dir / STATE) if resume else None
-        budget = Budget(tc.time_limit, spent=float(state.get("elapsed", 0.0)) if state else 0.0, clock=clock)
-        if state is not None and budget.spent:  # resumed with no time left: nothing is built, trained or written
-            return TrainSummary(run_dir, int(state["epoch"]), main=world.main, time_up=True, already_spent=True,
-                                elapsed=budget.agreed)  # fmt: skip
-        run = _setup(data_dir, run_dir, manifest, config, task, world, device or pick_device(tc.device),
-                     state=state, start=start, budget=budget)  # fmt: skip
-        return _epochs(run, _restore(run, state), reporter if world.main else None, should_stop)
 
 
 def _check_run_dir(run_dir: Path, data_dir: Path) -> None:
