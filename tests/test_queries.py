@@ -148,11 +148,19 @@ def test_queries_train_the_network(variant):
 
 
 def test_grouping_and_its_errors():
-    groups = group_queries(np.array([2, 0, 2, 2]), 4)
-    assert groups.slots.tolist() == [[1, 0, 0], [0, 0, 0], [0, 2, 3], [0, 0, 0]]
-    assert groups.query_slot.tolist() == [6, 0, 7, 8]
+    groups = group_queries(np.array([2, 0, 2, 2]), np.zeros(4))  # only the patches read have groups
+    assert groups.slots.tolist() == [[1, 0, 0], [0, 2, 3]]
+    assert groups.query_slot.tolist() == [3, 0, 4, 5]
+    assert groups.patch.tolist() == [0, 2]
+    # every cloud as many groups: cloud 1 gets a padded one, reading its first patch
+    groups = group_queries(np.array([0, 1, 0, 3]), np.array([0, 0, 1, 1]))
+    assert groups.slots.tolist() == [[0, 2], [1, 0], [3, 0], [0, 0]]
+    assert groups.query_slot.tolist() == [0, 2, 1, 4]
+    assert groups.patch.tolist() == [0, 1, 3, 2]
+    assert (groups.first_cloud, groups.per_cloud) == (0, 2)
+    assert group_queries(np.array([3]), np.array([0, 0, 1, 1])).first_cloud == 1
     with pytest.raises(InvalidInputError, match=r"lie in \[0, 4\)"):
-        group_queries(np.array([4]), 4)
+        group_queries(np.array([4]), np.zeros(4))
     points, features = clouds(sizes=[10])
     anchors = pack_anchors(points, features, ModelConfig(num_patches=2))
     with pytest.raises(InvalidInputError, match="query clouds"):
@@ -281,3 +289,38 @@ def test_nearest_reading_in_two_kernels_is_the_one_softmax(dtype):
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     assert torch.isfinite(outs[0]).all() and torch.allclose(outs[0], outs[1], rtol=0, atol=tol)
     assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_patch_reading_of_a_few_patches_is_the_one_softmax(dtype):
+    """Queries that meet a few patches read only those (one group each, every cloud padded to as many groups);
+    the two-kernel attention over them gives the outputs and gradients of the one softmax (the general path)
+    and of all queries read together."""
+    from dataclasses import replace
+
+    model = make(dtype, num_supernodes=2, num_patches=8)
+    points, features = clouds()
+    anchors = pack_anchors(points, features, model.config)
+    rng = np.random.default_rng(6)
+    queries = [rng.random((200, 3)) * 0.3, rng.random((30, 3)) * 0.2]  # in a corner of each cloud: a few patches
+    q_features = featurise(queries)
+    few = place_queries(anchors, locate_queries(anchors, queries), np.concatenate(q_features))
+    groups = few.groups[0]
+    assert 1 < groups.per_cloud < 8 and len(groups.patch) == 2 * groups.per_cloud
+    general = replace(few, groups=(replace(groups, per_cloud=0),))
+    outs, grads = [], []
+    for qs in (few, general):
+        model.zero_grad()
+        keys, _ = model.read_anchors(anchors.features.to(dtype), anchors.layout, anchors.trees)
+        out = model.answer_queries(keys, anchors.layout, qs.to("cpu", dtype))
+        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([prm.grad.flatten() for prm in model.parameters()]))
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert torch.allclose(outs[0], outs[1], rtol=0, atol=tol)
+    assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol)
+    if dtype != torch.float64:  # run() reads in float64
+        return
+    alone = [run(model, anchors, [queries[0][i : i + 1], queries[1][:0]], [q_features[0][i : i + 1], q_features[1][:0]])
+             for i in (0, 77, 199)]  # fmt: skip
+    assert torch.allclose(torch.cat(alone), outs[0][[0, 77, 199]], rtol=0, atol=tol)

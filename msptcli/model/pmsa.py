@@ -125,9 +125,15 @@ class PMSA(nn.Module):
             (m, C) outputs of the queries.
         """
         c = hq.shape[1]
-        q = gather_rows(F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]), groups.slots)  # (p, Lq, C)
-        k, v = kv.split(c, dim=-1)
-        o = self.attend(q, k, v, chunk, sn_kv)  # (p, Lq, C)
+        q = gather_rows(F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]), groups.slots)  # (G, T, C)
+        if groups.patch is None:  # group g reads patch g
+            k, v = kv.split(c, dim=-1)
+            o = self.attend(q, k, v, chunk, sn_kv)  # (P, T, C)
+        else:
+            k, v = gather_rows(kv, groups.patch).split(c, dim=-1)  # 2 x (G, L, C): every group its patch's keys
+            bias = None if chunk.key_bias is None else gather_rows(chunk.key_bias, groups.patch)[:, 0]  # (G, 1, L + S)
+            o = self.attend(q, k, v, chunk, sn_kv, key_bias=bias, cloud=gather_rows(chunk.patch_cloud, groups.patch),
+                            per_cloud=groups.per_cloud, first_cloud=groups.first_cloud)  # (G, T, C)  # fmt: skip
         return gather_rows(o.reshape(-1, c), groups.query_slot)  # (m, C), padded slots dropped
 
     def point_kv(self, h: Tensor) -> Tensor:
@@ -172,13 +178,15 @@ class PMSA(nn.Module):
         key_bias: Tensor | None = None,
         cloud: Tensor | None = None,
         per_cloud: int = 0,
+        first_cloud: int = 0,
     ) -> Tensor:
         """Eq. 6 for all patches at once: queries (p, T, C) over [patch keys (p, L, C) ; supernodes of the cloud].
 
-        For groups of queries that are not the layout's patches (queries reading their nearest anchors):
-        ``key_bias`` (p, T, U + S) is the whole additive bias of every query over [keys ``k`` (p, U, C) ;
-        supernodes], ``cloud`` (p,) the cloud of every group and ``per_cloud`` the groups of every cloud
-        where each of the layout's clouds has as many, in order (else 0).
+        For groups of queries that are not the layout's patches (queries grouped by patch, or reading their
+        nearest anchors): ``cloud`` (p,) is the cloud of every group, ``key_bias`` (p, T or 1, U + S) the whole
+        additive bias of every query (or group) over [keys ``k`` (p, U, C) ; supernodes] (None: nothing
+        masked), and ``per_cloud`` the groups of every cloud from ``first_cloud`` on, where each of them has
+        as many, in order (else 0).
         """
         p, num_q, c = q.shape
         heads, d = self.num_heads, c // self.num_heads
@@ -188,20 +196,20 @@ class PMSA(nn.Module):
 
         two_part = None  # (first cloud, clouds, groups per cloud): the one softmax in two kernels
         if _two_kernels(q):
-            runs = chunk.cloud_runs if cloud is None and key_bias is None else ()
+            runs = chunk.cloud_runs if cloud is None else ()
             if runs and all(k_ == runs[0][1] and c_ == runs[0][0] + i for i, (c_, k_) in enumerate(runs)):
                 two_part = (runs[0][0], len(runs), runs[0][1])
-            elif key_bias is not None and per_cloud:
-                two_part = (0, p // per_cloud, per_cloud)
+            elif cloud is not None and per_cloud:
+                two_part = (first_cloud, p // per_cloud, per_cloud)
         if two_part is not None:
             # The one softmax in two kernels (the local keys; the cloud's supernodes), merged by log-sum-exp.
             first, b, per_cloud = two_part
             k_sn, v_sn = (t[first : first + b].to(q.dtype) for t in sn_kv)  # 2 x (b, S, C)
             local_bias = sn_bias = None
-            if key_bias is not None:  # (p, T, U + S): every query its own bias
-                local_bias = key_bias[:, None, :, : k.shape[1]].to(q.dtype)  # (p, 1, T, U)
+            if key_bias is not None:  # (p, T or 1, U + S): every query (group) its own bias
+                local_bias = key_bias[:, None, :, : k.shape[1]].to(q.dtype)  # (p, 1, T or 1, U)
                 sn_bias = key_bias[::per_cloud, None, :1, k.shape[1] :].to(q.dtype)  # (b, 1, 1, S)
-            elif chunk.key_bias is not None:
+            elif cloud is None and chunk.key_bias is not None:
                 local_bias = chunk.key_bias[..., : k.shape[1]].to(q.dtype)  # (p, 1, 1, L)
                 sn_bias = chunk.key_bias[::per_cloud, ..., k.shape[1] :].to(q.dtype)  # (b, 1, 1, S)
             o = TwoPartAttention.apply(
@@ -218,8 +226,8 @@ class PMSA(nn.Module):
         k_sn, v_sn = (gather_rows(t, chunk.patch_cloud if cloud is None else cloud) for t in sn_kv)  # 2 x (p, S, C)
         k = torch.cat([k, k_sn.to(k.dtype)], dim=1)  # (p, L + S, C)
         v = torch.cat([v, v_sn.to(v.dtype)], dim=1)
-        bias = None if chunk.key_bias is None else chunk.key_bias.to(q.dtype)
-        if key_bias is not None:  # (p, 1, T, U + S)
+        bias = None if chunk.key_bias is None or cloud is not None else chunk.key_bias.to(q.dtype)
+        if key_bias is not None:  # (p, 1, T or 1, U + S)
             bias = key_bias.to(q.dtype)[:, None]
         o = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), attn_mask=bias)
         return self.proj(o.transpose(1, 2).reshape(p, num_q, c))  # (p, T, C)

@@ -39,7 +39,7 @@ This module prepares that reading on the host: where every query sits among its 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,35 +53,61 @@ from msptcli.model.layout import PatchLayout
 
 @dataclass(frozen=True)
 class QueryGroups:
-    """Queries grouped by the anchor patch they read, padded to the most queries any patch has.
+    """Queries grouped by the anchor patch they read: one group for every patch that some query reads,
+    padded to the most queries any of them has.
 
-    Padded slots hold query 0 and their outputs are dropped; a patch no query falls into has
-    only padded slots.
+    Padded slots hold query 0 and their outputs are dropped. Groups come cloud by cloud, patch by patch;
+    every cloud from ``first_cloud`` on has ``per_cloud`` groups (a cloud with fewer is given padded groups
+    that read its first patch), which lets the attention batch a cloud's groups against its supernodes. A
+    chunk of queries near one another (predict's order) thus reads only the patches it meets.
     """
 
-    slots: Tensor  # (P, Lq) long: query row of each slot (0 where padded)
-    query_slot: Tensor  # (M,) long: flat slot (patch * Lq + j) of each query
+    slots: Tensor  # (G, T) long: query row of each slot (0 where padded)
+    query_slot: Tensor  # (M,) long: flat slot (group * T + j) of each query
+    patch: Tensor | None = None  # (G,) long: the patch every group reads (None: group g reads patch g, G = P)
+    first_cloud: int = 0  # host-side facts for the attention (the defaults always work, e.g. in a graph)
+    per_cloud: int = 0  # groups of every cloud from first_cloud on (0: not known)
 
     def to(self, device: torch.device | str) -> QueryGroups:
-        return QueryGroups(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        patch = None if self.patch is None else self.patch.to(device)
+        return QueryGroups(self.slots.to(device), self.query_slot.to(device), patch, self.first_cloud, self.per_cloud)
 
 
-def group_queries(query_patch: np.ndarray, num_patches: int) -> QueryGroups:
-    """The :class:`QueryGroups` of queries whose patches (global patch numbers of the layout) are ``query_patch``."""
-    patch = np.asarray(query_patch, dtype=np.int64)
+def group_queries(query_patch: np.ndarray, patch_cloud: np.ndarray) -> QueryGroups:
+    """The :class:`QueryGroups` of queries whose patches (global patch numbers of a layout whose patches lie in
+    the clouds ``patch_cloud``, ascending) are ``query_patch``."""
+    patch, patch_cloud = np.asarray(query_patch, dtype=np.int64), np.asarray(patch_cloud, dtype=np.int64)
+    num_patches = len(patch_cloud)
     if patch.ndim != 1 or len(patch) == 0:
         raise InvalidInputError("query patches must be a non-empty (M,) array")
     if patch.min() < 0 or patch.max() >= num_patches:
         raise InvalidInputError(f"query patches must lie in [0, {num_patches}), got {patch.min()}..{patch.max()}")
-    order = np.argsort(patch, kind="stable")  # queries patch by patch
-    counts = np.bincount(patch, minlength=num_patches)
+    counts = np.bincount(patch, minlength=num_patches)  # (P,) queries of every patch
+    read = (counts > 0).astype(np.int64)  # (P,) 1 where some query reads the patch
+    num_clouds = int(patch_cloud[-1]) + 1
+    cloud_groups = np.bincount(patch_cloud, weights=read, minlength=num_clouds).astype(np.int64)  # (B,)
+    present = np.flatnonzero(cloud_groups)
+    first, last = int(present[0]), int(present[-1])
+    per_cloud = int(cloud_groups[first : last + 1].max())
+    before = np.cumsum(read) - read  # (P,) patches read before, in all clouds
+    first_patch = np.searchsorted(patch_cloud, np.arange(num_clouds))  # (B,) first patch of every cloud
+    group_of = (patch_cloud - first) * per_cloud + before - before[first_patch[patch_cloud]]  # (P,) where read
+    group_patch = np.repeat(first_patch[first : last + 1], per_cloud)  # (G,) padded groups: the cloud's first patch
+    group_patch[group_of[read > 0]] = np.flatnonzero(read)
+    groups = _slots(group_of[patch], len(group_patch))
+    return QueryGroups(groups.slots, groups.query_slot, torch.from_numpy(group_patch), first, per_cloud)
+
+
+def _slots(label: np.ndarray, num_labels: int) -> QueryGroups:
+    """Queries grouped by ``label`` (one group per label, padded to the most queries any label has)."""
+    order = np.argsort(label, kind="stable")
+    counts = np.bincount(label, minlength=num_labels)
     length = max(int(counts.max()), 1)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.empty(len(patch), dtype=np.int64)
-    rank[order] = np.arange(len(patch)) - starts[patch[order]]  # position of each query within its patch
-    slots = np.zeros((num_patches, length), dtype=np.int64)
-    slots[patch, rank] = np.arange(len(patch))
-    return QueryGroups(slots=torch.from_numpy(slots), query_slot=torch.from_numpy(patch * length + rank))
+    rank = np.empty(len(label), dtype=np.int64)
+    rank[order] = np.arange(len(label)) - (np.cumsum(counts) - counts)[label[order]]
+    slots = np.zeros((num_labels, length), dtype=np.int64)
+    slots[label, rank] = np.arange(len(label))
+    return QueryGroups(slots=torch.from_numpy(slots), query_slot=torch.from_numpy(label * length + rank))
 
 
 #: Queries that read their nearest anchors are grouped, within each cloud, into runs of this many queries in the
@@ -198,8 +224,9 @@ def place_queries(anchors: PackedAnchors, places: QueryPlaces, features: np.ndar
     if places.window is not None:  # reads: nearest
         return Queries(features, (), nearest_keys(layout, places))
     patch_of_row = np.repeat(np.arange(layout.num_patches), np.diff(layout.patch_start))
+    patch_cloud = layout.whole.patch_cloud.cpu().numpy()
     nearest_row = places.rows[:, 0]
-    groups = tuple(group_queries(patch_of_row[rank[nearest_row]], layout.num_patches) for rank in anchors.tree_rank)
+    groups = tuple(group_queries(patch_of_row[rank[nearest_row]], patch_cloud) for rank in anchors.tree_rank)
     return Queries(features, groups)
 
 
@@ -215,7 +242,7 @@ def nearest_keys(layout: PatchLayout, places: QueryPlaces) -> NearestKeys:
     group = np.empty(len(order), dtype=np.int64)
     group[order] = first_group[cloud] + (np.arange(len(order)) - cloud_start[cloud]) // QUERY_GROUP
     num_groups = int(groups_of.sum())
-    groups = group_queries(group, num_groups)
+    groups = _slots(group, num_groups)
     slots = groups.slots.shape[1]
     rank = groups.query_slot.numpy() - group * slots  # slot of every query within its group
     k = places.rows.shape[1]

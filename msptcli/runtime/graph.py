@@ -19,8 +19,9 @@ has no Python ints of one batch baked in:
 An anchor-query model (``model.anchors``) takes the same inputs for its anchors, then its queries:
 
     query_features  (M, F)        float32  inputs of the query points, in any order
-    query_slots_t   (P, Lq_t)     int64    per tree t: query row of every slot of its anchor patch
-    query_slot_t    (M,)          int64    per tree t: flat slot (p * Lq_t + j) of every query
+    query_slots_t   (G_t, T_t)    int64    per tree t: query row of every slot of its query group (0 where padded)
+    query_slot_t    (M,)          int64    per tree t: flat slot (g * T_t + j) of every query
+    query_patch_t   (G_t,)        int64    per tree t: the anchor patch every query group reads
     tree_reorder_1  (N,)          int64    with rotate_trees: packed anchor row of each row of tree 1
     tree_restore_1  (N,)          int64    its inverse
     -> prediction (M, out_features) float32, the queries in their own order
@@ -81,10 +82,12 @@ def query_axes(trees: int, *, nearest: bool = False) -> dict[str, dict[int, str]
         "query_group_cloud": {0: "query_groups"},
     }
     for t in range(trees):
-        axes[f"query_slots_{t}"] = {0: "num_patches", 1: f"query_patch_len_{t}"}
+        axes[f"query_slots_{t}"] = {0: f"query_groups_{t}", 1: f"query_group_len_{t}"}
         axes[f"query_slot_{t}"] = {0: "num_queries"}
+        axes[f"query_patch_{t}"] = {0: f"query_groups_{t}"}
     if nearest:  # the queries' slots are in groups of anchors, not in the patches
         axes["query_slots_0"] = {0: "query_groups", 1: "query_group_len"}
+        del axes["query_patch_0"]
     for t in range(1, trees):
         axes[f"tree_reorder_{t}"] = {0: "num_points"}
         axes[f"tree_restore_{t}"] = {0: "num_points"}
@@ -116,8 +119,10 @@ class ExportableNetwork(nn.Module):
         query_features: Tensor | None = None,
         query_slots_0: Tensor | None = None,
         query_slot_0: Tensor | None = None,
+        query_patch_0: Tensor | None = None,
         query_slots_1: Tensor | None = None,
         query_slot_1: Tensor | None = None,
+        query_patch_1: Tensor | None = None,
         tree_reorder_1: Tensor | None = None,
         tree_restore_1: Tensor | None = None,
         query_key_rows: Tensor | None = None,
@@ -144,9 +149,9 @@ class ExportableNetwork(nn.Module):
             nearest = NearestKeys(groups, query_key_rows, query_key_bias, query_group_cloud)
             queries = Queries(query_features, (), nearest)
         else:
-            groups = [QueryGroups(query_slots_0, query_slot_0)]
+            groups = [QueryGroups(query_slots_0, query_slot_0, query_patch_0)]
             if tree_reorder_1 is not None:
-                groups.append(QueryGroups(query_slots_1, query_slot_1))
+                groups.append(QueryGroups(query_slots_1, query_slot_1, query_patch_1))
             queries = Queries(query_features, tuple(groups))
         return self.model(features, layout, queries=queries, trees=trees)  # (M, out)
 
@@ -183,6 +188,7 @@ def query_inputs(example: QueryExample) -> dict[str, np.ndarray]:
     for t, groups in enumerate(q.groups):
         arrays[f"query_slots_{t}"] = groups.slots.cpu().numpy().astype(np.int64)
         arrays[f"query_slot_{t}"] = groups.query_slot.cpu().numpy().astype(np.int64)
+        arrays[f"query_patch_{t}"] = groups.patch.cpu().numpy().astype(np.int64)
     for t in range(1, a.trees.count):
         arrays[f"tree_reorder_{t}"] = a.trees.reorder[t].cpu().numpy().astype(np.int64)
         arrays[f"tree_restore_{t}"] = a.trees.restore[t].cpu().numpy().astype(np.int64)
