@@ -269,9 +269,9 @@ def test_nearest_reading_in_two_kernels_is_the_one_softmax(dtype):
     points, features = clouds()
     anchors = pack_anchors(points, features, model.config)
     rng = np.random.default_rng(5)
-    queries = [rng.random((300, 3)), rng.random((300, 3))]  # as many per cloud: 5 groups each (64 queries)
+    queries = [rng.random((300, 3)), rng.random((300, 3))]  # as many per cloud: 10 groups each (32 queries)
     q = place_queries(anchors, locate_queries(anchors, queries), np.concatenate(featurise(queries)))
-    assert q.nearest.per_cloud == 5
+    assert q.nearest.per_cloud == 10
     bias = q.nearest.key_bias.clone()
     u = q.nearest.key_rows.shape[1]
     p, j = divmod(int(q.nearest.groups.query_slot[3]), q.nearest.groups.slots.shape[1])
@@ -288,7 +288,7 @@ def test_nearest_reading_in_two_kernels_is_the_one_softmax(dtype):
         grads.append(torch.cat([prm.grad.flatten() for prm in model.parameters()]))
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     assert torch.isfinite(outs[0]).all() and torch.allclose(outs[0], outs[1], rtol=0, atol=tol)
-    assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol)
+    assert (grads[0] - grads[1]).abs().max() <= tol * grads[1].abs().max()  # float32: to rounding of the largest
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -318,7 +318,7 @@ def test_patch_reading_of_a_few_patches_is_the_one_softmax(dtype):
         grads.append(torch.cat([prm.grad.flatten() for prm in model.parameters()]))
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     assert torch.allclose(outs[0], outs[1], rtol=0, atol=tol)
-    assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol)
+    assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol), (grads[0] - grads[1]).abs().max()
     if dtype != torch.float64:  # run() reads in float64
         return
     alone = [run(model, anchors, [queries[0][i : i + 1], queries[1][:0]], [q_features[0][i : i + 1], q_features[1][:0]])
