@@ -6,14 +6,17 @@
     python benchmarks/budget.py --minutes 30 --variants mspt --half   # trained on 10 of the 20 bodies
     python benchmarks/budget.py --variant old=model.query_reading=blocks,model.anchors.reads=patch
     python benchmarks/budget.py --device cuda --minutes 30       # the GPU rows
+    python benchmarks/budget.py --variants erwin --set train.surface_points=4096 --tag -pts4k   # every variant
 
 The split, prepared data and ``--quick`` evaluation of ``benchmarks/accuracy.py`` (train 20 Ahmed bodies,
 test case_0003, 0009, 0015, 0021; rel. L2 of the four fields on the CFD meshes, Cd from the CFD surface and
 from the STL alone). Every run trains with ``train.time_limit`` (``mspt train --time-limit``): the learning
 rate's warm-up and cosine decay are laid over the minutes, and the run ends when they are spent, so the
 rows compare what each network learns in the same time, and the *steps* column says how many optimiser
-steps that was. The backbones are those of ``benchmarks/backbones.py`` (about 0.8M parameters each);
-``--variant NAME=KEY=VALUE,...`` adds config overrides of the default MSPT. ``--half`` trains on every
+steps that was. The backbones are those of ``benchmarks/backbones.py`` (the default MSPT; the others about
+0.8M parameters);
+``--variant NAME=KEY=VALUE,...`` adds config overrides of the default MSPT; ``--set KEY=VALUE`` adds one to
+every variant (a backbone's too), ``--tag`` names those runs apart. ``--half`` trains on every
 second training body (10 of 20), the same test cases: whether the error is bound by the data or the time.
 
 Per variant (after its first run) two prediction times, each measured alone:
@@ -130,6 +133,9 @@ def main() -> None:
                         help="backbones of benchmarks/backbones.py (default: all, without --variant)")  # fmt: skip
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
                         help="a variant of the default MSPT: a name and config overrides (repeatable)")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every variant (repeatable; values may hold commas)")  # fmt: skip
+    parser.add_argument("--tag", default="", help="appended to every variant's name (its run folder)")
     parser.add_argument("--half", action="store_true", help="train on 10 of the 20 training bodies")
     parser.add_argument("--data", type=Path, default=accuracy.DATA, help="folder of the 24 Ahmed cases")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -141,6 +147,7 @@ def main() -> None:
     for spec in args.variant:  # overrides without commas inside values (lists: use --variants)
         name, _, overrides = spec.partition("=")
         variants[name] = [o for o in overrides.split(",") if o]
+    variants = {name + args.tag: [*overrides, *args.set] for name, overrides in variants.items()}
     data_dir = accuracy.prepare(args.data, WORK, min(2, os.cpu_count() or 1))
     if args.half:
         data_dir = prepare_half(args.data)

@@ -171,8 +171,8 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(5, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine decay ends at lr * this")
     grad_clip: float | None = Field(1.0, gt=0)
-    surface_points: int | None = Field(8192, ge=1, description="surface points drawn per sample and step")
-    volume_points: int | None = Field(8192, ge=1, description="volume points drawn per sample and step")
+    surface_points: int | None = Field(4096, ge=1, description="surface points drawn per sample and step")
+    volume_points: int | None = Field(4096, ge=1, description="volume points drawn per sample and step")
     surface_weight: float = Field(1.0, ge=0)
     volume_weight: float = Field(1.0, ge=0)
     field_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(

@@ -32,7 +32,8 @@ def test_surface_predictions_do_not_depend_on_the_volume_points(trained, design_
     p0, c0 = results["none"]
     for name, (mesh, coefficients) in results.items():
         for field in ("p", "wallShearStress"):
-            assert np.allclose(mesh.point_data[field], p0.point_data[field], rtol=0, atol=1e-5), (name, field)
+            a, b = mesh.point_data[field], p0.point_data[field]  # float32: the same to a few units of rounding
+            assert np.abs(a - b).max() <= 1e-6 * np.abs(b).max(), (name, field, np.abs(a - b).max(), np.abs(b).max())
         assert coefficients["cd"] == pytest.approx(c0["cd"], rel=1e-5, abs=1e-7), name
         assert coefficients["cl"] == pytest.approx(c0["cl"], rel=1e-5, abs=1e-7), name
 

@@ -61,12 +61,12 @@ class AnchorConfig(BaseModel):
     candidates: int = Field(32, ge=1, le=1024, description="random candidates per anchor of the stratified draw")
     seed: int = Field(0, description="seed of the anchors drawn by predict and validation")
     reads: Literal["patch", "nearest"] = Field(
-        "patch",
+        "nearest",
         description="what a query attends to besides the supernodes: 'patch', the anchors of its nearest anchor's "
         "ball-tree patch; 'nearest', its `neighbours` nearest anchors under a window that falls smoothly to zero "
         "at the next one (predictions continuous in space: no patch boundaries in the fields)",
     )
-    neighbours: int = Field(16, ge=1, le=1024, description="anchors a query reads with reads: nearest")
+    neighbours: int = Field(8, ge=1, le=1024, description="anchors a query reads with reads: nearest")
     draws: int = Field(
         1,
         ge=1,
@@ -201,8 +201,8 @@ class ModelConfig(BaseModel):
         description="the network on the points (with anchors: on the anchors; the queries' reading is shared): "
         "mspt, erwin, erwin-nsa (ball-tree sparse attention) or transolver; its own settings in model.<name>",
     )
-    width: int = Field(128, ge=1, description="channels C of the point features")
-    num_heads: int = Field(8, ge=1, description="attention heads; must divide width")
+    width: int = Field(64, ge=1, description="channels C of the point features")
+    num_heads: int = Field(4, ge=1, description="attention heads; must divide width")
     depth: int = Field(4, ge=1, description="number of MSPT blocks")
     mlp_ratio: float = Field(4.0, gt=0, description="hidden width of each block's MLP, as a multiple of width")
     patch_size: int | None = Field(None, ge=1, description="target points per patch L (K = 2^level closest to N/L)")

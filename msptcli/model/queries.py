@@ -187,10 +187,11 @@ def locate_queries(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -
         q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
         n = len(cloud)
         if k == 0:  # the nearest anchor only
-            nearest = cKDTree(cloud).query(q)[1] if len(q) else np.zeros(0, dtype=np.int64)
+            nearest = cKDTree(cloud).query(q, workers=_workers(q))[1] if len(q) else np.zeros(0, dtype=np.int64)
             rows.append(start + np.asarray(nearest, dtype=np.int64).reshape(-1, 1))
         else:
-            distance, index = cKDTree(cloud).query(q, k=k + 1) if len(q) else (np.zeros((0, k + 1)),) * 2
+            distance, index = (cKDTree(cloud).query(q, k=k + 1, workers=_workers(q)) if len(q)
+                               else (np.zeros((0, k + 1)),) * 2)  # fmt: skip
             distance, index = distance.reshape(-1, k + 1), np.asarray(index, dtype=np.int64).reshape(-1, k + 1)
             rows.append(start + np.where(index[:, :k] < n, index[:, :k], 0))
             windows.append(window_log_weight(distance[:, :k], distance[:, k]))
@@ -198,6 +199,12 @@ def locate_queries(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -
         start += n
     window = np.concatenate(windows).astype(np.float32) if k else None
     return QueryPlaces(np.concatenate(rows), window, np.concatenate(clouds))
+
+
+def _workers(queries: np.ndarray) -> int:
+    """Threads of a k-d tree search: every core for a prediction's many queries, one for a training batch's
+    (whose loader workers already share the cores)."""
+    return -1 if len(queries) > 100_000 else 1
 
 
 def window_log_weight(distance: np.ndarray, radius: np.ndarray) -> np.ndarray:
