@@ -61,7 +61,7 @@ class AnchorConfig(BaseModel):
     candidates: int = Field(32, ge=1, le=1024, description="random candidates per anchor of the stratified draw")
     seed: int = Field(0, description="seed of the anchors drawn by predict and validation")
     reads: Literal["patch", "nearest"] = Field(
-        "nearest",
+        "patch",
         description="what a query attends to besides the supernodes: 'patch', the anchors of its nearest anchor's "
         "ball-tree patch; 'nearest', its `neighbours` nearest anchors under a window that falls smoothly to zero "
         "at the next one (predictions continuous in space: no patch boundaries in the fields)",
