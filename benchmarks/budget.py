@@ -6,7 +6,7 @@
     python benchmarks/budget.py --minutes 30 --variants mspt --half   # trained on 10 of the 20 bodies
     python benchmarks/budget.py --variant old=model.query_reading=blocks,model.anchors.reads=patch
     python benchmarks/budget.py --device cuda --minutes 30       # the GPU rows
-    python benchmarks/budget.py --variants erwin --set train.surface_points=4096 --tag -pts4k   # every variant
+    python benchmarks/budget.py --variants erwin --set train.surface_points=4096 --tag=-pts4k   # every variant
 
 The split, prepared data and ``--quick`` evaluation of ``benchmarks/accuracy.py`` (train 20 Ahmed bodies,
 test case_0003, 0009, 0015, 0021; rel. L2 of the four fields on the CFD meshes, Cd from the CFD surface and

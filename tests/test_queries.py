@@ -295,7 +295,7 @@ def test_nearest_reading_in_two_kernels_is_the_one_softmax(dtype):
 def test_patch_reading_of_a_few_patches_is_the_one_softmax(dtype):
     """Queries that meet a few patches read only those (one group each, every cloud padded to as many groups);
     the two-kernel attention over them gives the outputs and gradients of the one softmax (the general path)
-    and of all queries read together."""
+    and of queries read alone."""
     from dataclasses import replace
 
     model = make(dtype, num_supernodes=2, num_patches=8)

@@ -119,21 +119,17 @@ class PMSA(nn.Module):
             kv: (p, L, 2C) keys and values of the anchors of every patch, from ``patch_kv``.
             chunk: the anchors' patches.
             sn_kv: the supernode keys and values of every cloud, from ``supernode_kv``.
-            groups: the queries grouped by patch (``QueryGroups``).
+            groups: the queries grouped by patch (``QueryGroups``, each group reading ``groups.patch``).
 
         Returns:
             (m, C) outputs of the queries.
         """
         c = hq.shape[1]
         q = gather_rows(F.linear(hq, self.qkv.weight[:c], self.qkv.bias[:c]), groups.slots)  # (G, T, C)
-        if groups.patch is None:  # group g reads patch g
-            k, v = kv.split(c, dim=-1)
-            o = self.attend(q, k, v, chunk, sn_kv)  # (P, T, C)
-        else:
-            k, v = gather_rows(kv, groups.patch).split(c, dim=-1)  # 2 x (G, L, C): every group its patch's keys
-            bias = None if chunk.key_bias is None else gather_rows(chunk.key_bias, groups.patch)[:, 0]  # (G, 1, L + S)
-            o = self.attend(q, k, v, chunk, sn_kv, key_bias=bias, cloud=gather_rows(chunk.patch_cloud, groups.patch),
-                            per_cloud=groups.per_cloud, first_cloud=groups.first_cloud)  # (G, T, C)  # fmt: skip
+        k, v = gather_rows(kv, groups.patch).split(c, dim=-1)  # 2 x (G, L, C): every group its patch's keys
+        bias = None if chunk.key_bias is None else gather_rows(chunk.key_bias, groups.patch)[:, 0]  # (G, 1, L + S)
+        o = self.attend(q, k, v, chunk, sn_kv, key_bias=bias, cloud=gather_rows(chunk.patch_cloud, groups.patch),
+                        per_cloud=groups.per_cloud, first_cloud=groups.first_cloud)  # (G, T, C)  # fmt: skip
         return gather_rows(o.reshape(-1, c), groups.query_slot)  # (m, C), padded slots dropped
 
     def point_kv(self, h: Tensor) -> Tensor:

@@ -64,7 +64,7 @@ class QueryGroups:
 
     slots: Tensor  # (G, T) long: query row of each slot (0 where padded)
     query_slot: Tensor  # (M,) long: flat slot (group * T + j) of each query
-    patch: Tensor | None = None  # (G,) long: the patch every group reads (None: group g reads patch g, G = P)
+    patch: Tensor | None = None  # (G,) long: the patch every group reads (None: the nearest reading's groups)
     first_cloud: int = 0  # host-side facts for the attention (the defaults always work, e.g. in a graph)
     per_cloud: int = 0  # groups of every cloud from first_cloud on (0: not known)
 
