@@ -37,6 +37,7 @@ from msptcli.io.atomic import atomic_output
 from msptcli.model import ModelConfig, Network, build_network
 from msptcli.model.config import RENAMED, without_removed_keys
 from msptcli.physics.force_reference import ForceReference, TransientReference
+from msptcli.trust.check import TrainingShapes
 
 FORMAT = "mspt-checkpoint-2"
 OLD_FORMATS = ("mspt-checkpoint-1",)
@@ -60,6 +61,7 @@ class Checkpoint:
     path: Path | None = None
     volume_template: np.ndarray | None = None  # (M, 3) training volume points relative to the body's box
     parent: ParentRecord | None = None  # fine-tuned: the network it started from and what was frozen
+    shapes: TrainingShapes | None = None  # the training bodies' shape features (None: transient, or an older run)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     volume_template: np.ndarray | None = None,
     parent: ParentRecord | None = None,
+    shapes: TrainingShapes | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -152,6 +155,8 @@ def save_checkpoint(
     }
     if parent is not None:
         meta["parent"] = json.dumps(parent.to_json())
+    if shapes is not None:
+        meta["shapes"] = json.dumps(shapes.to_json())
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -210,6 +215,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             path=p,
             volume_template=None if template is None else template.numpy(),
             parent=ParentRecord.from_json(json.loads(meta["parent"])) if "parent" in meta else None,
+            shapes=TrainingShapes.from_json(json.loads(meta["shapes"])) if "shapes" in meta else None,
         )
     except CheckpointError:
         raise

@@ -10,6 +10,7 @@ or the model would load torch before ``mspt --help`` could answer.
 | ``Freeze`` | none, attention, encoder | ``train.freeze`` (``config.py``), ``mspt train --freeze`` |
 | ``OnError`` | fail, skip | ``prepare_dataset(on_error=)``, ``mspt prepare --on-error`` |
 | ``ExportFormat`` | onnx, torchscript | ``runtime/portable.py``, ``export_run(fmt=)``, ``mspt export --format`` |
+| ``Units`` | mm, cm, m, in, ft | ``trust/check.py`` (``UNITS``), ``mspt predict --units`` |
 """
 
 from __future__ import annotations
@@ -20,3 +21,4 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 Freeze = Literal["none", "attention", "encoder"]
 OnError = Literal["fail", "skip"]
 ExportFormat = Literal["onnx", "torchscript"]
+Units = Literal["mm", "cm", "m", "in", "ft"]

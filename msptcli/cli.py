@@ -29,6 +29,7 @@ from msptcli.cli_options import (
     StartOption,
     StepsOption,
     Threads,
+    Units,
 )
 from msptcli.cli_output import console, err_console, user_errors
 
@@ -265,6 +266,21 @@ def predict(
         float | None, typer.Option("--reference-velocity", min=0, help="U_ref for Cd/Cl.")
     ] = None,
     density: Annotated[float | None, typer.Option("--density", min=0, help="rho (1 for kinematic fields).")] = None,
+    units: Annotated[
+        Units | None,
+        typer.Option("--units", help="The geometry's length unit: its coordinates are converted to metres, the "
+                     "training bodies' unit. The written meshes keep the input's coordinates.", show_default=False),
+    ] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option("--scale", min=0, help="Multiply the geometry's coordinates by this before predicting "
+                     "(instead of --units).", show_default=False),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Predict even a body whose size says its units are not the training "
+                     "bodies' (its prediction is marked out of range)."),
+    ] = False,
     initial: Annotated[
         Path | None,
         typer.Option(
@@ -284,12 +300,14 @@ def predict(
     from msptcli.checkpoint import load_checkpoint
     from msptcli.options import check_prediction, rolls_out
     from msptcli.predict import output_names, predict_geometry
+    from msptcli.trust.check import unit_scale
 
     geometry = geometry or []
     if rolls_out(geometries=geometry, initial=initial, start=start, steps=steps, conditions=conditions or []):
         rollout(run, initial, output, start=start, steps=steps, conditions=conditions, device=device)  # type: ignore[arg-type]
         return
     check_prediction(geometries=geometry, volume=volume, volume_points=volume_points)
+    factor = unit_scale(None if units is None else units.value, scale)
     torch_device = _device(device)
     ckpt = load_checkpoint(run)
     for g, name in zip(geometry, output_names(geometry, params_file=ckpt.config.data.params_file), strict=True):
@@ -305,10 +323,13 @@ def predict(
                 reference_velocity=reference_velocity,
                 density=density,
                 device=torch_device,
+                scale=factor,
+                force=force,
             )
         for f in result.files:
             console.print(f"wrote {f}")
         console.print(_prediction_table(result, epoch=ckpt.epoch))
+        _trust_notes(g, result.trust)
 
 
 @app.command()
@@ -367,7 +388,23 @@ def _prediction_table(result: Any, *, epoch: int) -> Table:
         table.add_row("A_ref", f"{c.reference_area:.4g}", "", c.reference_area_source)
     for field_name, err in result.errors.items():
         table.add_row(f"rel. L2 {field_name}", f"{err:.3f}", "", "")
+    t = result.trust
+    if t is not None:
+        table.add_row("trust", t.verdict, "", f"{t.percentile:.0f}th pct. of training bodies' distance")
     return table
+
+
+def _trust_notes(geometry: Path, trust: Any) -> None:
+    """One line per finding of the trust check (``trust.check.ShapeCheck``) on stderr, after the table."""
+    if trust is None:
+        err_console.print(f"[dim]{geometry}: not checked against the training bodies (the checkpoint has no record "
+                          "of them)[/]")  # fmt: skip
+        return
+    colour = {"ok": "green", "warn": "yellow"}.get(trust.verdict, "red")
+    if trust.units:
+        err_console.print(f"[red]{geometry}: {trust.units.split(', or pass --force')[0]}[/] (predicted with --force)")
+    for note in trust.notes():
+        err_console.print(f"[{colour}]{geometry}: {trust.verdict}:[/] {note}")
 
 
 @app.command()

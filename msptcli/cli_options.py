@@ -23,6 +23,7 @@ Device = _choices("Device", choices.Device)
 ExportFormat = _choices("ExportFormat", choices.ExportFormat)
 Freeze = _choices("Freeze", choices.Freeze)
 OnError = _choices("OnError", choices.OnError)
+Units = _choices("Units", choices.Units)
 
 
 Threads = Annotated[

@@ -42,6 +42,7 @@ from msptcli.io.meshes import as_polydata, is_surface, read_mesh, write_mesh
 from msptcli.io.render import render_png
 from msptcli.model import Network
 from msptcli.runtime import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries_averaged
+from msptcli.trust.check import ShapeCheck, body_features, check_shape
 
 #: Volume points sampled around the body when no volume mesh is given.
 DEFAULT_VOLUME_POINTS = 50_000
@@ -87,6 +88,8 @@ class Prediction:
     coefficients: Coefficients | None = None  # None: no reference area, or no pressure predicted
     errors: dict[str, float] = field(default_factory=dict)  # relative L2 per field, where the input had it
     solver: dict[str, float] = field(default_factory=dict)  # the solver's values from the case's params, if any
+    trust: ShapeCheck | None = None  # the body against the training bodies (None: the checkpoint has no record)
+    scale: float = 1.0  # the factor the geometry's coordinates were multiplied by (--units, --scale)
 
 
 @dataclass
@@ -138,10 +141,15 @@ def predict_geometry(
     device: torch.device | None = None,
     chunk_points: int = DEFAULT_CHUNK_POINTS,
     preview: bool = True,
+    scale: float = 1.0,
+    force: bool = False,
 ) -> Prediction:
     """Predict every trained field on ``geometry``; write ``<name>.vtp``, ``<name>_volume.vtu``, ``.json``, ``.png``.
 
-    Every input is checked and every output path chosen before the first file is written.
+    Every input is checked and every output path chosen before the first file is written. The geometry (and
+    ``volume_mesh``) is multiplied by ``scale`` before anything is computed (``--units``, ``--scale``); the
+    written meshes keep the input's own coordinates. A body of other units than the training bodies (the
+    :func:`~msptcli.trust.check.check_shape` of the checkpoint's record) is refused unless ``force``.
     """
     geometry, out = Path(geometry), Path(out_dir)
     name = name or geometry.stem
@@ -154,7 +162,11 @@ def predict_geometry(
     check_outputs(out, files.values(), inputs=inputs_given + ((ckpt.path,) if ckpt.path else ()))
 
     # --- read: the surface, the volume points, the case's params ---------------------------------------------
-    body = read_body(ckpt, geometry, volume_mesh=volume_mesh, volume_points=volume_points, with_volume=with_volume)
+    body = read_body(ckpt, geometry, volume_mesh=volume_mesh, volume_points=volume_points, with_volume=with_volume,
+                     scale=scale)  # fmt: skip
+    trust = check_shape(ckpt.shapes, body_features(body.arrays)) if ckpt.shapes is not None else None
+    if trust is not None and trust.units is not None and not force:
+        raise InvalidInputError(f"{geometry}: {trust.units}")
     params_file = find_params(geometry.parent, ckpt.config.data.params_file)
     params = read_params(params_file)
     area = _reference_area(ckpt, params, reference_area, params_file)
@@ -173,10 +185,12 @@ def predict_geometry(
         coefficients = predicted_forces(ckpt, body, fields, true["surface"], area, velocity, rho, forces)
 
     # --- outputs -----------------------------------------------------------------------------------------
-    result = Prediction(name=name, files=[], coefficients=coefficients)
+    result = Prediction(name=name, files=[], coefficients=coefficients, trust=trust, scale=scale)
     result.solver = {k: float(params[k]) for k in ("Cd", "Cl", "Cd_fields", "Cl_fields") if is_number(params.get(k))}
     for part, (mesh, data) in body.data().items():
         result.errors.update(_attach(data, fields[part], true[part], part))
+        if scale != 1.0:  # back to the input's coordinates
+            mesh.points = np.asarray(mesh.points) / scale
         result.files.append(write_mesh(mesh, files[part], inputs=inputs_given))
     write_json(files["json"], _summary(ckpt, body, result, geometry))
     result.files.append(files["json"])
@@ -193,11 +207,12 @@ def read_body(
     volume_mesh: str | os.PathLike[str] | None,
     volume_points: int | None,
     with_volume: bool,
+    scale: float = 1.0,
 ) -> Body:
     """The surface of ``geometry`` with its points, outward normals and area shares (at the checkpoint's surface
     location), and with ``with_volume`` the volume points: ``volume_mesh``'s, else placed around the body
-    (:func:`_volume_points`), with their distance and direction to the body."""
-    mesh = read_mesh(geometry)
+    (:func:`_volume_points`), with their distance and direction to the body; every coordinate times ``scale``."""
+    mesh = _scaled(read_mesh(geometry), scale)
     if not is_surface(mesh):
         raise InvalidInputError(f"{geometry}: is a volume mesh; pass the body's surface (STL/OBJ/PLY/VTP)")
     surface = as_polydata(mesh)
@@ -207,7 +222,7 @@ def read_body(
     body = Body(surface=surface, at_cells=at_cells, arrays=_surface_arrays(ckpt, surface, source=geometry))
     if with_volume:
         if volume_mesh is not None:
-            body.volume = read_mesh(volume_mesh)
+            body.volume = _scaled(read_mesh(volume_mesh), scale)
             points = np.asarray(body.volume.points, dtype=np.float64)
         else:
             import pyvista as pv
@@ -216,6 +231,13 @@ def read_body(
             body.volume = pv.PolyData(points).cast_to_unstructured_grid()
         body.arrays.update(volume_arrays(points, surface, source=geometry))
     return body
+
+
+def _scaled(mesh: Any, scale: float) -> Any:
+    """``mesh`` (a copy read from a file: nothing the user gave is changed) with its points times ``scale``."""
+    if scale != 1.0:
+        mesh.points = np.asarray(mesh.points, dtype=np.float64) * scale
+    return mesh
 
 
 def anchor_draws(ckpt: Checkpoint, surface: Any) -> list[Draw] | None:
@@ -384,7 +406,10 @@ def _summary(ckpt: Checkpoint, body: Body, result: Prediction, geometry: Path) -
         "relative_l2": result.errors,
         "solver": result.solver,
         "fields": {p: [n for n, _ in getattr(ckpt.channels, p)] for p in ("surface", "volume")},
-    }
+        "scale": result.scale,
+        "trust": result.trust.to_json() if result.trust is not None else {
+            "verdict": "unchecked", "why": "the checkpoint records no training bodies (a transient or older run)"},
+    }  # fmt: skip
 
 
 def _preview(surface: Any, field_name: str, path: Path, at_cells: bool) -> Path:

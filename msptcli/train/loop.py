@@ -45,6 +45,7 @@ from msptcli.train.objective import channel_weights, follow_time, masked_mse, sc
 from msptcli.train.report import Reporter, TrainSummary
 from msptcli.train.state import STATE, check_same_model, load_train_state, run_lock, save_train_state
 from msptcli.train.task import AnyBatch, Task, TrainItems, task_for
+from msptcli.trust.check import training_shapes
 
 #: Steps between two readings of the loss for the progress bar.
 LOG_EVERY = 10
@@ -197,6 +198,7 @@ def _setup(
         reference=force_reference(config, train_entries),
         volume_template=task.volume_template(channels, train_entries),
         parent=parent,
+        shapes=training_shapes(data_dir, train_entries) if config.data.transient is None else None,
     )
     return _Run(
         data_dir=data_dir, run_dir=run_dir, config=config, manifest=manifest, task=task, world=world, device=device,

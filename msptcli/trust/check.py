@@ -1,0 +1,208 @@
+"""Is a new body like the bodies the model was trained on? Units, frame and range, before the model runs.
+
+A checkpoint records the :mod:`~msptcli.trust.shape` features of every training body
+(:class:`TrainingShapes`). A new body is compared with them in three ways:
+
+1. **Units.** Its size (the square root of its area) over the training bodies' median size. A ratio
+   beyond ``UNITS_FACTOR`` (or below its inverse) is no design variation but a file in other units: it is
+   refused unless the user says ``--force``, and the message names the unit that fits (mm, cm, in, ft)
+   with the option that fixes it (``--units mm`` or ``--scale 0.001``).
+2. **Range.** Each feature against the training bodies' range; a value beyond it by more than ``WARN``
+   (``OUT``) of the range's span is out of range (far out of range). Sizes are compared as logarithms
+   (twice as long is as far as half as long); a span is never taken below a floor
+   (``LOG_FLOOR`` for sizes, ``POSITION_FLOOR`` of the median length for positions, ``RATIO_FLOOR``),
+   so a training set whose bodies all sit at the same place does not flag a millimetre's move.
+3. **Nearest training body.** The distance to the nearest training body in the features scaled by the
+   training spread (the same floors), as a root mean square over the features. Its *percentile* is the
+   share of training bodies that are nearer to their own nearest other training body (leave one out):
+   0-100 inside the training family, 100 beyond every training body's distance. A new body further than
+   ``NEIGHBOUR_FACTOR`` times the largest leave-one-out distance is flagged even when each feature on its
+   own is in range (a combination the training set never had).
+
+The verdict: ``out of range`` (a feature far out of range), ``warn`` (a feature out of range, or the
+nearest-body distance beyond its threshold) or ``ok``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msptcli.trust.shape import FEATURES, RATIOS, SIZES, shape_features, size_of
+
+UNITS: dict[str, float] = {"mm": 1e-3, "cm": 1e-2, "m": 1.0, "in": 0.0254, "ft": 0.3048}  # metres per unit
+UNITS_FACTOR = 5.0  # a body this many times larger (or smaller) than the training bodies is in other units
+WARN, OUT = 0.1, 1.0  # beyond the training range by these shares of its span: out of range, far out of range
+LOG_FLOOR = 0.1  # the least span of a size feature, as a log ratio (about 10%)
+POSITION_FLOOR = 0.1  # the least span of a position feature, as a share of the median length
+RATIO_FLOOR = 0.1  # the least span of a dimensionless feature
+NEIGHBOUR_FACTOR = 1.5
+
+VERDICTS = ("ok", "warn", "out of range")
+
+
+@dataclass(frozen=True)
+class TrainingShapes:
+    """The shape features of the training bodies, as a checkpoint records them."""
+
+    names: tuple[str, ...]
+    values: np.ndarray  # (n, F) in the order of FEATURES
+
+    def to_json(self) -> dict[str, Any]:
+        return {"features": list(FEATURES), "bodies": {n: [float(v) for v in row] for n, row in
+                                                        zip(self.names, self.values, strict=True)}}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> TrainingShapes:
+        if list(value["features"]) != list(FEATURES):
+            raise ValueError(f"shape features {value['features']} are not this mspt's {list(FEATURES)}")
+        names = tuple(value["bodies"])
+        return cls(names, np.array([value["bodies"][n] for n in names], dtype=np.float64).reshape(-1, len(FEATURES)))
+
+    def feature(self, name: str) -> np.ndarray:
+        return self.values[:, list(FEATURES).index(name)]
+
+
+def training_shapes(data_dir: Path, entries: Sequence[Any]) -> TrainingShapes | None:
+    """The :class:`TrainingShapes` of a prepared dataset's ``entries`` (their surfaces' points and area
+    shares); None where the samples have no surface."""
+    from msptcli.data.sample import load_sample
+
+    names, rows = [], []
+    for entry in entries:
+        arrays = load_sample(data_dir / entry.file, keys=["surface/points", "surface/area_norm"]).arrays
+        if len(arrays) < 2:
+            return None
+        names.append(entry.name)
+        rows.append(list(shape_features(arrays["surface/points"], arrays["surface/area_norm"]).values()))
+    return TrainingShapes(tuple(names), np.array(rows, dtype=np.float64)) if rows else None
+
+
+@dataclass
+class ShapeCheck:
+    """How a body compares with the training bodies (:func:`check_shape`): the ``trust`` of a prediction's JSON."""
+
+    verdict: str
+    scale: float  # its size over the training bodies' median size
+    score: float  # RMS distance to the nearest training body, in training spreads
+    threshold: float  # the score beyond which it is flagged
+    percentile: float  # share (%) of training bodies nearer to their own nearest neighbour
+    nearest: str  # the nearest training body
+    features: dict[str, float]
+    out_of_range: dict[str, str] = field(default_factory=dict)  # feature: what it is against the training range
+    units: str | None = None  # the refusal for a body in other units, with the fix
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict, "scale": self.scale, "score": self.score, "threshold": self.threshold,
+            "percentile": self.percentile, "nearest_training_body": self.nearest, "features": self.features,
+            "out_of_range": self.out_of_range, **({"units": self.units} if self.units else {}),
+        }  # fmt: skip
+
+    def notes(self) -> list[str]:
+        """One line per finding, for the terminal."""
+        lines = [f"{name} {text}" for name, text in self.out_of_range.items()]
+        if self.score > self.threshold and not self.out_of_range:
+            lines.append(f"unlike every training body: {self.score:.2f} training spreads from the nearest "
+                         f"({self.nearest}), beyond the {self.threshold:.2f} of the training bodies' own")  # fmt: skip
+        return lines
+
+
+def check_shape(shapes: TrainingShapes, features: dict[str, float]) -> ShapeCheck:
+    """Compare a body's :func:`~msptcli.trust.shape.shape_features` with the training bodies'."""
+    names = list(FEATURES)
+    train = _comparable(shapes.values)  # (n, F)
+    new = _comparable(np.array([[features[n] for n in names]]))[0]  # (F,)
+    median_length = float(np.median(shapes.feature("length")))
+    floors = np.array([LOG_FLOOR if n in SIZES else RATIO_FLOOR if n in RATIOS
+                       else POSITION_FLOOR * median_length for n in names])  # fmt: skip
+    low, high = train.min(axis=0), train.max(axis=0)
+    span = np.maximum(high - low, floors)
+    excess = np.maximum(low - new, new - high) / span  # (F,) > 0: beyond the range, in spans
+
+    out_of_range = {}
+    for j, name in enumerate(names):
+        if excess[j] > WARN:
+            out_of_range[name] = _describe(name, features[name], shapes.feature(name), excess[j])
+
+    spread = np.maximum(train.std(axis=0), floors / 4)
+    scaled_train, scaled_new = train / spread, new / spread
+    score, nearest = _nearest(scaled_new, scaled_train)
+    loo = np.array([_nearest(scaled_train[i], np.delete(scaled_train, i, axis=0))[0] for i in range(len(train))]
+                   if len(train) > 1 else [0.0])  # fmt: skip
+    threshold = NEIGHBOUR_FACTOR * float(loo.max()) if loo.max() > 0 else 1.0
+    percentile = 100.0 * float((loo < score).mean())
+
+    scale = size_of(features) / float(np.median(np.sqrt(shapes.feature("area"))))
+    units = _units_problem(scale)
+    far = bool((excess > OUT).any()) or units is not None
+    verdict = "out of range" if far else "warn" if out_of_range or score > threshold else "ok"
+    return ShapeCheck(
+        verdict=verdict, scale=scale, score=float(score), threshold=threshold, percentile=percentile,
+        nearest=shapes.names[nearest], features=features, out_of_range=out_of_range, units=units,
+    )  # fmt: skip
+
+
+def unit_scale(units: str | None, scale: float | None) -> float:
+    """The factor every coordinate is multiplied by, from ``--units`` or ``--scale`` (at most one)."""
+    from msptcli.errors import OptionError
+
+    if units is not None and scale is not None:
+        raise OptionError("--units and --scale both rescale the geometry: give one of them")
+    if units is not None:
+        if units not in UNITS:
+            raise OptionError(f"--units {units}: not one of {', '.join(UNITS)}")
+        return UNITS[units]
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise OptionError(f"--scale must be a positive number, got {scale}")
+    return 1.0 if scale is None else float(scale)
+
+
+def _comparable(values: np.ndarray) -> np.ndarray:
+    """Features as they are compared: sizes as logarithms, the rest as they are."""
+    out = np.array(values, dtype=np.float64)
+    for j, name in enumerate(FEATURES):
+        if name in SIZES:
+            out[:, j] = np.log(np.maximum(out[:, j], 1e-300))
+    return out
+
+
+def _nearest(point: np.ndarray, others: np.ndarray) -> tuple[float, int]:
+    d = np.sqrt(((others - point) ** 2).mean(axis=1))
+    i = int(np.argmin(d))
+    return float(d[i]), i
+
+
+def _describe(name: str, value: float, train: np.ndarray, excess: float) -> str:
+    unit = FEATURES[name]
+    unit = f" {unit}" if unit else ""
+    how = "far beyond" if excess > OUT else "beyond"
+    hint = {
+        "centre_x": " (moved along the flow?)", "centre_y": " (moved sideways?)", "centre_z": " (moved up or down?)",
+        "bottom": " (moved up or down?)", "alignment": " (turned away from the flow along +x?)",
+        "balance_x": " (turned end for end? the flow runs along +x)", "balance_z": " (upside down? up is +z)",
+    }.get(name, "")  # fmt: skip
+    return f"{value:.4g}{unit} is {how} the training bodies' {train.min():.4g}..{train.max():.4g}{unit}{hint}"
+
+
+def _units_problem(scale: float) -> str | None:
+    """The refusal of a body ``scale`` times the training size, where that is a units problem; else None."""
+    if 1.0 / UNITS_FACTOR <= scale <= UNITS_FACTOR:
+        return None
+    unit, metres = min(UNITS.items(), key=lambda kv: abs(math.log(scale * kv[1])))
+    size = f"{scale:.3g}x" if scale >= 1 else f"1/{1 / scale:.3g} of"
+    if unit != "m" and abs(math.log(scale * metres)) < math.log(2.0):
+        fix = f"its coordinates look like {unit}: rerun with --units {unit} (or --scale {metres:g})"
+    else:
+        fix = f"rescale it with --scale {1 / scale:.3g}"
+    return f"the body is {size} the training bodies' size: {fix}, or pass --force to predict anyway"
+
+
+def body_features(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """The shape features of a body read for prediction (its ``surface/points`` and ``surface/area_norm``)."""
+    return shape_features(arrays["surface/points"], arrays["surface/area_norm"])

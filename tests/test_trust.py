@@ -1,0 +1,234 @@
+"""When not to trust a prediction: units, frame and range of a new body against the training bodies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import get_args
+
+import numpy as np
+import pytest
+import pyvista as pv
+from helpers import EXAMPLES, invoke, ok, one_line_error, sphere_surface, tree_digest
+
+from msptcli import choices
+from msptcli.errors import OptionError
+from msptcli.trust.check import UNITS, TrainingShapes, check_shape, unit_scale
+from msptcli.trust.shape import FEATURES, shape_features
+
+pytest_plugins = ["helpers"]
+
+
+def features_of(mesh: pv.PolyData) -> dict[str, float]:
+    """Shape features with the area of every point the mean of its triangles' thirds (as prepare's shares)."""
+    tri = mesh.triangulate()
+    faces = tri.faces.reshape(-1, 4)[:, 1:]
+    p = np.asarray(tri.points, dtype=np.float64)
+    area = 0.5 * np.linalg.norm(np.cross(p[faces[:, 1]] - p[faces[:, 0]], p[faces[:, 2]] - p[faces[:, 0]]), axis=1)
+    share = np.zeros(len(p))
+    np.add.at(share, faces.ravel(), np.repeat(area / 3, 3))
+    return shape_features(p, share)
+
+
+def family(n: int = 12, seed: int = 0) -> list[pv.PolyData]:
+    """Boxes of a family: length 0.9-1.2, width 0.35-0.45, height 0.25-0.33, on the ground 0.05 up."""
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for _ in range(n):
+        length, width, height = rng.uniform(0.9, 1.2), rng.uniform(0.35, 0.45), rng.uniform(0.25, 0.33)
+        bodies.append(pv.Box((0, length, -width / 2, width / 2, 0.05, 0.05 + height), level=2).triangulate())
+    return bodies
+
+
+@pytest.fixture(scope="module")
+def shapes() -> TrainingShapes:
+    rows = [list(features_of(b).values()) for b in family()]
+    return TrainingShapes(tuple(f"case_{i}" for i in range(len(rows))), np.array(rows))
+
+
+def test_features_follow_scale_turn_and_move():
+    body = pv.Box((0, 1.0, -0.2, 0.2, 0.05, 0.35), level=2).triangulate()
+    f = features_of(body)
+    assert (f["length"], f["width"], f["height"]) == pytest.approx((1.0, 0.4, 0.3))
+    assert f["area"] == pytest.approx(2 * (0.4 + 0.3 + 0.12)) and f["alignment"] == pytest.approx(1.0)
+    assert f["bottom"] == pytest.approx(0.05) and f["centre_x"] == pytest.approx(0.5)
+    big = features_of(body.scale(3.0, inplace=False))
+    assert big["length"] == pytest.approx(3.0) and big["area"] == pytest.approx(9 * f["area"])
+    turned = features_of(body.rotate_z(90, point=body.center, inplace=False))
+    assert (turned["length"], turned["width"]) == pytest.approx((0.4, 1.0)) and turned["alignment"] < 1e-6
+    moved = features_of(body.translate((2.0, 0, 0), inplace=False))
+    assert moved["centre_x"] == pytest.approx(2.5) and moved["length"] == pytest.approx(1.0)
+
+
+def test_a_body_of_the_family_is_ok(shapes):
+    new = pv.Box((0, 1.05, -0.2, 0.2, 0.05, 0.34), level=2).triangulate()
+    check = check_shape(shapes, features_of(new))
+    assert check.verdict == "ok" and check.units is None and check.out_of_range == {}
+    assert 0 <= check.percentile <= 100 and check.notes() == []
+    assert check.scale == pytest.approx(1.0, rel=0.2)
+
+
+@pytest.mark.parametrize("unit", ["mm", "cm", "in"])
+def test_a_body_in_other_units_is_named_with_its_fix(shapes, unit):
+    body = pv.Box((0, 1.05, -0.2, 0.2, 0.05, 0.34), level=2).triangulate()
+    check = check_shape(shapes, features_of(body.scale(1 / UNITS[unit], inplace=False)))
+    assert check.verdict == "out of range"
+    assert f"--units {unit}" in check.units and f"--scale {UNITS[unit]:g}" in check.units and "--force" in check.units
+
+
+def test_a_body_of_no_unit_gets_the_scale_that_fits(shapes):
+    body = pv.Box((0, 1.05, -0.2, 0.2, 0.05, 0.34), level=2).triangulate()
+    check = check_shape(shapes, features_of(body.scale(1e20, inplace=False)))
+    assert check.units is not None and "--scale 1e-20" in check.units and "--units" not in check.units
+
+
+@pytest.mark.parametrize(
+    ("change", "flagged"),
+    [
+        (lambda b: b.scale((1.4, 1, 1), inplace=False), {"length"}),
+        (lambda b: b.scale((1, 1.4, 1), inplace=False), {"width"}),
+        (lambda b: b.scale((1, 1, 0.6), inplace=False), {"height"}),
+        (lambda b: b.rotate_z(90, point=b.center, inplace=False), {"length", "width", "alignment"}),
+        (lambda b: b.translate((3.0, 0, 0), inplace=False), {"centre_x"}),
+        (lambda b: b.translate((0, 0, 0.5), inplace=False), {"bottom", "centre_z"}),
+    ],
+    ids=["longer", "wider", "lower", "turned", "moved downstream", "lifted"],
+)
+def test_a_body_unlike_the_family_is_flagged_with_what_differs(shapes, change, flagged):
+    body = pv.Box((0, 1.05, -0.2, 0.2, 0.05, 0.34), level=2).triangulate()
+    check = check_shape(shapes, features_of(change(body)))
+    assert check.verdict in ("warn", "out of range") and check.units is None
+    assert flagged <= set(check.out_of_range)
+    assert all("training bodies'" in note for note in check.notes())
+
+
+def test_units_and_scale_options():
+    assert list(UNITS) == list(get_args(choices.Units))
+    assert unit_scale("mm", None) == 1e-3 and unit_scale(None, 2.5) == 2.5 and unit_scale(None, None) == 1.0
+    for units, scale in (("mm", 0.001), (None, 0.0), (None, float("nan")), ("yd", None)):
+        with pytest.raises(OptionError):
+            unit_scale(units, scale)
+
+
+def test_shapes_round_trip_and_refuse_other_features(shapes):
+    again = TrainingShapes.from_json(json.loads(json.dumps(shapes.to_json())))
+    assert again.names == shapes.names and np.array_equal(again.values, shapes.values)
+    wrong = shapes.to_json() | {"features": list(FEATURES)[:-1]}
+    with pytest.raises(ValueError, match="not this mspt's"):
+        TrainingShapes.from_json(wrong)
+
+
+# --- through mspt predict ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def millimetre_case(tmp_path_factory, design_case) -> Path:
+    """The design's STL in millimetres, beside its params.json."""
+    folder = tmp_path_factory.mktemp("mm") / design_case.name
+    folder.mkdir()
+    shutil.copy(design_case / "params.json", folder / "params.json")
+    stl = pv.read(design_case / "geometry.stl")
+    stl.points = np.asarray(stl.points) * 1000.0
+    stl.save(folder / "geometry.stl")
+    return folder
+
+
+def test_checkpoint_records_the_training_bodies(trained):
+    from msptcli.checkpoint import load_checkpoint
+    from msptcli.data.manifest import read_manifest
+
+    ckpt = load_checkpoint(trained.run)
+    assert ckpt.shapes is not None
+    assert list(ckpt.shapes.names) == [e.name for e in read_manifest(trained.prepared.data).split("train")]
+    assert ckpt.shapes.values.shape == (len(ckpt.shapes.names), len(FEATURES))
+
+
+def test_predict_refuses_a_millimetre_stl_in_one_line(trained, millimetre_case, tmp_path):
+    geometry = millimetre_case / "geometry.stl"
+    before = tree_digest(millimetre_case)
+    result = invoke("predict", trained.run, geometry, "--volume-points", 0, "-o", tmp_path / "out")
+    line = one_line_error(result, str(geometry), "--units mm", "--scale 0.001", "--force")
+    assert "the training bodies' size" in line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert tree_digest(millimetre_case) == before
+
+
+def test_predict_with_scale_gives_the_metre_answer_in_the_input_coordinates(trained, design_case, predicted_stl,
+                                                                         tmp_path):  # fmt: skip
+    # 1024x and back is exact in floating point: the prediction must be the metre STL's to the last bit
+    folder = tmp_path / design_case.name
+    folder.mkdir()
+    shutil.copy(design_case / "params.json", folder / "params.json")
+    stl = pv.read(design_case / "geometry.stl")
+    stl.points = np.asarray(stl.points) * 1024.0
+    stl.save(folder / "geometry.stl")
+    out = tmp_path / "out"
+    ok("predict", trained.run, folder / "geometry.stl", "--scale", 1 / 1024, "--volume-points", 2000, "-o", out)
+    name = "case_0003_geometry"
+    summary = json.loads((out / f"{name}.json").read_text())
+    metre = json.loads((predicted_stl.out / f"{name}.json").read_text())
+    assert summary["scale"] == 1 / 1024 and "units" not in summary["trust"]
+    assert summary["coefficients"] == metre["coefficients"]
+    assert summary["trust"] == metre["trust"]
+    written, given = pv.read(out / f"{name}.vtp"), pv.read(folder / "geometry.stl")
+    assert np.array_equal(written.points, given.points)  # the input's own coordinates
+    assert np.allclose(written.point_data["p"], pv.read(predicted_stl.out / f"{name}.vtp").point_data["p"], atol=1e-5)
+    volume, metre_volume = (pv.read(o / f"{name}_volume.vtu").points for o in (out, predicted_stl.out))
+    assert np.allclose(volume, np.asarray(metre_volume) * 1024.0, rtol=1e-5)
+
+
+def test_predict_with_units_reads_millimetres(trained, millimetre_case, predicted_stl, tmp_path):
+    out = tmp_path / "out"
+    result = ok("predict", trained.run, millimetre_case / "geometry.stl", "--units", "mm", "--volume-points", 0,
+                "-o", out)  # fmt: skip
+    summary = json.loads((out / "case_0003_geometry.json").read_text())
+    metre = json.loads((predicted_stl.out / "case_0003_geometry.json").read_text())
+    assert summary["scale"] == 1e-3 and "units" not in summary["trust"]
+    assert summary["trust"]["features"] == pytest.approx(metre["trust"]["features"], rel=1e-5, abs=1e-9)
+    assert summary["coefficients"]["cd"] == pytest.approx(metre["coefficients"]["cd"], rel=0.1)  # anchors redrawn
+    assert np.allclose(pv.read(out / "case_0003_geometry.vtp").points, pv.read(millimetre_case / "geometry.stl").points)
+    assert "trust" in result.output
+
+
+def test_predict_with_force_marks_the_prediction_out_of_range(trained, millimetre_case, tmp_path):
+    out = tmp_path / "out"
+    result = ok("predict", trained.run, millimetre_case / "geometry.stl", "--force", "--volume-points", 0, "-o", out)
+    trust = json.loads((out / "case_0003_geometry.json").read_text())["trust"]
+    assert trust["verdict"] == "out of range" and "--units mm" in trust["units"]
+    assert "out of range" in result.output and "predicted with --force" in result.output
+
+
+def test_predict_warns_of_a_turned_body_and_not_of_a_training_body(trained, tmp_path):
+    folder = tmp_path / "case_0000"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "case_0000" / "params.json", folder / "params.json")
+    stl = pv.read(EXAMPLES / "case_0000" / "geometry.stl")
+    stl.save(folder / "geometry.stl")
+    clean = ok("predict", trained.run, folder / "geometry.stl", "--volume-points", 0, "-o", tmp_path / "clean")
+    assert json.loads((tmp_path / "clean" / "case_0000_geometry.json").read_text())["trust"]["verdict"] == "ok"
+    assert "warn:" not in clean.output and "beyond" not in clean.output
+
+    stl.rotate_z(90, point=stl.center, inplace=True)
+    stl.save(folder / "geometry.stl")
+    turned = ok("predict", trained.run, folder / "geometry.stl", "--volume-points", 0, "-o", tmp_path / "turned")
+    trust = json.loads((tmp_path / "turned" / "case_0000_geometry.json").read_text())["trust"]
+    assert trust["verdict"] == "out of range" and {"length", "width", "alignment"} <= set(trust["out_of_range"])
+    assert "turned away from the flow" in turned.output
+
+
+def test_units_and_scale_together_are_refused(trained, tmp_path):
+    result = invoke("predict", trained.run, EXAMPLES / "case_0000" / "geometry.stl", "--units", "mm", "--scale",
+                    "0.001", "-o", tmp_path / "out")  # fmt: skip
+    one_line_error(result, "--units and --scale")
+
+
+def test_sphere_in_other_units_is_refused_by_the_library(trained, tmp_path):
+    from msptcli.checkpoint import load_checkpoint
+    from msptcli.errors import InvalidInputError
+    from msptcli.predict import predict_geometry
+
+    path = tmp_path / "ball.stl"
+    sphere_surface().scale(500.0, inplace=False).save(path)
+    with pytest.raises(InvalidInputError, match="--force"):
+        predict_geometry(load_checkpoint(trained.run), path, tmp_path / "out", volume_points=0, preview=False)
