@@ -1,0 +1,149 @@
+"""Does `mspt predict` say when not to trust it? The shape check on designs in and out of the training family.
+
+    python benchmarks/trust.py                        # the accuracy split's 20 training bodies
+    python benchmarks/trust.py --run out/accuracy/run  # the training bodies a checkpoint recorded
+
+Data: the 24 real OpenFOAM Ahmed cases of ``../shared/data/ahmed``, split as ``benchmarks/accuracy.py``
+splits them (test = case_0003, 0009, 0015, 0021; the other 20 train). The training bodies' shape features
+are those ``mspt train`` records in a checkpoint (``trust.check.training_shapes`` of the prepared training
+samples), or a run's own record with ``--run``.
+
+Designs, each through the same features ``mspt predict`` computes (its reader, outward normals and area
+shares of ``geometry.stl``):
+
+- **in the family**: the four test cases' STL and CFD surface (``surface.vtu``), as they are, and every
+  training body's STL against the other 19 (left out);
+- **out of the family**, derived from each test case's STL: 1.3x longer, 1.3x wider, 0.7x as high (about its
+  bottom), turned 90 and 10 degrees about the vertical, moved 1 m downstream, lifted 0.2 m;
+- **units**: every one of the 24 cases' STL in millimetres, centimetres and inches (x1000, x100, x39.37),
+  and in metres as it is.
+
+Prints, per design kind, how many were flagged (``warn`` or ``out of range``) and how many refused as a
+units problem, then the detection rate (out of the family) and the false-alarm rate (in the family).
+Record the tables in docs/benchmarks.md with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import accuracy
+import numpy as np
+import pyvista as pv
+from machine import cpu_name
+
+from msptcli.data.manifest import read_manifest
+from msptcli.data.prepare_case import surface_arrays
+from msptcli.data.read import FieldMesh
+from msptcli.io.meshes import as_polydata, read_mesh
+from msptcli.trust.check import ShapeCheck, TrainingShapes, body_features, check_shape, training_shapes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+Change = Callable[[pv.PolyData], pv.PolyData]
+
+
+def _scaled(factors: tuple[float, float, float], *, about_bottom: bool = False) -> Change:
+    def change(body: pv.PolyData) -> pv.PolyData:
+        p = np.asarray(body.points, dtype=np.float64)
+        origin = np.array([p[:, 0].min(), p[:, 1].mean(), p[:, 2].min()]) if about_bottom else np.zeros(3)
+        out = body.copy()
+        out.points = origin + (p - origin) * np.asarray(factors)
+        return out
+
+    return change
+
+
+def _turned(degrees: float) -> Change:
+    return lambda body: body.rotate_z(degrees, point=body.center, inplace=False)
+
+
+def _moved(offset: tuple[float, float, float]) -> Change:
+    return lambda body: body.translate(offset, inplace=False)
+
+
+OUT_OF_FAMILY: dict[str, Change] = {
+    "1.3x longer": _scaled((1.3, 1, 1), about_bottom=True),
+    "1.3x wider": _scaled((1, 1.3, 1), about_bottom=True),
+    "0.7x as high": _scaled((1, 1, 0.7), about_bottom=True),
+    "turned 90 deg": _turned(90),
+    "turned 10 deg": _turned(10),
+    "moved 1 m downstream": _moved((1.0, 0, 0)),
+    "lifted 0.2 m": _moved((0, 0, 0.2)),
+}
+UNITS = {"mm": 1000.0, "cm": 100.0, "in": 1 / 0.0254, "m": 1.0}
+
+
+def check(shapes: TrainingShapes, body: pv.PolyData) -> ShapeCheck:
+    """The shape check ``mspt predict`` runs on ``body`` (area shares at its points)."""
+    surface = as_polydata(body)
+    points = np.asarray(surface.points, dtype=np.float64)
+    return check_shape(shapes, body_features(surface_arrays(FieldMesh(mesh=surface, points=points, location="points"))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=accuracy.DATA, help="folder of the 24 Ahmed cases")
+    parser.add_argument("--prepared", type=Path, default=Path("out/accuracy/data"),
+                        help="the accuracy split prepared by accuracy.py (prepared here if missing)")  # fmt: skip
+    parser.add_argument("--run", type=Path, help="use the training bodies this run's checkpoint recorded")
+    args = parser.parse_args()
+
+    if args.run is not None:
+        from msptcli.checkpoint import load_checkpoint
+
+        shapes = load_checkpoint(args.run).shapes
+        if shapes is None:
+            sys.exit(f"{args.run}: its checkpoint records no training bodies (trained before the shape check)")
+    else:
+        prepared = args.prepared if (args.prepared / "manifest.json").is_file() else accuracy.prepare(
+            args.data, args.prepared.parent, workers=2)  # fmt: skip
+        shapes = training_shapes(prepared, read_manifest(prepared).split("train"))
+    assert shapes is not None
+    print(f"{cpu_name()}, {datetime.date.today()}; {len(shapes.names)} training bodies\n")
+
+    rows: list[tuple[str, str, list[ShapeCheck]]] = []
+    for label, source in (("test STL", "geometry.stl"), ("test CFD surface", "surface.vtu")):
+        rows.append(("in", label, [check(shapes, read_mesh(args.data / c / source)) for c in accuracy.TEST]))
+    left_out = []  # every training body against the other training bodies
+    for i, name in enumerate(shapes.names):
+        others = TrainingShapes(shapes.names[:i] + shapes.names[i + 1 :], np.delete(shapes.values, i, axis=0))
+        left_out.append(check(others, pv.read(args.data / name / "geometry.stl")))
+    rows.append(("in", "training STL, left out", left_out))
+    for label, change in OUT_OF_FAMILY.items():
+        rows.append(("out", label, [check(shapes, change(pv.read(args.data / c / "geometry.stl")))
+                                    for c in accuracy.TEST]))  # fmt: skip
+    cases = sorted(p.name for p in args.data.glob("case_*"))
+    for unit, factor in UNITS.items():
+        kind = "metres" if unit == "m" else "units"
+        rows.append((kind, f"every STL in {unit}", [check(shapes, _scaled((factor,) * 3)(pv.read(args.data / c /
+                                                                                          "geometry.stl")))
+                                                    for c in cases]))  # fmt: skip
+
+    print("| designs | kind | n | ok | warn | out of range | refused (units) | flagged by |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for kind, label, checks in rows:
+        count = {v: sum(c.verdict == v for c in checks) for v in ("ok", "warn", "out of range")}
+        refused = sum(c.units is not None for c in checks)
+        by = sorted({f for c in checks for f in c.out_of_range} | ({"distance"} if any(
+            c.score > c.threshold for c in checks) else set()))  # fmt: skip
+        print(f"| {label} | {kind} | {len(checks)} | {count['ok']} | {count['warn']} | {count['out of range']} | "
+              f"{refused} | {', '.join(by) or '-'} |")  # fmt: skip
+
+    def rate(kind: str, flagged: Callable[[ShapeCheck], bool]) -> str:
+        checks = [c for k, _, cs in rows if k == kind for c in cs]
+        return f"{sum(map(flagged, checks))}/{len(checks)} ({100 * np.mean(list(map(flagged, checks))):.0f}%)"
+
+    print()
+    print(f"- out of the family, flagged (warn or worse): {rate('out', lambda c: c.verdict != 'ok')}")
+    print(f"- in the family, flagged (false alarms): {rate('in', lambda c: c.verdict != 'ok')}")
+    print(f"- other units, refused: {rate('units', lambda c: c.units is not None)}")
+    print(f"- the same STLs in metres, refused as units: {rate('metres', lambda c: c.units is not None)}")
+
+
+if __name__ == "__main__":
+    main()
