@@ -38,6 +38,7 @@ from msptcli.model import ModelConfig, Network, build_network
 from msptcli.model.config import RENAMED, without_removed_keys
 from msptcli.physics.force_reference import ForceReference, TransientReference
 from msptcli.trust.check import TrainingShapes
+from msptcli.trust.uncertainty import Calibration
 
 FORMAT = "mspt-checkpoint-2"
 OLD_FORMATS = ("mspt-checkpoint-1",)
@@ -62,6 +63,7 @@ class Checkpoint:
     volume_template: np.ndarray | None = None  # (M, 3) training volume points relative to the body's box
     parent: ParentRecord | None = None  # fine-tuned: the network it started from and what was frozen
     shapes: TrainingShapes | None = None  # the training bodies' shape features (None: transient, or an older run)
+    calibration: Calibration | None = None  # the spread's 90% factors, fitted on the validation bodies (or None)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ def save_checkpoint(
     volume_template: np.ndarray | None = None,
     parent: ParentRecord | None = None,
     shapes: TrainingShapes | None = None,
+    calibration: Calibration | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -157,6 +160,8 @@ def save_checkpoint(
         meta["parent"] = json.dumps(parent.to_json())
     if shapes is not None:
         meta["shapes"] = json.dumps(shapes.to_json())
+    if calibration is not None:
+        meta["calibration"] = json.dumps(calibration.to_json())
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -216,6 +221,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             volume_template=None if template is None else template.numpy(),
             parent=ParentRecord.from_json(json.loads(meta["parent"])) if "parent" in meta else None,
             shapes=TrainingShapes.from_json(json.loads(meta["shapes"])) if "shapes" in meta else None,
+            calibration=Calibration.from_json(json.loads(meta["calibration"])) if "calibration" in meta else None,
         )
     except CheckpointError:
         raise

@@ -281,6 +281,12 @@ def predict(
         typer.Option("--force", help="Predict even a body whose size says its units are not the training "
                      "bodies' (its prediction is marked out of range)."),
     ] = False,
+    uncertainty: Annotated[
+        int,
+        typer.Option("--uncertainty", min=0, help="Anchor draws whose spread gives every field a standard deviation "
+                     "(<field>_std) and Cd/Cl theirs, calibrated on the validation bodies; 0 or 1: none (the "
+                     "queries then cost a quarter)."),
+    ] = 4,
     initial: Annotated[
         Path | None,
         typer.Option(
@@ -325,6 +331,7 @@ def predict(
                 device=torch_device,
                 scale=factor,
                 force=force,
+                uncertainty=uncertainty,
             )
         for f in result.files:
             console.print(f"wrote {f}")
@@ -377,12 +384,16 @@ def _prediction_table(result: Any, *, epoch: int) -> Table:
     for col in ("", "predicted", "solver (saved fields)", "input's own fields"):
         table.add_column(col, justify="right")
     if c is not None:
-        table.caption = f"Cd, Cl integrated on {c.integrated_on}"
+        table.caption = f"Cd, Cl integrated on {c.integrated_on}" + (
+            f"; ± one standard deviation over {c.uncertainty}" if c.uncertainty else "")
         rows = (("Cd", c.cd, c.cd_mesh, c.cd_true_fields), ("Cl", c.cl, c.cl_mesh, c.cl_true_fields))
+        spread = {"Cd": c.cd_std, "Cl": c.cl_std}
         for label, value, _, true in rows:
             solver = s.get(f"{label}_fields")
             shown = "-" if true is None or c.refined else f"{true:.4f}"
-            table.add_row(label, f"{value:.4f}", "-" if solver is None else f"{solver:.4f}", shown)
+            std = spread[label]
+            value_text = f"{value:.4f}" if std is None else f"{value:.4f} ± {std:.4f}"
+            table.add_row(label, value_text, "-" if solver is None else f"{solver:.4f}", shown)
         for label, _, on_mesh, true in rows if c.refined else ():  # the same quadrature as the input's own fields
             table.add_row(f"{label} (mesh points)", f"{on_mesh:.4f}", "", "-" if true is None else f"{true:.4f}")
         table.add_row("A_ref", f"{c.reference_area:.4g}", "", c.reference_area_source)

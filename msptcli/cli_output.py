@@ -152,6 +152,12 @@ def training_ended(summary: TrainSummary, *, time_limit: float | None, data_dir:
     else:
         console.print(f"trained {summary.epochs_done} epochs: checkpoints in {output / 'checkpoints'}")
     console.print(f"metrics in {output / 'metrics.csv'}, curves in {output / 'curves.png'}")
+    c = summary.calibration
+    if c is not None:
+        factors = ", ".join(f"{k.split('/', 1)[1]} {v:.3g}" for k, v in c.fields.items())
+        forces = f"; Cd {c.cd:.3g}" if c.cd is not None else ""
+        console.print(f"uncertainty calibrated on {c.bodies} validation bodies ({c.draws} anchor draws): the 90% "
+                      f"intervals are the draws' spread times {factors}{forces}", soft_wrap=True)  # fmt: skip
     return 0
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,9 @@ from msptcli.io.meshes import as_polydata, is_surface, read_mesh, write_mesh
 from msptcli.io.render import render_png
 from msptcli.model import Network
 from msptcli.runtime import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries_averaged
+from msptcli.trust.calibrate import draw_configs, mean_and_spread
 from msptcli.trust.check import ShapeCheck, body_features, check_shape
+from msptcli.trust.uncertainty import DRAWS, calibrated_std
 
 #: Volume points sampled around the body when no volume mesh is given.
 DEFAULT_VOLUME_POINTS = 50_000
@@ -70,6 +72,9 @@ class Coefficients:
     density: float
     cd_true_fields: float | None = None  # of the input's own (solver) fields on the given mesh, where it has them
     cl_true_fields: float | None = None
+    cd_std: float | None = None  # over anchor draws, calibrated where the checkpoint is (trust/uncertainty.py)
+    cl_std: float | None = None
+    uncertainty: str | None = None  # how cd_std/cl_std and the <field>_std arrays were made
 
     @property
     def refined(self) -> bool:
@@ -78,7 +83,8 @@ class Coefficients:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON's ``coefficients``: every field, the true-field ones only where the input had the fields."""
-        return {k: v for k, v in asdict(self).items() if v is not None or not k.endswith("_true_fields")}
+        optional = ("_true_fields", "_std", "uncertainty")
+        return {k: v for k, v in asdict(self).items() if v is not None or not k.endswith(optional)}
 
 
 @dataclass
@@ -143,13 +149,16 @@ def predict_geometry(
     preview: bool = True,
     scale: float = 1.0,
     force: bool = False,
+    uncertainty: int = DRAWS,
 ) -> Prediction:
     """Predict every trained field on ``geometry``; write ``<name>.vtp``, ``<name>_volume.vtu``, ``.json``, ``.png``.
 
     Every input is checked and every output path chosen before the first file is written. The geometry (and
     ``volume_mesh``) is multiplied by ``scale`` before anything is computed (``--units``, ``--scale``); the
     written meshes keep the input's own coordinates. A body of other units than the training bodies (the
-    :func:`~msptcli.trust.check.check_shape` of the checkpoint's record) is refused unless ``force``.
+    :func:`~msptcli.trust.check.check_shape` of the checkpoint's record) is refused unless ``force``. With an
+    anchor-query model and ``uncertainty`` >= 2, that many anchor draws give every field a standard deviation
+    (``<field>_std``) and Cd/Cl theirs (``trust/uncertainty.py``); the fields themselves are the same either way.
     """
     geometry, out = Path(geometry), Path(out_dir)
     name = name or geometry.stem
@@ -174,21 +183,28 @@ def predict_geometry(
     # --- the fields, then drag and lift ------------------------------------------------------------------------
     model = ckpt.model.to(device)
     run = dict(device=device, bf16=ckpt.config.train.bf16, chunk_points=chunk_points)
-    draws = anchor_draws(ckpt, body.surface)
-    fields = predict_fields(model, ckpt, body, draws, **run)
+    own = ckpt.model.config.anchors.draws if ckpt.model.config.anchors is not None else 0
+    spread_draws = uncertainty if own and uncertainty >= 2 else 0
+    draws = anchor_draws(ckpt, body.surface, spread_draws)
+    fields, raw = predict_fields(model, ckpt, body, draws, own=own if spread_draws else None, **run)
     true = {part: _true_fields(data, fields[part]) for part, (_, data) in body.data().items()}
     coefficients = None
     if area is not None:
         velocity = reference_velocity if reference_velocity is not None else ckpt.reference.velocity
         rho = density if density is not None else ckpt.reference.density
-        forces = force_surface(model, ckpt, body.surface, draws, **run) if draws is not None else None
+        forces = force_surface(model, ckpt, body.surface, draws, own=own if spread_draws else None, **run) \
+            if draws is not None else None  # fmt: skip
         coefficients = predicted_forces(ckpt, body, fields, true["surface"], area, velocity, rho, forces)
+        if coefficients is not None and forces is not None and forces[2] is not None:
+            coefficients = _with_spread(ckpt, coefficients, forces[0], forces[2], area, velocity, rho)
 
     # --- outputs -----------------------------------------------------------------------------------------
     result = Prediction(name=name, files=[], coefficients=coefficients, trust=trust, scale=scale)
     result.solver = {k: float(params[k]) for k in ("Cd", "Cl", "Cd_fields", "Cl_fields") if is_number(params.get(k))}
     for part, (mesh, data) in body.data().items():
         result.errors.update(_attach(data, fields[part], true[part], part))
+        if raw is not None:
+            _attach_spread(ckpt, data, raw[part], part)
         if scale != 1.0:  # back to the input's coordinates
             mesh.points = np.asarray(mesh.points) / scale
         result.files.append(write_mesh(mesh, files[part], inputs=inputs_given))
@@ -240,33 +256,42 @@ def _scaled(mesh: Any, scale: float) -> Any:
     return mesh
 
 
-def anchor_draws(ckpt: Checkpoint, surface: Any) -> list[Draw] | None:
-    """The anchors of an anchor-query model, drawn from the body alone (``anchors.draws`` seeded draws); None for
-    a model that runs every point through its blocks."""
+def anchor_draws(ckpt: Checkpoint, surface: Any, spread: int = 0) -> list[Draw] | None:
+    """The anchors of an anchor-query model, drawn from the body alone (``anchors.draws`` seeded draws, or with
+    ``spread`` >= 2 that many and at least those); None for a model that runs every point through its blocks."""
     anchors = ckpt.model.config.anchors
     if anchors is None:
         return None
-    draws = [geometry_anchors(surface, ckpt.stats, draw, ckpt.volume_template) for draw in seeds_of(anchors)]
+    configs = draw_configs(anchors, spread) if spread >= 2 else seeds_of(anchors)
+    draws = [geometry_anchors(surface, ckpt.stats, draw, ckpt.volume_template) for draw in configs]
     return [([points], [inputs]) for points, inputs in draws]
 
 
-def predict_fields(model: Network, ckpt: Checkpoint, body: Body, draws: list[Draw] | None, **run: Any) -> Fields:
+def predict_fields(
+    model: Network, ckpt: Checkpoint, body: Body, draws: list[Draw] | None, *, own: int | None = None, **run: Any
+) -> tuple[Fields, Fields | None]:
     """The fields on the cloud [surface ; volume] of ``body``, in physical units: every point a query of the
-    anchor ``draws``, or (``draws`` None) the whole cloud through the blocks."""
+    anchor ``draws`` (their mean), or (``draws`` None) the whole cloud through the blocks. With ``own``, the mean of
+    the first ``own`` draws and the spread of all of them (:func:`~msptcli.trust.calibrate.mean_and_spread`)."""
     volume = cloud_part(body.arrays, "volume") if body.volume is not None else None
     points, inputs = cloud_inputs(ckpt.stats, cloud_part(body.arrays, "surface"), volume)
     if draws is None:
         (pred,) = predict_clouds(model, [points], [inputs], **run)
-    else:
+        return to_physical(ckpt.stats, ckpt.channels, pred, body.num_surface), None
+    if own is None:
         (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
-    return to_physical(ckpt.stats, ckpt.channels, pred, body.num_surface)
+        return to_physical(ckpt.stats, ckpt.channels, pred, body.num_surface), None
+    each = [to_physical(ckpt.stats, ckpt.channels, predict_queries_averaged(model, [d], [points], [inputs], **run)[0],
+                        body.num_surface) for d in draws]  # fmt: skip
+    return mean_and_spread(each, own)
 
 
 def force_surface(
-    model: Network, ckpt: Checkpoint, surface: Any, draws: list[Draw], **run: Any
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The surface refined to at least ``FORCE_POINTS`` points (its arrays, as :func:`read_body`'s) and the
-    surface fields predicted there, as queries of the same anchor ``draws``.
+    model: Network, ckpt: Checkpoint, surface: Any, draws: list[Draw], *, own: int | None = None, **run: Any
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, np.ndarray]] | None]:
+    """The surface refined to at least ``FORCE_POINTS`` points (its arrays, as :func:`read_body`'s), the
+    surface fields predicted there, as queries of the same anchor ``draws``, and with ``own`` (the fields the
+    mean of the first ``own`` draws) every draw's fields.
 
     A query's prediction does not depend on the other queries, so the fields there are the same function of
     position as on the given mesh; integrated on finer faces, drag and lift no longer depend on how coarsely
@@ -274,8 +299,13 @@ def force_surface(
     """
     arrays = _surface_arrays(ckpt, refined(surface, FORCE_POINTS))
     points, inputs = cloud_inputs(ckpt.stats, cloud_part(arrays, "surface"))
-    (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
-    return arrays, to_physical(ckpt.stats, ckpt.channels, pred, len(pred))["surface"]
+    if own is None:
+        (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
+        return arrays, to_physical(ckpt.stats, ckpt.channels, pred, len(pred))["surface"], None
+    each = [to_physical(ckpt.stats, ckpt.channels, predict_queries_averaged(model, [d], [points], [inputs], **run)[0],
+                        len(points))["surface"] for d in draws]  # fmt: skip
+    mean, _ = mean_and_spread([{"surface": e} for e in each], own)
+    return arrays, mean["surface"], each
 
 
 def predicted_forces(
@@ -286,7 +316,7 @@ def predicted_forces(
     area: tuple[float, str],
     velocity: float,
     density: float,
-    refined_surface: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
+    refined_surface: tuple[dict[str, np.ndarray], dict[str, np.ndarray], Any] | None = None,
 ) -> Coefficients | None:
     """Drag and lift of the predicted fields: on ``refined_surface`` (its arrays and fields, :func:`force_surface`)
     where given, else on the given mesh; ``cd_mesh``/``cl_mesh`` always on the given mesh, as the input's own
@@ -298,7 +328,7 @@ def predicted_forces(
         return None
     predicted, integrated_on = on_mesh, f"the given surface's {ckpt.surface_location}"
     if refined_surface is not None:
-        fine, fine_fields = refined_surface
+        fine, fine_fields = refined_surface[0], refined_surface[1]
         predicted = drag_lift(fine["surface/area"], fine["surface/area_norm"], fine_fields, ref, **kw)
         integrated_on = f"the given surface refined to {len(fine['surface/area']):,} {ckpt.surface_location}"
     assert predicted is not None  # the refined surface's fields are the mesh's
@@ -309,6 +339,31 @@ def predicted_forces(
         reference_area=area[0], reference_area_source=area[1], reference_velocity=velocity, density=density,
         cd_true_fields=None if on_true is None else on_true[0], cl_true_fields=None if on_true is None else on_true[1],
     )  # fmt: skip
+
+
+def _with_spread(
+    ckpt: Checkpoint, c: Coefficients, fine: dict[str, np.ndarray], each: list[dict[str, np.ndarray]],
+    area: tuple[float, str], velocity: float, density: float,
+) -> Coefficients:
+    """``c`` with Cd/Cl standard deviations: the spread of the draws' own Cd and Cl on the refined surface,
+    calibrated by the checkpoint's factors where it has them."""
+    kw = dict(ref_area=area[0], velocity=velocity, density=density)
+    per_draw = [drag_lift(fine["surface/area"], fine["surface/area_norm"], e, ckpt.reference, **kw) for e in each]
+    cd, cl = (float(np.std([d[i] for d in per_draw if d is not None], ddof=1)) for i in (0, 1))
+    cal = ckpt.calibration
+    how = (f"calibrated on {cal.bodies} validation bodies: ± 1.645 std is the 90% interval" if cal is not None else
+           "uncalibrated (no validation bodies): the raw spread")  # fmt: skip
+    return replace(c, cd_std=float(calibrated_std(np.array(cd), cal.cd if cal else None)),
+                   cl_std=float(calibrated_std(np.array(cl), cal.cl if cal else None)),
+                   uncertainty=f"{len(each)} anchor draws, {how}")  # fmt: skip
+
+
+def _attach_spread(ckpt: Checkpoint, data: Any, raw: dict[str, np.ndarray], part: str) -> None:
+    """Store ``<field>_std`` beside every predicted field: the draws' spread, calibrated where the checkpoint is."""
+    cal = ckpt.calibration
+    for fname, values in raw.items():
+        factor = cal.fields.get(f"{part}/{fname}") if cal is not None else None
+        data[f"{fname}_std"] = _written(calibrated_std(values, factor))
 
 
 def _check_positive(options: dict[str, float | None]) -> None:

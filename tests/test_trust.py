@@ -232,3 +232,66 @@ def test_sphere_in_other_units_is_refused_by_the_library(trained, tmp_path):
     sphere_surface().scale(500.0, inplace=False).save(path)
     with pytest.raises(InvalidInputError, match="--force"):
         predict_geometry(load_checkpoint(trained.run), path, tmp_path / "out", volume_points=0, preview=False)
+
+
+# --- uncertainty: the spread over anchor draws, calibrated on the validation bodies ----------------------------
+
+
+def test_conformal_factor_covers_the_stated_share():
+    from msptcli.trust.uncertainty import conformal_factor
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.5, 2.0, 20_000)
+    error = np.abs(rng.standard_normal(20_000) * raw * 7.0)  # errors 7x the spread, spread ranks them
+    factor = conformal_factor(error[:10_000], raw[:10_000])
+    assert factor == pytest.approx(7.0 * 1.6449, rel=0.05)
+    covered = np.mean(error[10_000:] <= factor * raw[10_000:])  # held-out points
+    assert 0.88 <= covered <= 0.92
+    assert conformal_factor(np.zeros(5), np.zeros(5)) == 0.0  # nothing wrong, nothing spread
+
+
+def test_training_calibrates_the_best_checkpoint_on_the_validation_bodies(trained):
+    from msptcli.checkpoint import load_checkpoint
+    from msptcli.trust.uncertainty import DRAWS
+
+    cal = load_checkpoint(trained.run).calibration
+    assert cal is not None and cal.bodies == 1 and cal.draws == DRAWS
+    assert set(cal.fields) == {"surface/p", "surface/wallShearStress", "volume/U", "volume/p"}
+    assert all(np.isfinite(v) and v > 0 for v in cal.fields.values())
+    assert cal.cd is not None and cal.cd >= 0
+    assert "uncertainty calibrated on 1 validation bodies" in trained.result.output
+    assert load_checkpoint(trained.run / "checkpoints" / "last.safetensors").calibration is None
+
+
+def test_predict_writes_standard_deviations_and_leaves_the_fields_as_they_are(trained, predicted_stl, tmp_path):
+    name = "case_0003_geometry"
+    with_spread = pv.read(predicted_stl.out / f"{name}.vtp")
+    for field in ("p", "wallShearStress"):
+        std = np.asarray(with_spread.point_data[f"{field}_std"])
+        assert std.shape == np.asarray(with_spread.point_data[field]).shape
+        assert np.isfinite(std).all() and (std >= 0).all() and std.max() > 0
+    volume = pv.read(predicted_stl.out / f"{name}_volume.vtu")
+    assert {"U_std", "p_std"} <= set(volume.point_data.keys())
+    c = json.loads((predicted_stl.out / f"{name}.json").read_text())["coefficients"]
+    assert c["cd_std"] > 0 and c["cl_std"] > 0
+    assert "4 anchor draws, calibrated on 1 validation bodies" in c["uncertainty"]
+    assert "±" in predicted_stl.result.output
+
+    out = tmp_path / "plain"
+    ok("predict", trained.run, predicted_stl.geometry, "--volume-points", 2000, "--uncertainty", 0, "-o", out)
+    plain = pv.read(out / f"{name}.vtp")
+    assert "p_std" not in plain.point_data
+    assert np.array_equal(plain.point_data["p"], with_spread.point_data["p"])  # the spread changes no prediction
+    plain_c = json.loads((out / f"{name}.json").read_text())["coefficients"]
+    assert plain_c["cd"] == c["cd"] and "cd_std" not in plain_c
+
+
+def test_the_cli_default_is_the_library_default():
+    import inspect
+
+    from msptcli.cli import predict
+    from msptcli.predict import predict_geometry
+    from msptcli.trust.uncertainty import DRAWS
+
+    assert inspect.signature(predict).parameters["uncertainty"].default == DRAWS
+    assert inspect.signature(predict_geometry).parameters["uncertainty"].default == DRAWS

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from msptcli.checkpoint import ParentRecord, force_reference, save_checkpoint
+from msptcli.checkpoint import ParentRecord, force_reference, load_checkpoint, save_checkpoint
 from msptcli.config import MsptConfig
 from msptcli.data.features import Channels
 from msptcli.data.manifest import Manifest, read_manifest
@@ -45,7 +45,9 @@ from msptcli.train.objective import channel_weights, follow_time, masked_mse, sc
 from msptcli.train.report import Reporter, TrainSummary
 from msptcli.train.state import STATE, check_same_model, load_train_state, run_lock, save_train_state
 from msptcli.train.task import AnyBatch, Task, TrainItems, task_for
+from msptcli.trust.calibrate import calibrate
 from msptcli.trust.check import training_shapes
+from msptcli.trust.uncertainty import Calibration
 
 #: Steps between two readings of the loss for the progress bar.
 LOG_EVERY = 10
@@ -253,12 +255,35 @@ def _epochs(run: _Run, progress: _Progress, reporter: Reporter | None, should_st
             reporter.epoch(row["epoch"], row)
         if budget.spent:
             break
+    calibration = None
     if world.main:
         if not run.manifest.split("val"):  # no validation split: the last model is the best we know
             save_checkpoint(run.ckpt_dir / "best.safetensors", run.model, epoch=progress.epoch, metrics=row,
                             **run.save_kw)  # fmt: skip
+        else:
+            calibration = _calibrate_best(run)
         plot_curves(run.run_dir / "metrics.csv", run.run_dir / "curves.png")
-    return _summary(run, progress, time_up=budget.spent)
+    summary = _summary(run, progress, time_up=budget.spent)
+    summary.calibration = calibration
+    return summary
+
+
+def _calibrate_best(run: _Run) -> Calibration | None:
+    """Fit the spread's calibration (``trust/uncertainty.py``) of the best checkpoint on the validation bodies and
+    write it into that checkpoint (steady anchor-query models; the others have no spread)."""
+    if run.config.data.transient is not None or run.config.model.anchors is None:
+        return None
+    best = run.ckpt_dir / "best.safetensors"
+    if not best.is_file():
+        return None
+    ckpt = load_checkpoint(best)
+    entries = run.manifest.split("val")
+    calibration = calibrate(ckpt.model.to(run.device), run.data_dir, run.manifest, entries, ckpt.reference,
+                            device=run.device, bf16=run.config.train.bf16)  # fmt: skip
+    if calibration is not None:
+        save_checkpoint(best, ckpt.model, epoch=ckpt.epoch, metrics=ckpt.metrics, **run.save_kw,
+                        calibration=calibration)  # fmt: skip
+    return calibration
 
 
 def _summary(run: _Run, progress: _Progress, **ended: bool) -> TrainSummary:

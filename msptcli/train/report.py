@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from msptcli.checkpoint import ParentRecord
 from msptcli.model import Network
+from msptcli.trust.uncertainty import Calibration
 
 
 class Reporter(Protocol):
@@ -33,3 +34,4 @@ class TrainSummary:
     already_spent: bool = False  # resumed with the time limit spent already: nothing was trained
     steps_done: int = 0  # optimiser steps of the whole run, every session (0: already_spent, not counted)
     elapsed: float = 0.0  # seconds the whole run trained, every session (what the time limit counts)
+    calibration: Calibration | None = None  # the best checkpoint's spread calibration, fitted at the end

@@ -1,0 +1,96 @@
+"""The spread over anchor draws on the validation bodies, and the calibration ``mspt train`` stores with it.
+
+See :mod:`msptcli.trust.uncertainty` for the method. Here the validation bodies are predicted as validation
+predicts them (every mesh point a query of anchors drawn from the prepared sample, ``evaluate.py``), once per
+draw, and the errors of the mean prediction are set against the spread of the draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msptcli.data.anchors import sample_anchors
+from msptcli.data.features import Channels, cloud_inputs, cloud_part, to_physical
+from msptcli.data.manifest import Manifest, SampleEntry
+from msptcli.data.sample import load_sample
+from msptcli.evaluate import drag_lift
+from msptcli.model import Network
+from msptcli.model.config import AnchorConfig
+from msptcli.physics.force_reference import ForceReference
+from msptcli.runtime import predict_queries
+from msptcli.trust.uncertainty import DRAWS, Calibration, fit_calibration, magnitude, spread
+
+Fields = dict[str, dict[str, np.ndarray]]
+
+
+def draw_configs(anchors: AnchorConfig, count: int = DRAWS) -> list[AnchorConfig]:
+    """The anchor draws of the spread: seeds ``anchors.seed`` on, at least the model's own ``anchors.draws``."""
+    return [anchors.model_copy(update={"seed": anchors.seed + r, "draws": 1}) for r in range(max(count,
+                                                                                                  anchors.draws))]
+
+
+def mean_and_spread(draws: Sequence[Fields], own: int) -> tuple[Fields, Fields]:
+    """The prediction (the mean of the first ``own`` draws, as without the spread) and the spread of all draws."""
+    mean = {part: {name: np.mean([d[part][name] for d in draws[:own]], axis=0).astype(np.float32)
+                   for name in draws[0][part]} for part in draws[0]}  # fmt: skip
+    raw = {part: {name: spread([d[part][name] for d in draws]) for name in draws[0][part]} for part in draws[0]}
+    return mean, raw
+
+
+def calibrate(
+    model: Network,
+    data_dir: Path,
+    manifest: Manifest,
+    entries: Sequence[SampleEntry],
+    reference: ForceReference,
+    *,
+    device: torch.device | str = "cpu",
+    bf16: bool = True,
+    progress: Callable[[int], Any] | None = None,
+) -> Calibration | None:
+    """The :class:`Calibration` of ``model`` on the validation ``entries``; None without anchors or bodies."""
+    anchors = model.config.anchors
+    if anchors is None or not entries:
+        return None
+    channels = Channels.from_fields(manifest.fields)
+    configs = draw_configs(anchors)
+    errors: dict[str, list[np.ndarray]] = {}
+    raws: dict[str, list[np.ndarray]] = {}
+    forces = []
+    for i, entry in enumerate(entries):
+        sample = load_sample(data_dir / entry.file)
+        a, n = sample.arrays, sample.num_surface
+        volume = cloud_part(a, "volume") if channels.volume and sample.num_volume else None
+        points, inputs = cloud_inputs(manifest.stats, cloud_part(a, "surface"), volume)
+        draws = []
+        for config in configs:
+            a_points, a_inputs = sample_anchors(sample, manifest.stats, config, np.random.default_rng(config.seed))
+            (pred,) = predict_queries(model, [a_points], [a_inputs], [points], [inputs], device=device, bf16=bf16)
+            draws.append(to_physical(manifest.stats, channels, pred, n))
+        mean, raw = mean_and_spread(draws, anchors.draws)
+        for part in mean:
+            for name in mean[part]:
+                if not len(mean[part][name]):  # a sample without volume points
+                    continue
+                key = f"{part}/{name}"
+                errors.setdefault(key, []).append(magnitude(mean[part][name] - a[key]))
+                raws.setdefault(key, []).append(magnitude(raw[part][name]))
+        area = sample.meta.get("reference_area") or reference.reference_area
+        truth = {name: a[f"surface/{name}"] for name, _ in channels.surface}
+        solver = drag_lift(a["surface/area"], a["surface/area_norm"], truth, reference, ref_area=area) if area else None
+        if solver is not None:
+            per_draw = [drag_lift(a["surface/area"], a["surface/area_norm"], d["surface"], reference, ref_area=area)
+                        for d in draws]  # fmt: skip
+            predicted = drag_lift(a["surface/area"], a["surface/area_norm"], mean["surface"], reference, ref_area=area)
+            cds, cls = zip(*per_draw, strict=True)
+            cd_spread, cl_spread = float(np.std(cds, ddof=1)), float(np.std(cls, ddof=1))
+            cd_error, cl_error = abs(predicted[0] - solver[0]), abs(predicted[1] - solver[1])
+            forces.append((cd_error, cd_spread, cl_error, cl_spread, predicted[0], predicted[1]))
+        if progress:
+            progress(i + 1)
+    return fit_calibration(errors, raws, forces, draws=len(configs))

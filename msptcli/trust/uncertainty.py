@@ -1,0 +1,100 @@
+"""How far to trust each predicted value: the spread over anchor draws, calibrated on the validation bodies.
+
+An anchor-query model predicts from anchors drawn from the body (``data/anchors.py``). Another seed
+draws other anchors and gives a slightly different answer; where the model is unsure (near edges, in
+the wake, on shapes unlike the training set's) the answers differ more. ``mspt predict`` runs
+``DRAWS`` draws (seeds ``anchors.seed``, ``+1``, ...) and takes, per point and channel, their standard
+deviation ``s`` (a test-time ensemble the anchor design gives at the cost of the queries alone), and
+the standard deviation of Cd and Cl over the draws. The prediction itself stays the mean of the
+checkpoint's own ``anchors.draws`` first draws (so it is the same with or without the spread).
+
+The raw spread is far smaller than the error (the draws are stratified, so they are much alike), so
+it is **calibrated** (split-conformal) at the end of ``mspt train`` on the validation bodies: per field,
+the factor ``c`` is the 90% quantile of ``|error| / s`` over all their points, so that ``mean ± c s``
+holds 90% of the validation points; for Cd and Cl, the 90% quantile of ``|error| / s`` over the bodies
+(with few bodies: the largest). The checkpoint stores the factors; predict writes ``c s / 1.645``
+as the standard deviation (``<field>_std``; a normal's 90% interval is ± 1.645 of them), and Cd ± its
+calibrated standard deviation. Without validation bodies the spread is written as it is and called
+uncalibrated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DRAWS = 4  # anchor draws of the spread (the default of mspt predict --uncertainty)
+COVERAGE = 0.9  # the interval the calibration is for
+Z90 = 1.6448536269514722  # a normal's 90% interval: mean ± Z90 standard deviations
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The factors that turn the raw spread over draws into 90% intervals (``mean ± factor * spread``)."""
+
+    fields: dict[str, float]  # "surface/p": factor, ...
+    cd: float | None
+    cl: float | None
+    bodies: int  # validation bodies it was fitted on
+    draws: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fields": self.fields, "cd": self.cd, "cl": self.cl, "bodies": self.bodies, "draws": self.draws}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Calibration:
+        return cls({str(k): float(v) for k, v in value["fields"].items()}, value.get("cd"), value.get("cl"),
+                   int(value["bodies"]), int(value["draws"]))  # fmt: skip
+
+
+def spread(draws: Sequence[np.ndarray]) -> np.ndarray:
+    """Per row and channel, the standard deviation (ddof 1) of the draws' predictions; zeros for one draw."""
+    stack = np.stack([np.asarray(d, dtype=np.float64) for d in draws])
+    if len(stack) < 2:
+        return np.zeros(stack.shape[1:], dtype=np.float32)
+    return stack.std(axis=0, ddof=1).astype(np.float32)
+
+
+def magnitude(values: np.ndarray) -> np.ndarray:
+    """A vector field's per-point norm (of its error or of its per-component spread); a scalar as it is."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.linalg.norm(values, axis=1) if values.ndim > 1 else np.abs(values)
+
+
+def conformal_factor(error: np.ndarray, raw: np.ndarray) -> float:
+    """The COVERAGE quantile of ``|error| / raw`` (points where both are zero count as covered), with the
+    finite-sample correction of split conformal prediction (quantile level ceil((n+1) q) / n)."""
+    error, raw = np.asarray(error, dtype=np.float64).ravel(), np.asarray(raw, dtype=np.float64).ravel()
+    ratio = np.where(raw > 0, error / np.where(raw > 0, raw, 1.0), np.where(error > 0, np.inf, 0.0))
+    n = len(ratio)
+    if n == 0:
+        return float("nan")
+    level = min(np.ceil((n + 1) * COVERAGE) / n, 1.0)
+    value = float(np.quantile(ratio, level, method="higher"))
+    return value if np.isfinite(value) else float(np.max(ratio[np.isfinite(ratio)], initial=0.0))
+
+
+def calibrated_std(raw: np.ndarray, factor: float | None) -> np.ndarray:
+    """The standard deviation written beside a field: ``factor * raw / Z90`` (its ± Z90 the 90% interval);
+    the raw spread where there is no factor (uncalibrated)."""
+    if factor is None or not np.isfinite(factor):
+        return np.asarray(raw, dtype=np.float32)
+    return (np.asarray(raw, dtype=np.float64) * factor / Z90).astype(np.float32)
+
+
+def fit_calibration(
+    errors: dict[str, list[np.ndarray]], raws: dict[str, list[np.ndarray]], forces: list[tuple[float, float, float,
+                                                                                             float, float, float]],
+    draws: int,
+) -> Calibration:  # fmt: skip
+    """The :class:`Calibration` of validation bodies: per field their points' |error| and raw spread (magnitudes,
+    one array per body), and per body (cd error, cd spread, cl error, cl spread, cd, cl)."""
+    fields = {k: conformal_factor(np.concatenate(errors[k]), np.concatenate(raws[k])) for k in errors}
+    cd = cl = None
+    if forces:
+        f = np.asarray(forces, dtype=np.float64)
+        cd, cl = conformal_factor(f[:, 0], f[:, 1]), conformal_factor(f[:, 2], f[:, 3])
+    return Calibration(fields, cd, cl, bodies=len(next(iter(errors.values()), [])), draws=draws)
