@@ -1,7 +1,7 @@
 """Does `mspt predict` say when not to trust it? The shape check on designs in and out of the training family.
 
-    python benchmarks/trust.py                        # the accuracy split's 20 training bodies
-    python benchmarks/trust.py --run out/accuracy/run  # the training bodies a checkpoint recorded
+    python benchmarks/trust.py                        # the shape check, with the accuracy split's 20 bodies
+    python benchmarks/trust.py --run out/accuracy/run  # and the uncertainty of a model trained on that split
 
 Data: the 24 real OpenFOAM Ahmed cases of ``../shared/data/ahmed``, split as ``benchmarks/accuracy.py``
 splits them (test = case_0003, 0009, 0015, 0021; the other 20 train). The training bodies' shape features
@@ -20,6 +20,16 @@ shares of ``geometry.stl``):
 
 Prints, per design kind, how many were flagged (``warn`` or ``out of range``) and how many refused as a
 units problem, then the detection rate (out of the family) and the false-alarm rate (in the family).
+
+**Uncertainty** (``--run``, a model trained on the split; the split has no validation bodies, so the
+calibration is cross-fitted on the test bodies: fitted on two, measured on the other two, and the
+other way round): the four test bodies predicted as validation predicts them, with the spread of the
+anchor draws of ``mspt predict`` (``trust/calibrate.py``'s ``body_spread``). Per field: the share of
+points inside their calibrated 90% interval (``mean ± factor · spread``) on the bodies the factor
+was not fitted on, and the Spearman correlation between the spread and |error| over each body's
+points (mean over the bodies); for Cd, the same coverage over the bodies and the Spearman
+correlation between the spread of Cd and |Cd error| over the four. Then the cost: ``predict_geometry``
+of a test body's CFD surface and volume with the spread (4 draws) against without, side by side.
 Record the tables in docs/benchmarks.md with the machine and date.
 """
 
@@ -93,16 +103,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="use the training bodies this run's checkpoint recorded")
     args = parser.parse_args()
 
-    if args.run is not None:
-        from msptcli.checkpoint import load_checkpoint
-
-        shapes = load_checkpoint(args.run).shapes
-        if shapes is None:
-            sys.exit(f"{args.run}: its checkpoint records no training bodies (trained before the shape check)")
-    else:
-        prepared = args.prepared if (args.prepared / "manifest.json").is_file() else accuracy.prepare(
-            args.data, args.prepared.parent, workers=2)  # fmt: skip
-        shapes = training_shapes(prepared, read_manifest(prepared).split("train"))
+    prepared = args.prepared if (args.prepared / "manifest.json").is_file() else accuracy.prepare(
+        args.data, args.prepared.parent, workers=2)  # fmt: skip
+    shapes = training_shapes(prepared, read_manifest(prepared).split("train"))
     assert shapes is not None
     print(f"{cpu_name()}, {datetime.date.today()}; {len(shapes.names)} training bodies\n")
 
@@ -143,6 +146,64 @@ def main() -> None:
     print(f"- in the family, flagged (false alarms): {rate('in', lambda c: c.verdict != 'ok')}")
     print(f"- other units, refused: {rate('units', lambda c: c.units is not None)}")
     print(f"- the same STLs in metres, refused as units: {rate('metres', lambda c: c.units is not None)}")
+    if args.run is not None:
+        uncertainty(args.run, prepared, args.data)
+
+
+def uncertainty(run: Path, prepared: Path, data: Path) -> None:
+    """Coverage and rank correlation of the calibrated spread on the test bodies (cross-fitted), and its cost."""
+    import tempfile
+    import time
+
+    from scipy.stats import spearmanr
+
+    from msptcli.checkpoint import load_checkpoint
+    from msptcli.data.sample import load_sample
+    from msptcli.predict import predict_geometry
+    from msptcli.trust.calibrate import body_spread
+    from msptcli.trust.uncertainty import DRAWS, fit_calibration
+
+    ckpt = load_checkpoint(run)
+    manifest = read_manifest(prepared)
+    bodies = {e.name: body_spread(ckpt.model, load_sample(prepared / e.file), manifest, ckpt.reference)
+              for e in manifest.split("test")}  # fmt: skip
+    names = list(bodies)
+    folds = [names[0::2], names[1::2]]
+    fields = list(bodies[names[0]][0])
+    covered: dict[str, list[float]] = {k: [] for k in [*fields, "Cd"]}
+    for fit, held in ((folds[0], folds[1]), (folds[1], folds[0])):
+        cal = fit_calibration({k: [bodies[n][0][k] for n in fit] for k in fields},
+                              {k: [bodies[n][1][k] for n in fit] for k in fields},
+                              [bodies[n][2] for n in fit if bodies[n][2] is not None], draws=DRAWS)  # fmt: skip
+        for n in held:
+            errors, raws, forces = bodies[n]
+            for k in fields:
+                covered[k].append(float(np.mean(errors[k] <= cal.fields[k] * raws[k])))
+            if forces is not None and cal.cd is not None:
+                covered["Cd"].append(float(forces[0] <= cal.cd * forces[1]))
+    print(f"\n{run}: {len(names)} test bodies, {DRAWS} anchor draws, calibration cross-fitted ({folds[0]} / "
+          f"{folds[1]})\n")  # fmt: skip
+    print("| field | 90% interval coverage (held-out bodies) | Spearman(spread, abs error) per point | per body |")
+    print("|---|---:|---:|---|")
+    for k in fields:
+        rho = [float(spearmanr(bodies[n][1][k], bodies[n][0][k]).statistic) for n in names]
+        print(f"| {k} | {100 * np.mean(covered[k]):.0f}% | {np.mean(rho):.2f} | {', '.join(f'{r:.2f}' for r in rho)} |")
+    forces = [bodies[n][2] for n in names if bodies[n][2] is not None]
+    rho_cd = float(spearmanr([f[1] for f in forces], [f[0] for f in forces]).statistic)
+    print(f"| Cd | {100 * np.mean(covered['Cd']):.0f}% of {len(covered['Cd'])} bodies | {rho_cd:.2f} over the "
+          f"{len(forces)} bodies | " + ", ".join(f"{n}: |err| {f[0]:.4f} spread {f[1]:.4f}" for n, f in
+                                               zip(names, forces, strict=True)) + " |")  # fmt: skip
+
+    case = data / accuracy.TEST[0]
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for draws in (0, DRAWS, 0, DRAWS):  # twice each, alternating: the second of each counts
+            started = time.perf_counter()
+            predict_geometry(ckpt, case / "surface.vtu", tmp, name=f"u{draws}", volume_mesh=case / "volume.vtu",
+                             uncertainty=draws)  # fmt: skip
+            seconds[draws] = time.perf_counter() - started
+    print(f"\npredict_geometry of {case.name}'s CFD surface and volume (VTK, JSON, preview): without the spread "
+          f"{seconds[0]:.1f} s, with {DRAWS} draws {seconds[DRAWS]:.1f} s ({seconds[DRAWS] / seconds[0]:.2f}x)")
 
 
 if __name__ == "__main__":

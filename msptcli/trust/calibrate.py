@@ -7,9 +7,8 @@ draw, and the errors of the mean prediction are set against the spread of the dr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ import torch
 from msptcli.data.anchors import sample_anchors
 from msptcli.data.features import Channels, cloud_inputs, cloud_part, to_physical
 from msptcli.data.manifest import Manifest, SampleEntry
-from msptcli.data.sample import load_sample
+from msptcli.data.sample import Sample, load_sample
 from msptcli.evaluate import drag_lift
 from msptcli.model import Network
 from msptcli.model.config import AnchorConfig
@@ -42,6 +41,44 @@ def mean_and_spread(draws: Sequence[Fields], own: int) -> tuple[Fields, Fields]:
     return mean, raw
 
 
+def body_spread(
+    model: Network, sample: Sample, manifest: Manifest, reference: ForceReference, *,
+    device: torch.device | str = "cpu", bf16: bool = True,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[float, float, float, float] | None]:  # fmt: skip
+    """One body predicted as validation predicts it, once per draw of :func:`draw_configs`: per field the points'
+    |error| of the prediction and raw spread (magnitudes), and (|Cd error|, Cd spread, |Cl error|, Cl spread)
+    where drag and lift can be computed."""
+    anchors = model.config.anchors
+    assert anchors is not None
+    channels = Channels.from_fields(manifest.fields)
+    a, n = sample.arrays, sample.num_surface
+    volume = cloud_part(a, "volume") if channels.volume and sample.num_volume else None
+    points, inputs = cloud_inputs(manifest.stats, cloud_part(a, "surface"), volume)
+    draws = []
+    for config in draw_configs(anchors):
+        a_points, a_inputs = sample_anchors(sample, manifest.stats, config, np.random.default_rng(config.seed))
+        (pred,) = predict_queries(model, [a_points], [a_inputs], [points], [inputs], device=device, bf16=bf16)
+        draws.append(to_physical(manifest.stats, channels, pred, n))
+    mean, raw = mean_and_spread(draws, anchors.draws)
+    errors, raws = {}, {}
+    for part in mean:
+        for name in mean[part]:
+            if len(mean[part][name]):  # a sample without volume points has none
+                key = f"{part}/{name}"
+                errors[key], raws[key] = magnitude(mean[part][name] - a[key]), magnitude(raw[part][name])
+    area = sample.meta.get("reference_area") or reference.reference_area
+    truth = {name: a[f"surface/{name}"] for name, _ in channels.surface}
+    solver = drag_lift(a["surface/area"], a["surface/area_norm"], truth, reference, ref_area=area) if area else None
+    if solver is None:
+        return errors, raws, None
+    per_draw = [drag_lift(a["surface/area"], a["surface/area_norm"], d["surface"], reference, ref_area=area)
+                for d in draws]  # fmt: skip
+    predicted = drag_lift(a["surface/area"], a["surface/area_norm"], mean["surface"], reference, ref_area=area)
+    cds, cls = zip(*per_draw, strict=True)
+    cd_error, cl_error = abs(predicted[0] - solver[0]), abs(predicted[1] - solver[1])
+    return errors, raws, (cd_error, float(np.std(cds, ddof=1)), cl_error, float(np.std(cls, ddof=1)))
+
+
 def calibrate(
     model: Network,
     data_dir: Path,
@@ -51,46 +88,18 @@ def calibrate(
     *,
     device: torch.device | str = "cpu",
     bf16: bool = True,
-    progress: Callable[[int], Any] | None = None,
 ) -> Calibration | None:
     """The :class:`Calibration` of ``model`` on the validation ``entries``; None without anchors or bodies."""
-    anchors = model.config.anchors
-    if anchors is None or not entries:
+    if model.config.anchors is None or not entries:
         return None
-    channels = Channels.from_fields(manifest.fields)
-    configs = draw_configs(anchors)
     errors: dict[str, list[np.ndarray]] = {}
     raws: dict[str, list[np.ndarray]] = {}
     forces = []
-    for i, entry in enumerate(entries):
-        sample = load_sample(data_dir / entry.file)
-        a, n = sample.arrays, sample.num_surface
-        volume = cloud_part(a, "volume") if channels.volume and sample.num_volume else None
-        points, inputs = cloud_inputs(manifest.stats, cloud_part(a, "surface"), volume)
-        draws = []
-        for config in configs:
-            a_points, a_inputs = sample_anchors(sample, manifest.stats, config, np.random.default_rng(config.seed))
-            (pred,) = predict_queries(model, [a_points], [a_inputs], [points], [inputs], device=device, bf16=bf16)
-            draws.append(to_physical(manifest.stats, channels, pred, n))
-        mean, raw = mean_and_spread(draws, anchors.draws)
-        for part in mean:
-            for name in mean[part]:
-                if not len(mean[part][name]):  # a sample without volume points
-                    continue
-                key = f"{part}/{name}"
-                errors.setdefault(key, []).append(magnitude(mean[part][name] - a[key]))
-                raws.setdefault(key, []).append(magnitude(raw[part][name]))
-        area = sample.meta.get("reference_area") or reference.reference_area
-        truth = {name: a[f"surface/{name}"] for name, _ in channels.surface}
-        solver = drag_lift(a["surface/area"], a["surface/area_norm"], truth, reference, ref_area=area) if area else None
-        if solver is not None:
-            per_draw = [drag_lift(a["surface/area"], a["surface/area_norm"], d["surface"], reference, ref_area=area)
-                        for d in draws]  # fmt: skip
-            predicted = drag_lift(a["surface/area"], a["surface/area_norm"], mean["surface"], reference, ref_area=area)
-            cds, cls = zip(*per_draw, strict=True)
-            cd_spread, cl_spread = float(np.std(cds, ddof=1)), float(np.std(cls, ddof=1))
-            cd_error, cl_error = abs(predicted[0] - solver[0]), abs(predicted[1] - solver[1])
-            forces.append((cd_error, cd_spread, cl_error, cl_spread, predicted[0], predicted[1]))
-        if progress:
-            progress(i + 1)
-    return fit_calibration(errors, raws, forces, draws=len(configs))
+    for entry in entries:
+        e, r, f = body_spread(model, load_sample(data_dir / entry.file), manifest, reference, device=device, bf16=bf16)
+        for key in e:
+            errors.setdefault(key, []).append(e[key])
+            raws.setdefault(key, []).append(r[key])
+        if f is not None:
+            forces.append(f)
+    return fit_calibration(errors, raws, forces, draws=len(draw_configs(model.config.anchors)))

@@ -86,12 +86,11 @@ def calibrated_std(raw: np.ndarray, factor: float | None) -> np.ndarray:
 
 
 def fit_calibration(
-    errors: dict[str, list[np.ndarray]], raws: dict[str, list[np.ndarray]], forces: list[tuple[float, float, float,
-                                                                                             float, float, float]],
-    draws: int,
+    errors: dict[str, list[np.ndarray]], raws: dict[str, list[np.ndarray]],
+    forces: list[tuple[float, float, float, float]], draws: int,
 ) -> Calibration:  # fmt: skip
     """The :class:`Calibration` of validation bodies: per field their points' |error| and raw spread (magnitudes,
-    one array per body), and per body (cd error, cd spread, cl error, cl spread, cd, cl)."""
+    one array per body), and per body (|Cd error|, Cd spread, |Cl error|, Cl spread)."""
     fields = {k: conformal_factor(np.concatenate(errors[k]), np.concatenate(raws[k])) for k in errors}
     cd = cl = None
     if forces:
