@@ -38,6 +38,7 @@ from msptcli.model import ModelConfig, Network, build_network
 from msptcli.model.config import RENAMED, without_removed_keys
 from msptcli.physics.force_reference import ForceReference, TransientReference
 from msptcli.trust.check import TrainingShapes
+from msptcli.trust.latent import TrainingLatents
 from msptcli.trust.uncertainty import Calibration
 
 FORMAT = "mspt-checkpoint-2"
@@ -64,6 +65,7 @@ class Checkpoint:
     parent: ParentRecord | None = None  # fine-tuned: the network it started from and what was frozen
     shapes: TrainingShapes | None = None  # the training bodies' shape features (None: transient, or an older run)
     calibration: Calibration | None = None  # the spread's 90% factors, fitted on the validation bodies (or None)
+    latents: TrainingLatents | None = None  # the training designs' latents (trust/latent.py), best checkpoint
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ def save_checkpoint(
     parent: ParentRecord | None = None,
     shapes: TrainingShapes | None = None,
     calibration: Calibration | None = None,
+    latents: TrainingLatents | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -162,6 +165,8 @@ def save_checkpoint(
         meta["shapes"] = json.dumps(shapes.to_json())
     if calibration is not None:
         meta["calibration"] = json.dumps(calibration.to_json())
+    if latents is not None:
+        meta["latents"] = json.dumps(latents.to_json())
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -222,6 +227,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             parent=ParentRecord.from_json(json.loads(meta["parent"])) if "parent" in meta else None,
             shapes=TrainingShapes.from_json(json.loads(meta["shapes"])) if "shapes" in meta else None,
             calibration=Calibration.from_json(json.loads(meta["calibration"])) if "calibration" in meta else None,
+            latents=TrainingLatents.from_json(json.loads(meta["latents"])) if "latents" in meta else None,
         )
     except CheckpointError:
         raise

@@ -44,6 +44,7 @@ from msptcli.model import Network
 from msptcli.runtime import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries_averaged
 from msptcli.trust.calibrate import draw_configs, mean_and_spread
 from msptcli.trust.check import ShapeCheck, body_features, check_shape
+from msptcli.trust.latent import check_latent, design_latent
 from msptcli.trust.uncertainty import DRAWS, calibrated_std
 
 #: Volume points sampled around the body when no volume mesh is given.
@@ -187,6 +188,10 @@ def predict_geometry(
     spread_draws = uncertainty if own and uncertainty >= 2 else 0
     draws = anchor_draws(ckpt, body.surface, spread_draws)
     fields, raw = predict_fields(model, ckpt, body, draws, own=own if spread_draws else None, **run)
+    if trust is not None and ckpt.latents is not None and draws is not None:
+        (a_points,), (a_features,) = draws[0]
+        latent = design_latent(model, a_points, a_features, device=device, bf16=ckpt.config.train.bf16)
+        trust.add_model(check_latent(ckpt.latents, latent))
     true = {part: _true_fields(data, fields[part]) for part, (_, data) in body.data().items()}
     coefficients = None
     if area is not None:

@@ -295,3 +295,34 @@ def test_the_cli_default_is_the_library_default():
 
     assert inspect.signature(predict).parameters["uncertainty"].default == DRAWS
     assert inspect.signature(predict_geometry).parameters["uncertainty"].default == DRAWS
+
+
+# --- the model-level check: the design's latent against the training designs' ----------------------------------
+
+
+def test_latent_check_flags_a_far_design_and_not_a_near_one():
+    from msptcli.trust.latent import TrainingLatents, check_latent
+
+    rng = np.random.default_rng(0)
+    train = rng.standard_normal((20, 18))
+    latents = TrainingLatents(tuple(f"case_{i}" for i in range(20)), train)
+    near = check_latent(latents, train[3] + 0.01 * rng.standard_normal(18))
+    assert not near.flagged and near.nearest == "case_3" and near.percentile == 0.0
+    far = check_latent(latents, train.mean(axis=0) + 10 * train.std(axis=0))
+    assert far.flagged and far.percentile == 100.0 and "unlike every training body" in far.note()
+    few = check_latent(TrainingLatents(latents.names[:4], train[:4]), train.mean(axis=0) + 10 * train.std(axis=0))
+    assert few.threshold is None and not few.flagged
+    again = TrainingLatents.from_json(json.loads(json.dumps(latents.to_json())))
+    assert again.names == latents.names and np.allclose(again.values, latents.values)
+
+
+def test_best_checkpoint_records_the_training_latents_and_predict_reads_them(trained, predicted_stl):
+    from msptcli.checkpoint import load_checkpoint
+    from msptcli.data.manifest import read_manifest
+
+    ckpt = load_checkpoint(trained.run)
+    assert ckpt.latents is not None and ckpt.latents.values.shape == (2, 2 * ckpt.model.out_features)
+    assert list(ckpt.latents.names) == [e.name for e in read_manifest(trained.prepared.data).split("train")]
+    model = json.loads((predicted_stl.out / "case_0003_geometry.json").read_text())["trust"]["model"]
+    assert set(model) == {"score", "threshold", "percentile", "nearest_training_body", "flagged"}
+    assert model["score"] >= 0 and model["threshold"] is None and not model["flagged"]  # 2 training bodies: too few

@@ -47,6 +47,7 @@ from msptcli.train.state import STATE, check_same_model, load_train_state, run_l
 from msptcli.train.task import AnyBatch, Task, TrainItems, task_for
 from msptcli.trust.calibrate import calibrate
 from msptcli.trust.check import training_shapes
+from msptcli.trust.latent import training_latents
 from msptcli.trust.uncertainty import Calibration
 
 #: Steps between two readings of the loss for the progress bar.
@@ -260,29 +261,28 @@ def _epochs(run: _Run, progress: _Progress, reporter: Reporter | None, should_st
         if not run.manifest.split("val"):  # no validation split: the last model is the best we know
             save_checkpoint(run.ckpt_dir / "best.safetensors", run.model, epoch=progress.epoch, metrics=row,
                             **run.save_kw)  # fmt: skip
-        else:
-            calibration = _calibrate_best(run)
+        calibration = _finish_best(run)
         plot_curves(run.run_dir / "metrics.csv", run.run_dir / "curves.png")
     summary = _summary(run, progress, time_up=budget.spent)
     summary.calibration = calibration
     return summary
 
 
-def _calibrate_best(run: _Run) -> Calibration | None:
-    """Fit the spread's calibration (``trust/uncertainty.py``) of the best checkpoint on the validation bodies and
-    write it into that checkpoint (steady anchor-query models; the others have no spread)."""
+def _finish_best(run: _Run) -> Calibration | None:
+    """Write into the best checkpoint what the trust checks need of its weights (steady anchor-query models; the
+    others have no anchors): the training designs' latents (``trust/latent.py``) and, with validation bodies,
+    the spread's calibration (``trust/uncertainty.py``), which is returned."""
     if run.config.data.transient is not None or run.config.model.anchors is None:
         return None
     best = run.ckpt_dir / "best.safetensors"
     if not best.is_file():
         return None
     ckpt = load_checkpoint(best)
-    entries = run.manifest.split("val")
-    calibration = calibrate(ckpt.model.to(run.device), run.data_dir, run.manifest, entries, ckpt.reference,
-                            device=run.device, bf16=run.config.train.bf16)  # fmt: skip
-    if calibration is not None:
-        save_checkpoint(best, ckpt.model, epoch=ckpt.epoch, metrics=ckpt.metrics, **run.save_kw,
-                        calibration=calibration)  # fmt: skip
+    model, kw = ckpt.model.to(run.device), dict(device=run.device, bf16=run.config.train.bf16)
+    calibration = calibrate(model, run.data_dir, run.manifest, run.manifest.split("val"), ckpt.reference, **kw)
+    latents = training_latents(model, run.data_dir, run.manifest, run.manifest.split("train"), **kw)
+    save_checkpoint(best, ckpt.model, epoch=ckpt.epoch, metrics=ckpt.metrics, **run.save_kw, calibration=calibration,
+                    latents=latents)  # fmt: skip
     return calibration
 
 

@@ -20,7 +20,8 @@ A checkpoint records the :mod:`~msptcli.trust.shape` features of every training 
    own is in range (a combination the training set never had).
 
 The verdict: ``out of range`` (a feature far out of range), ``warn`` (a feature out of range, or the
-nearest-body distance beyond its threshold) or ``ok``.
+nearest-body distance beyond its threshold, or the model-level check of ``latent.py`` beyond its own)
+or ``ok``.
 """
 
 from __future__ import annotations
@@ -96,13 +97,21 @@ class ShapeCheck:
     features: dict[str, float]
     out_of_range: dict[str, str] = field(default_factory=dict)  # feature: what it is against the training range
     units: str | None = None  # the refusal for a body in other units, with the fix
+    model: Any = None  # the model-level check (trust.latent.LatentCheck), where the checkpoint records latents
 
     def to_json(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict, "scale": self.scale, "score": self.score, "threshold": self.threshold,
             "percentile": self.percentile, "nearest_training_body": self.nearest, "features": self.features,
             "out_of_range": self.out_of_range, **({"units": self.units} if self.units else {}),
+            **({"model": self.model.to_json()} if self.model is not None else {}),
         }  # fmt: skip
+
+    def add_model(self, check: Any) -> None:
+        """Join the model-level check (``trust.latent.LatentCheck``): a flagged one makes an ``ok`` a ``warn``."""
+        self.model = check
+        if check.flagged and self.verdict == "ok":
+            self.verdict = "warn"
 
     def notes(self) -> list[str]:
         """One line per finding, for the terminal."""
@@ -110,6 +119,8 @@ class ShapeCheck:
         if self.score > self.threshold and not self.out_of_range:
             lines.append(f"unlike every training body: {self.score:.2f} training spreads from the nearest "
                          f"({self.nearest}), beyond the {self.threshold:.2f} of the training bodies' own")  # fmt: skip
+        if self.model is not None and self.model.flagged:
+            lines.append(self.model.note())
         return lines
 
 
