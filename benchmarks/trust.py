@@ -21,7 +21,11 @@ shares of ``geometry.stl``):
 Prints, per design kind, how many were flagged (``warn`` or ``out of range``) and how many refused as a
 units problem, then the detection rate (out of the family) and the false-alarm rate (in the family).
 
-**Uncertainty** (``--run``, a model trained on the split; the split has no validation bodies, so the
+**Model-level check** (``--run``, a model trained on the split): the designs above once more, with the
+latent check of ``trust/latent.py`` joined to the shape check as ``mspt predict`` joins them (the units
+rows excepted: predict refuses them first); the column *model flagged* counts the designs it flags.
+
+**Uncertainty** (``--run``; the split has no validation bodies, so the
 calibration is cross-fitted on the test bodies: fitted on two, measured on the other two, and the
 other way round): the four test bodies predicted as validation predicts them, with the spread of the
 anchor draws of ``mspt predict`` (``trust/calibrate.py``'s ``body_spread``). Per field: the share of
@@ -40,6 +44,7 @@ import datetime
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import accuracy
 import numpy as np
@@ -95,12 +100,37 @@ def check(shapes: TrainingShapes, body: pv.PolyData) -> ShapeCheck:
     return check_shape(shapes, body_features(surface_arrays(FieldMesh(mesh=surface, points=points, location="points"))))
 
 
+class ModelCheck:
+    """The model-level check of a trained run: its training designs' latents from the prepared training samples
+    (as ``mspt train`` records them) and a design's latent from anchors drawn as ``mspt predict`` draws them."""
+
+    def __init__(self, run: Path, prepared: Path) -> None:
+        from msptcli.checkpoint import load_checkpoint
+        from msptcli.data.anchors import seeds_of
+        from msptcli.trust.latent import training_latents
+
+        self.ckpt = load_checkpoint(run)
+        manifest = read_manifest(prepared)
+        latents = training_latents(self.ckpt.model, prepared, manifest, manifest.split("train"))
+        assert latents is not None, f"{run}: not an anchor-query model"
+        self.latents, self.draw = latents, seeds_of(self.ckpt.model.config.anchors)[0]
+
+    def check(self, mesh: pv.DataSet, left_out: list[str]) -> Any:
+        from msptcli.data.anchors import geometry_anchors
+        from msptcli.trust.latent import TrainingLatents, check_latent, design_latent
+
+        points, features = geometry_anchors(as_polydata(mesh), self.ckpt.stats, self.draw, self.ckpt.volume_template)
+        keep = [i for i, n in enumerate(self.latents.names) if n not in left_out]
+        latents = TrainingLatents(tuple(self.latents.names[i] for i in keep), self.latents.values[keep])
+        return check_latent(latents, design_latent(self.ckpt.model, points, features))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=accuracy.DATA, help="folder of the 24 Ahmed cases")
     parser.add_argument("--prepared", type=Path, default=Path("out/accuracy/data"),
                         help="the accuracy split prepared by accuracy.py (prepared here if missing)")  # fmt: skip
-    parser.add_argument("--run", type=Path, help="use the training bodies this run's checkpoint recorded")
+    parser.add_argument("--run", type=Path, help="a model trained on the split: its model-level check and uncertainty")
     args = parser.parse_args()
 
     prepared = args.prepared if (args.prepared / "manifest.json").is_file() else accuracy.prepare(
@@ -109,33 +139,44 @@ def main() -> None:
     assert shapes is not None
     print(f"{cpu_name()}, {datetime.date.today()}; {len(shapes.names)} training bodies\n")
 
-    rows: list[tuple[str, str, list[ShapeCheck]]] = []
+    model = ModelCheck(args.run, prepared) if args.run is not None else None
+    train_stl = {n: pv.read(args.data / n / "geometry.stl") for n in shapes.names}
+    designs: list[tuple[str, str, list[tuple[pv.DataSet, list[str]]]]] = []  # kind, label, (mesh, bodies left out)
     for label, source in (("test STL", "geometry.stl"), ("test CFD surface", "surface.vtu")):
-        rows.append(("in", label, [check(shapes, read_mesh(args.data / c / source)) for c in accuracy.TEST]))
-    left_out = []  # every training body against the other training bodies
-    for i, name in enumerate(shapes.names):
-        others = TrainingShapes(shapes.names[:i] + shapes.names[i + 1 :], np.delete(shapes.values, i, axis=0))
-        left_out.append(check(others, pv.read(args.data / name / "geometry.stl")))
-    rows.append(("in", "training STL, left out", left_out))
+        designs.append(("in", label, [(read_mesh(args.data / c / source), []) for c in accuracy.TEST]))
+    designs.append(("in", "training STL, left out", [(train_stl[n], [n]) for n in shapes.names]))
     for label, change in OUT_OF_FAMILY.items():
-        rows.append(("out", label, [check(shapes, change(pv.read(args.data / c / "geometry.stl")))
-                                    for c in accuracy.TEST]))  # fmt: skip
+        designs.append(("out", label, [(change(pv.read(args.data / c / "geometry.stl")), [])
+                                       for c in accuracy.TEST]))  # fmt: skip
     cases = sorted(p.name for p in args.data.glob("case_*"))
     for unit, factor in UNITS.items():
         kind = "metres" if unit == "m" else "units"
-        rows.append((kind, f"every STL in {unit}", [check(shapes, _scaled((factor,) * 3)(pv.read(args.data / c /
-                                                                                          "geometry.stl")))
-                                                    for c in cases]))  # fmt: skip
+        meshes = [(_scaled((factor,) * 3)(pv.read(args.data / c / "geometry.stl")), []) for c in cases]
+        designs.append((kind, f"every STL in {unit}", meshes))
 
-    print("| designs | kind | n | ok | warn | out of range | refused (units) | flagged by |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    rows: list[tuple[str, str, list[ShapeCheck]]] = []
+    for kind, label, meshes in designs:
+        checks = []
+        for mesh, left_out in meshes:
+            keep = [i for i, n in enumerate(shapes.names) if n not in left_out]
+            c = check(TrainingShapes(tuple(shapes.names[i] for i in keep), shapes.values[keep]), mesh)
+            if model is not None and kind != "units":
+                c.add_model(model.check(mesh, left_out))
+            checks.append(c)
+        rows.append((kind, label, checks))
+    if model is not None:
+        print(f"with the model-level check of {args.run} (its training designs' latents)\n")
+
+    print("| designs | kind | n | ok | warn | out of range | refused (units) | flagged by | model flagged |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|")
     for kind, label, checks in rows:
         count = {v: sum(c.verdict == v for c in checks) for v in ("ok", "warn", "out of range")}
         refused = sum(c.units is not None for c in checks)
         by = sorted({f for c in checks for f in c.out_of_range} | ({"distance"} if any(
             c.score > c.threshold for c in checks) else set()))  # fmt: skip
+        by_model = sum(c.model is not None and c.model.flagged for c in checks) if model is not None else "-"
         print(f"| {label} | {kind} | {len(checks)} | {count['ok']} | {count['warn']} | {count['out of range']} | "
-              f"{refused} | {', '.join(by) or '-'} |")  # fmt: skip
+              f"{refused} | {', '.join(by) or '-'} | {by_model} |")  # fmt: skip
 
     def rate(kind: str, flagged: Callable[[ShapeCheck], bool]) -> str:
         checks = [c for k, _, cs in rows if k == kind for c in cs]

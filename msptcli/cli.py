@@ -368,6 +368,8 @@ def rollout(
         console.print(f"wrote {f}")
     if result.diverged_at is not None:
         err_console.print(f"[yellow]the rollout diverged at step {result.diverged_at}[/]: it stops before it")
+    for note in result.trust.get("out_of_range", {}).values():
+        err_console.print(f"[yellow]{series}: warn:[/] {note}")
     console.print(rollout_table(result, epoch=ckpt.epoch))
 
 

@@ -43,7 +43,7 @@ from msptcli.io.render import render_png
 from msptcli.model import Network
 from msptcli.runtime import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries_averaged
 from msptcli.trust.calibrate import draw_configs, mean_and_spread
-from msptcli.trust.check import ShapeCheck, body_features, check_shape
+from msptcli.trust.check import ShapeCheck, body_features, check_shape, volume_problem
 from msptcli.trust.latent import check_latent, design_latent
 from msptcli.trust.uncertainty import DRAWS, calibrated_std
 
@@ -177,6 +177,10 @@ def predict_geometry(
     trust = check_shape(ckpt.shapes, body_features(body.arrays)) if ckpt.shapes is not None else None
     if trust is not None and trust.units is not None and not force:
         raise InvalidInputError(f"{geometry}: {trust.units}")
+    if volume_mesh is not None and body.volume is not None and not force:
+        mismatch = volume_problem(body.arrays["surface/points"], np.asarray(body.volume.points))
+        if mismatch is not None:
+            raise InvalidInputError(f"{volume_mesh}: {mismatch}; or pass --force to predict anyway")
     params_file = find_params(geometry.parent, ckpt.config.data.params_file)
     params = read_params(params_file)
     area = _reference_area(ckpt, params, reference_area, params_file)

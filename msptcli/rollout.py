@@ -70,6 +70,7 @@ class Rollout:
     errors: dict[str, list[float | None]] = field(default_factory=dict)  # field -> rel. L2 per step (None: no truth)
     summary: dict[str, Any] = field(default_factory=dict)  # St, Cd mean, ... predicted / fields / solver
     seconds_per_step: float = 0.0
+    trust: dict[str, Any] = field(default_factory=dict)  # the conditions against the training cases' (verdict)
 
 
 @dataclass
@@ -220,6 +221,7 @@ def _write(ckpt: Checkpoint, case: _Case, predicted: np.ndarray, scores: _Scores
     paths = _paths(case.out, case.name)
     make_dirs(case.out)
     written = _write_states(ckpt, case, predicted, scores)
+    result.trust = _trust(ckpt, case.conditions)
     write_json(paths["json"], _summary(ckpt, case, scores, result))
     _plot(paths["png"], case.name, scores.times, scores.forces, result.errors)
     write_pvd(paths["pvd"], written)
@@ -277,7 +279,8 @@ def _summary(ckpt: Checkpoint, case: _Case, scores: _Scores, result: Rollout) ->
         "forces": scores.forces,
         "shedding": result.summary,
         "seconds_per_step": result.seconds_per_step,
-        "notes": _range_notes(ckpt, case.conditions),
+        "notes": list(result.trust["out_of_range"].values()),
+        "trust": result.trust,
     }
 
 
@@ -328,16 +331,18 @@ def _forces(
     return out
 
 
-def _range_notes(ckpt: Checkpoint, values: dict[str, float]) -> list[str]:
-    """Say where a condition lies outside the training cases' range: the model extrapolates there."""
+def _trust(ckpt: Checkpoint, values: dict[str, float]) -> dict[str, Any]:
+    """The rollout's ``trust``, in the words of ``mspt predict``'s (``trust/check.py``): a condition outside the
+    training cases' range is named (the model extrapolates there) and makes the verdict ``warn``."""
     transient = ckpt.reference.transient
     training = {} if transient is None else transient.training_conditions
-    notes = []
+    out_of_range = {}
     for key in condition_names(ckpt.config.data.transient):
         seen = [c[key] for c in training.values() if isinstance(c.get(key), (int, float))]
         if seen and not min(seen) * (1 - 1e-6) <= values[key] <= max(seen) * (1 + 1e-6):
-            notes.append(f"{key} = {values[key]:.4g} is outside the training cases' {min(seen):.4g}..{max(seen):.4g}")
-    return notes
+            span = f"{min(seen):.4g}..{max(seen):.4g}"
+            out_of_range[key] = f"{key} = {values[key]:.4g} is outside the training cases' {span}"
+    return {"verdict": "warn" if out_of_range else "ok", "out_of_range": out_of_range}
 
 
 def _params_of(initial: Path, ckpt: Checkpoint) -> dict[str, Any]:

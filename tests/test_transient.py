@@ -416,8 +416,16 @@ def test_a_flow_without_a_body_has_no_wall_channels(tmp_path):
 def test_a_condition_outside_the_training_range_is_noted(run, tmp_path):
     _, _, run_dir = run
     # `mspt predict RUN --initial SERIES`: the alias of `mspt rollout RUN SERIES`
-    ok("predict", run_dir, "--initial", EXAMPLES / "case_0002", "--steps", 1, "--condition", "Re=1000", "-o", tmp_path)
+    result = ok("predict", run_dir, "--initial", EXAMPLES / "case_0002", "--steps", 1, "--condition", "Re=1000",
+                "-o", tmp_path)  # fmt: skip
     summary = json.loads((tmp_path / "case_0002.json").read_text())
     assert summary["start"] == 1  # by default the first snapshot with the model's history of 1 before it
     assert summary["conditions"]["Re"] == 1000
     assert any("Re = 1000 is outside the training cases' 278.8..278.8" in n for n in summary["notes"])
+    assert summary["trust"]["verdict"] == "warn" and "Re" in summary["trust"]["out_of_range"]
+    assert "warn: Re = 1000 is outside" in result.output
+
+    clean = ok("predict", run_dir, "--initial", EXAMPLES / "case_0000", "--steps", 1, "-o", tmp_path / "clean")
+    trust = json.loads((tmp_path / "clean" / "case_0000.json").read_text())["trust"]  # the training case's conditions
+    assert trust == {"verdict": "ok", "out_of_range": {}}
+    assert "warn:" not in clean.output

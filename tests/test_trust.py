@@ -326,3 +326,24 @@ def test_best_checkpoint_records_the_training_latents_and_predict_reads_them(tra
     model = json.loads((predicted_stl.out / "case_0003_geometry.json").read_text())["trust"]["model"]
     assert set(model) == {"score", "threshold", "percentile", "nearest_training_body", "flagged"}
     assert model["score"] >= 0 and model["threshold"] is None and not model["flagged"]  # 2 training bodies: too few
+
+
+@pytest.mark.parametrize(("change", "needle"), [(lambda p: p * 1000.0, "x the body's size"),
+                                                 (lambda p: p + np.array([50.0, 0, 0]), "does not surround the body")],
+                         ids=["millimetres", "moved"])  # fmt: skip
+def test_a_volume_mesh_that_does_not_belong_to_the_body_is_refused(trained, design_case, tmp_path, change, needle):
+    volume = pv.read(design_case / "volume.vtu")
+    volume.points = change(np.asarray(volume.points))
+    volume.save(tmp_path / "volume.vtu")
+    result = invoke("predict", trained.run, design_case / "surface.vtu", "--volume", tmp_path / "volume.vtu",
+                    "-o", tmp_path / "out")  # fmt: skip
+    one_line_error(result, "volume.vtu", needle, "--force")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_volume_problem_names_a_volume_far_larger_than_the_body():
+    from msptcli.trust.check import volume_problem
+
+    body = np.random.default_rng(0).uniform(0, 1, (100, 3))
+    assert volume_problem(body, body * 20 - 10) is None
+    assert "5e+03x the body's size" in volume_problem(body, body * 5000 - 2500)

@@ -214,6 +214,31 @@ def _units_problem(scale: float) -> str | None:
     return f"the body is {size} the training bodies' size: {fix}, or pass --force to predict anyway"
 
 
+VOLUME_FACTOR = 1000.0  # a volume mesh this many times the body's size is in other units than the surface
+
+
+def volume_problem(body: np.ndarray, volume: np.ndarray) -> str | None:
+    """Why a volume mesh does not belong with a body, (n, 3) and (m, 3) points, or None: it must surround the
+    body (the body's box inside the volume's) and not be ``VOLUME_FACTOR`` times its size (other units)."""
+    if not len(volume):
+        return None
+    low, high = body.min(axis=0), body.max(axis=0)
+    v_low, v_high = volume.min(axis=0), volume.max(axis=0)
+    size, v_size = float((high - low).max()), float((v_high - v_low).max())
+    slack = 0.01 * size
+    if (low < v_low - slack).any() or (high > v_high + slack).any():
+        return (f"the volume mesh ({_box(v_low, v_high)}) does not surround the body ({_box(low, high)}): are both "
+                "in the same units and frame?")  # fmt: skip
+    if v_size > VOLUME_FACTOR * size:
+        return (f"the volume mesh is {v_size / size:.3g}x the body's size: are both in the same units? "
+                "(--units and --scale apply to both)")  # fmt: skip
+    return None
+
+
+def _box(low: np.ndarray, high: np.ndarray) -> str:
+    return ", ".join(f"{axis} {a:.3g}..{b:.3g}" for axis, a, b in zip("xyz", low, high, strict=True))
+
+
 def body_features(arrays: dict[str, np.ndarray]) -> dict[str, float]:
     """The shape features of a body read for prediction (its ``surface/points`` and ``surface/area_norm``)."""
     return shape_features(arrays["surface/points"], arrays["surface/area_norm"])
