@@ -33,7 +33,7 @@ points inside their calibrated 90% interval (``mean ± factor · spread``) on th
 was not fitted on, and the Spearman correlation between the spread and |error| over each body's
 points (mean over the bodies); for Cd, the same coverage over the bodies and the Spearman
 correlation between the spread of Cd and |Cd error| over the four. Then the cost: ``predict_geometry``
-of a test body's CFD surface and volume with the spread (4 draws) against without, side by side.
+of a test body's CFD surface and volume with the spread (3 draws) against without, side by side.
 Record the tables in docs/benchmarks.md with the machine and date.
 """
 
@@ -232,7 +232,7 @@ def uncertainty(run: Path, prepared: Path, data: Path) -> None:
     forces = [bodies[n][2] for n in names if bodies[n][2] is not None]
     rho_cd = float(spearmanr([f[1] for f in forces], [f[0] for f in forces]).statistic)
     print(f"| Cd | {100 * np.mean(covered['Cd']):.0f}% of {len(covered['Cd'])} bodies | {rho_cd:.2f} over the "
-          f"{len(forces)} bodies | " + ", ".join(f"{n}: |err| {f[0]:.4f} spread {f[1]:.4f}" for n, f in
+          f"{len(forces)} bodies | " + ", ".join(f"{n}: error {f[0]:.4f}, spread {f[1]:.4f}" for n, f in
                                                zip(names, forces, strict=True)) + " |")  # fmt: skip
 
     case = data / accuracy.TEST[0]

@@ -285,8 +285,8 @@ def predict(
         int,
         typer.Option("--uncertainty", min=0, help="Anchor draws whose spread gives every field a standard deviation "
                      "(<field>_std) and Cd/Cl theirs, calibrated on the validation bodies; 0 or 1: none (the "
-                     "queries then cost a quarter)."),
-    ] = 4,
+                     "queries then cost a third)."),
+    ] = 3,
     initial: Annotated[
         Path | None,
         typer.Option(

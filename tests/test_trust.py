@@ -274,7 +274,7 @@ def test_predict_writes_standard_deviations_and_leaves_the_fields_as_they_are(tr
     assert {"U_std", "p_std"} <= set(volume.point_data.keys())
     c = json.loads((predicted_stl.out / f"{name}.json").read_text())["coefficients"]
     assert c["cd_std"] > 0 and c["cl_std"] > 0
-    assert "4 anchor draws, calibrated on 1 validation bodies" in c["uncertainty"]
+    assert "3 anchor draws, calibrated on 1 validation bodies" in c["uncertainty"]
     assert "±" in predicted_stl.result.output
 
     out = tmp_path / "plain"

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-DRAWS = 4  # anchor draws of the spread (the default of mspt predict --uncertainty)
+DRAWS = 3  # anchor draws of the spread (the default of mspt predict --uncertainty)
 COVERAGE = 0.9  # the interval the calibration is for
 Z90 = 1.6448536269514722  # a normal's 90% interval: mean ± Z90 standard deviations
 
