@@ -220,8 +220,8 @@ def uncertainty(run: Path, prepared: Path, data: Path) -> None:
             errors, raws, forces = bodies[n]
             for k in fields:
                 covered[k].append(float(np.mean(errors[k] <= cal.fields[k] * raws[k])))
-            if forces is not None and cal.cd is not None:
-                covered["Cd"].append(float(forces[0] <= cal.cd * forces[1]))
+            if forces is not None:  # two fitted bodies: Cd is uncalibrated (MIN_FORCE_BODIES), its raw spread counts
+                covered["Cd"].append(float(forces[0] <= (cal.cd if cal.cd is not None else 1.0) * forces[1]))
     print(f"\n{run}: {len(names)} test bodies, {DRAWS} anchor draws, calibration cross-fitted ({folds[0]} / "
           f"{folds[1]})\n")  # fmt: skip
     print("| field | 90% interval coverage (held-out bodies) | Spearman(spread, abs error) per point | per body |")

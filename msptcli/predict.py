@@ -362,6 +362,8 @@ def _with_spread(
     cal = ckpt.calibration
     how = (f"calibrated on {cal.bodies} validation bodies: ± 1.645 std is the 90% interval" if cal is not None else
            "uncalibrated (no validation bodies): the raw spread")  # fmt: skip
+    if cal is not None and cal.forces_from != "bodies":
+        how += "; Cd, Cl uncalibrated (fewer than 5 validation bodies): their raw spread"
     return replace(c, cd_std=float(calibrated_std(np.array(cd), cal.cd if cal else None)),
                    cl_std=float(calibrated_std(np.array(cl), cal.cl if cal else None)),
                    uncertainty=f"{len(each)} anchor draws, {how}")  # fmt: skip

@@ -250,6 +250,18 @@ def test_conformal_factor_covers_the_stated_share():
     assert conformal_factor(np.zeros(5), np.zeros(5)) == 0.0  # nothing wrong, nothing spread
 
 
+def test_forces_take_their_own_factor_only_from_enough_bodies():
+    from msptcli.trust.uncertainty import MIN_FORCE_BODIES, fit_calibration
+
+    rng = np.random.default_rng(1)
+    errors, raws = {"surface/p": [rng.uniform(0, 3, 50)]}, {"surface/p": [np.ones(50)]}
+    forces = [(0.01 * i, 0.001, 0.02, 0.001) for i in range(1, MIN_FORCE_BODIES + 1)]
+    own = fit_calibration(errors, raws, forces, draws=3)
+    assert own.forces_from == "bodies" and own.cd == pytest.approx(0.05 / 0.001)
+    few = fit_calibration(errors, raws, forces[:1], draws=3)
+    assert few.forces_from == "none" and few.cd is None and few.fields["surface/p"] > 0
+
+
 def test_training_calibrates_the_best_checkpoint_on_the_validation_bodies(trained):
     from msptcli.checkpoint import load_checkpoint
     from msptcli.trust.uncertainty import DRAWS
@@ -258,7 +270,7 @@ def test_training_calibrates_the_best_checkpoint_on_the_validation_bodies(traine
     assert cal is not None and cal.bodies == 1 and cal.draws == DRAWS
     assert set(cal.fields) == {"surface/p", "surface/wallShearStress", "volume/U", "volume/p"}
     assert all(np.isfinite(v) and v > 0 for v in cal.fields.values())
-    assert cal.cd is not None and cal.cd >= 0
+    assert cal.forces_from == "none" and cal.cd is None and cal.cl is None  # one body: Cd, Cl uncalibrated
     assert "uncertainty calibrated on 1 validation bodies" in trained.result.output
     assert load_checkpoint(trained.run / "checkpoints" / "last.safetensors").calibration is None
 
@@ -275,6 +287,7 @@ def test_predict_writes_standard_deviations_and_leaves_the_fields_as_they_are(tr
     c = json.loads((predicted_stl.out / f"{name}.json").read_text())["coefficients"]
     assert c["cd_std"] > 0 and c["cl_std"] > 0
     assert "3 anchor draws, calibrated on 1 validation bodies" in c["uncertainty"]
+    assert "Cd, Cl uncalibrated (fewer than 5 validation bodies)" in c["uncertainty"]
     assert "±" in predicted_stl.result.output
 
     out = tmp_path / "plain"

@@ -12,10 +12,11 @@ The raw spread is far smaller than the error (the draws are stratified, so they 
 it is **calibrated** (split-conformal) at the end of ``mspt train`` on the validation bodies: per field,
 the factor ``c`` is the 90% quantile of ``|error| / s`` over all their points, so that ``mean ± c s``
 holds 90% of the validation points; for Cd and Cl, the 90% quantile of ``|error| / s`` over the bodies
-(with few bodies: the largest). The checkpoint stores the factors; predict writes ``c s / 1.645``
-as the standard deviation (``<field>_std``; a normal's 90% interval is ± 1.645 of them), and Cd ± its
-calibrated standard deviation. Without validation bodies the spread is written as it is and called
-uncalibrated.
+when there are at least ``MIN_FORCE_BODIES``; with fewer, Cd and Cl keep their raw spread, called
+uncalibrated (one or two bodies' drag errors say nothing of the next body's). The checkpoint stores
+the factors; predict writes ``c s / 1.645`` as the standard deviation (``<field>_std``; a normal's 90%
+interval is ± 1.645 of them), and Cd ± its calibrated standard deviation. Without validation bodies
+the spread is written as it is and called uncalibrated.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 DRAWS = 3  # anchor draws of the spread (the default of mspt predict --uncertainty)
+MIN_FORCE_BODIES = 5  # with fewer validation bodies, Cd and Cl are not calibrated (their raw spread is written)
 COVERAGE = 0.9  # the interval the calibration is for
 Z90 = 1.6448536269514722  # a normal's 90% interval: mean ± Z90 standard deviations
 
@@ -40,14 +42,16 @@ class Calibration:
     cl: float | None
     bodies: int  # validation bodies it was fitted on
     draws: int
+    forces_from: str = "bodies"  # Cd's and Cl's factors: "bodies" (their own errors) or "none" (too few bodies)
 
     def to_json(self) -> dict[str, Any]:
-        return {"fields": self.fields, "cd": self.cd, "cl": self.cl, "bodies": self.bodies, "draws": self.draws}
+        return {"fields": self.fields, "cd": self.cd, "cl": self.cl, "bodies": self.bodies, "draws": self.draws,
+                "forces_from": self.forces_from}  # fmt: skip
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> Calibration:
         return cls({str(k): float(v) for k, v in value["fields"].items()}, value.get("cd"), value.get("cl"),
-                   int(value["bodies"]), int(value["draws"]))  # fmt: skip
+                   int(value["bodies"]), int(value["draws"]), str(value.get("forces_from", "bodies")))  # fmt: skip
 
 
 def spread(draws: Sequence[np.ndarray]) -> np.ndarray:
@@ -90,10 +94,20 @@ def fit_calibration(
     forces: list[tuple[float, float, float, float]], draws: int,
 ) -> Calibration:  # fmt: skip
     """The :class:`Calibration` of validation bodies: per field their points' |error| and raw spread (magnitudes,
-    one array per body), and per body (|Cd error|, Cd spread, |Cl error|, Cl spread)."""
+    one array per body), and per body (|Cd error|, Cd spread, |Cl error|, Cl spread).
+
+    Cd and Cl are one number a body: below ``MIN_FORCE_BODIES`` bodies their own quantile is the largest of a
+    few ratios, which one well-predicted body makes near zero (a falsely sure drag), and a field's factor does
+    not carry over (the pointwise errors partly cancel in the integral: on the demo the pressure's factor
+    made the drag's interval ten times its error). There they get no factor: the raw spread is written, and
+    called uncalibrated."""
     fields = {k: conformal_factor(np.concatenate(errors[k]), np.concatenate(raws[k])) for k in errors}
     cd = cl = None
-    if forces:
+    forces_from = "bodies"
+    if len(forces) >= MIN_FORCE_BODIES:
         f = np.asarray(forces, dtype=np.float64)
         cd, cl = conformal_factor(f[:, 0], f[:, 1]), conformal_factor(f[:, 2], f[:, 3])
-    return Calibration(fields, cd, cl, bodies=len(next(iter(errors.values()), [])), draws=draws)
+    elif forces:
+        forces_from = "none"
+    return Calibration(fields, cd, cl, bodies=len(next(iter(errors.values()), [])), draws=draws,
+                       forces_from=forces_from)  # fmt: skip
