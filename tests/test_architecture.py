@@ -17,7 +17,7 @@ LAYERS = [
     {"config"},
     {"runtime"},
     {"data"},
-    {"checkpoint", "evaluate", "options"},
+    {"checkpoint", "evaluate", "options", "trust"},
     {"prepare", "train", "predict", "rollout", "export", "balltree"},
     {"cli", "cli_options", "cli_output", "__main__"},
 ]

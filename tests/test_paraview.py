@@ -54,6 +54,7 @@ def test_paraview_renders_predicted_surface_and_volume(predicted_stl, tmp_path):
         coloured = next(line for line in lines if line.startswith(f"COLOURED {path} by={field} "))
         low, high = (float(x) for x in coloured.rsplit("=", 1)[1].split(".."))
         assert low < high  # a field that varies, not an empty or constant array
-    assert "arrays=p,wallShearStress" in done.stdout and "arrays=U,p" in done.stdout
+    assert "arrays=p,p_std,wallShearStress,wallShearStress_std" in done.stdout  # the fields and their std (sorted)
+    assert "arrays=U,U_std,p,p_std" in done.stdout
     for png in pngs.values():
         assert is_png(png, min_bytes=10_000) and distinct_colours(png) > 50

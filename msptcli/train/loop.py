@@ -261,8 +261,8 @@ def _epochs(run: _Run, progress: _Progress, reporter: Reporter | None, should_st
         if not run.manifest.split("val"):  # no validation split: the last model is the best we know
             save_checkpoint(run.ckpt_dir / "best.safetensors", run.model, epoch=progress.epoch, metrics=row,
                             **run.save_kw)  # fmt: skip
-        calibration = _finish_best(run)
         plot_curves(run.run_dir / "metrics.csv", run.run_dir / "curves.png")
+        calibration = _finish_best(run)
     summary = _summary(run, progress, time_up=budget.spent)
     summary.calibration = calibration
     return summary
