@@ -290,9 +290,7 @@ def predict_fields(
     if own is None:
         (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
         return to_physical(ckpt.stats, ckpt.channels, pred, body.num_surface), None
-    each = [to_physical(ckpt.stats, ckpt.channels, predict_queries_averaged(model, [d], [points], [inputs], **run)[0],
-                        body.num_surface) for d in draws]  # fmt: skip
-    return mean_and_spread(each, own)
+    return mean_and_spread(_per_draw(model, ckpt, draws, points, inputs, body.num_surface, **run), own)
 
 
 def force_surface(
@@ -311,10 +309,18 @@ def force_surface(
     if own is None:
         (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
         return arrays, to_physical(ckpt.stats, ckpt.channels, pred, len(pred))["surface"], None
-    each = [to_physical(ckpt.stats, ckpt.channels, predict_queries_averaged(model, [d], [points], [inputs], **run)[0],
-                        len(points))["surface"] for d in draws]  # fmt: skip
-    mean, _ = mean_and_spread([{"surface": e} for e in each], own)
-    return arrays, mean["surface"], each
+    each = _per_draw(model, ckpt, draws, points, inputs, len(points), **run)
+    mean, _ = mean_and_spread(each, own)
+    return arrays, mean["surface"], [e["surface"] for e in each]
+
+
+def _per_draw(
+    model: Network, ckpt: Checkpoint, draws: list[Draw], points: np.ndarray, inputs: np.ndarray, num_surface: int,
+    **run: Any,
+) -> list[Fields]:
+    """Every draw's own prediction of the queries, in physical units (the first ``num_surface`` rows surface)."""
+    return [to_physical(ckpt.stats, ckpt.channels, predict_queries_averaged(model, [d], [points], [inputs], **run)[0],
+                        num_surface) for d in draws]  # fmt: skip
 
 
 def predicted_forces(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msptcli.data.anchors import sample_anchors
+from msptcli.data.anchors import sample_anchors, seeds_of
 from msptcli.data.features import Channels, cloud_inputs, cloud_part, to_physical
 from msptcli.data.manifest import Manifest, SampleEntry
 from msptcli.data.sample import Sample, load_sample
@@ -29,8 +29,7 @@ Fields = dict[str, dict[str, np.ndarray]]
 
 def draw_configs(anchors: AnchorConfig, count: int = DRAWS) -> list[AnchorConfig]:
     """The anchor draws of the spread: seeds ``anchors.seed`` on, at least the model's own ``anchors.draws``."""
-    return [anchors.model_copy(update={"seed": anchors.seed + r, "draws": 1}) for r in range(max(count,
-                                                                                                  anchors.draws))]
+    return seeds_of(anchors.model_copy(update={"draws": max(count, anchors.draws)}))
 
 
 def mean_and_spread(draws: Sequence[Fields], own: int) -> tuple[Fields, Fields]:

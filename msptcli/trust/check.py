@@ -143,11 +143,8 @@ def check_shape(shapes: TrainingShapes, features: dict[str, float]) -> ShapeChec
 
     spread = np.maximum(train.std(axis=0), floors / 4)
     scaled_train, scaled_new = train / spread, new / spread
-    score, nearest = _nearest(scaled_new, scaled_train)
-    loo = np.array([_nearest(scaled_train[i], np.delete(scaled_train, i, axis=0))[0] for i in range(len(train))]
-                   if len(train) > 1 else [0.0])  # fmt: skip
-    threshold = NEIGHBOUR_FACTOR * float(loo.max()) if loo.max() > 0 else 1.0
-    percentile = 100.0 * float((loo < score).mean())
+    score, nearest, threshold, percentile = nearest_design(scaled_new, scaled_train)
+    threshold = threshold if threshold is not None else 1.0
 
     scale = size_of(features) / float(np.median(np.sqrt(shapes.feature("area"))))
     units = _units_problem(scale)
@@ -183,10 +180,20 @@ def _comparable(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nearest(point: np.ndarray, others: np.ndarray) -> tuple[float, int]:
-    d = np.sqrt(((others - point) ** 2).mean(axis=1))
-    i = int(np.argmin(d))
-    return float(d[i]), i
+def nearest_design(new: np.ndarray, train: np.ndarray, min_designs: int = 2) -> tuple[float, int, float | None, float]:
+    """The RMS distance of ``new`` (D,) to the nearest row of ``train`` (n, D), that row, the threshold
+    (``NEIGHBOUR_FACTOR`` times the largest leave-one-out distance among the rows; None below ``min_designs`` rows
+    or when they coincide) and the percentile of the distance among the leave-one-out distances."""
+
+    def nearest(point: np.ndarray, others: np.ndarray) -> tuple[float, int]:
+        d = np.sqrt(((others - point) ** 2).mean(axis=1))
+        return float(d.min()), int(d.argmin())
+
+    score, index = nearest(new, train)
+    loo = np.array([nearest(train[i], np.delete(train, i, axis=0))[0] for i in range(len(train))]
+                   if len(train) > 1 else [0.0])  # fmt: skip
+    threshold = NEIGHBOUR_FACTOR * float(loo.max()) if len(train) >= min_designs and loo.max() > 0 else None
+    return score, index, threshold, 100.0 * float((loo < score).mean())
 
 
 def _describe(name: str, value: float, train: np.ndarray, excess: float) -> str:

@@ -25,7 +25,7 @@ import torch
 from msptcli.device import autocast
 from msptcli.model import Network
 from msptcli.model.anchors import pack_anchors
-from msptcli.trust.check import NEIGHBOUR_FACTOR
+from msptcli.trust.check import nearest_design
 
 SPREAD_FLOOR = 0.25  # the least spread of a latent dimension, as a share of the median spread over dimensions
 MIN_DESIGNS = 5  # with fewer training designs the leave-one-out distances set no threshold: nothing is flagged
@@ -110,12 +110,5 @@ def check_latent(latents: TrainingLatents, latent: np.ndarray) -> LatentCheck:
     spread = np.maximum(spread, SPREAD_FLOOR * max(float(np.median(spread)), 1e-12))
     scaled, new = train / spread, np.asarray(latent, dtype=np.float64) / spread
 
-    def nearest(point: np.ndarray, others: np.ndarray) -> tuple[float, int]:
-        d = np.sqrt(((others - point) ** 2).mean(axis=1))
-        return float(d.min()), int(d.argmin())
-
-    score, index = nearest(new, scaled)
-    loo = np.array([nearest(scaled[i], np.delete(scaled, i, axis=0))[0] for i in range(len(scaled))]
-                   if len(scaled) > 1 else [0.0])  # fmt: skip
-    threshold = NEIGHBOUR_FACTOR * float(loo.max()) if len(train) >= MIN_DESIGNS and loo.max() > 0 else None
-    return LatentCheck(score, threshold, 100.0 * float((loo < score).mean()), latents.names[index])
+    score, index, threshold, percentile = nearest_design(new, scaled, MIN_DESIGNS)
+    return LatentCheck(score, threshold, percentile, latents.names[index])
