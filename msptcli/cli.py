@@ -310,7 +310,7 @@ def predict(
 
     geometry = geometry or []
     if rolls_out(geometries=geometry, initial=initial, start=start, steps=steps, conditions=conditions or []):
-        rollout(run, initial, output, start=start, steps=steps, conditions=conditions, device=device)  # type: ignore[arg-type]
+        rollout(run, initial, output, start=start, steps=steps, conditions=conditions, device=device, force=force)  # type: ignore[arg-type]
         return
     check_prediction(geometries=geometry, volume=volume, volume_points=volume_points)
     factor = unit_scale(None if units is None else units.value, scale)
@@ -349,6 +349,11 @@ def rollout(
     steps: StepsOption = None,
     conditions: ConditionOption = None,
     device: DeviceOption = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Roll out even a mesh whose size says its units are not the training "
+                     "cases' (its rollout is marked out of range)."),
+    ] = False,
 ) -> None:
     """Roll a transient model out from a snapshot of a series: a ParaView series, drag/lift, Strouhal number."""
     from msptcli.checkpoint import load_checkpoint
@@ -362,14 +367,16 @@ def rollout(
     with progress_bar("rollout", total=steps) as update:
         result = rollout_series(
             ckpt, series, output, start=start, steps=steps, conditions=values, device=torch_device,
-            progress=lambda done, total: update(completed=done, total=total),
+            progress=lambda done, total: update(completed=done, total=total), force=force,
         )  # fmt: skip
     for f in result.files:
         console.print(f"wrote {f}")
     if result.diverged_at is not None:
         err_console.print(f"[yellow]the rollout diverged at step {result.diverged_at}[/]: it stops before it")
+    verdict = result.trust.get("verdict", "warn")
+    colour = "yellow" if verdict == "warn" else "red"
     for note in result.trust.get("out_of_range", {}).values():
-        err_console.print(f"[yellow]{series}: warn:[/] {note}")
+        err_console.print(f"[{colour}]{series}: {verdict}:[/] {note}")
     console.print(rollout_table(result, epoch=ckpt.epoch))
 
 

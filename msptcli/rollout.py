@@ -53,6 +53,8 @@ from msptcli.io.guard import check_outputs
 from msptcli.io.meshes import write_mesh
 from msptcli.io.pvd import write_pvd
 from msptcli.runtime.inference import DEFAULT_CHUNK_POINTS
+from msptcli.trust.check import VERDICTS, ShapeCheck, check_shape
+from msptcli.trust.shape import outline_shape_features
 
 #: Called after each step with (steps done, steps in all).
 Progress = Callable[[int, int], None]
@@ -87,6 +89,7 @@ class _Case:
     conditions: dict[str, float]  # the values the model is given
     truth: np.ndarray  # (T', N, F) physical fields of the series' snapshots
     step: StepCase
+    shape: ShapeCheck | None = None  # the body outline against the training cases' (None: no record, no body)
 
 
 @dataclass
@@ -110,14 +113,18 @@ def rollout_series(
     device: torch.device | str = "cpu",
     chunk_points: int | None = DEFAULT_CHUNK_POINTS,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> Rollout:
     """Roll the transient model of ``ckpt`` out from snapshot ``start`` (default: the first with the model's
     ``history`` snapshots before it) of the series ``initial`` for ``steps`` steps (default: to the end of the
     series); see the module docstring.
 
-    ``conditions`` set or override the case's condition values (else read from its params file).
+    ``conditions`` set or override the case's condition values (else read from its params file). A mesh in
+    other units than the training cases' (``trust.check``'s units check of its body outline) is refused
+    unless ``force``.
     """
-    case = _read(ckpt, Path(initial), Path(out_dir), start=start, steps=steps, name=name, conditions=conditions)
+    case = _read(ckpt, Path(initial), Path(out_dir), start=start, steps=steps, name=name, conditions=conditions,
+                 force=force)  # fmt: skip
     result = Rollout(name=case.name, start=case.start)
     predicted = _roll(ckpt, case, result, device=device, chunk_points=chunk_points, progress=progress)
     scores = _score(ckpt, case, predicted, result)
@@ -134,6 +141,7 @@ def _read(
     steps: int | None,
     name: str | None,
     conditions: dict[str, float] | None,
+    force: bool = False,
 ) -> _Case:
     """The snapshots the rollout needs, checked, with the outputs checked before anything is written; the
     case's geometry, tree order and conditions, once."""
@@ -158,6 +166,9 @@ def _read(
     files = [paths["pvd"], paths["json"], paths["png"]]
     check_outputs(out, files, folders=[paths["folder"]], inputs=series.files, input_name="the input series")
     geometry = mesh_geometry(series)
+    shape = _shape_check(ckpt, geometry)
+    if shape is not None and shape.units is not None and not force:
+        raise InvalidInputError(f"{series.source}: {shape.units}")
     params = _params_of(initial, ckpt)
     values = condition_values(transient, {**params, **(conditions or {})}, series.dt, source=str(series.source))
     step = StepCase.of(
@@ -165,7 +176,7 @@ def _read(
         operators=step_operators(transient, geometry),
     )  # fmt: skip
     truth = field_matrix(series.fields, ckpt.channels)  # (T', N, F) from snapshot start - h
-    return _Case(name, out, start, steps, series, geometry, params, values, truth, step)
+    return _Case(name, out, start, steps, series, geometry, params, values, truth, step, shape)
 
 
 def _roll(
@@ -221,7 +232,7 @@ def _write(ckpt: Checkpoint, case: _Case, predicted: np.ndarray, scores: _Scores
     paths = _paths(case.out, case.name)
     make_dirs(case.out)
     written = _write_states(ckpt, case, predicted, scores)
-    result.trust = _trust(ckpt, case.conditions)
+    result.trust = _trust(ckpt, case.conditions, case.shape)
     write_json(paths["json"], _summary(ckpt, case, scores, result))
     _plot(paths["png"], case.name, scores.times, scores.forces, result.errors)
     write_pvd(paths["pvd"], written)
@@ -331,9 +342,19 @@ def _forces(
     return out
 
 
-def _trust(ckpt: Checkpoint, values: dict[str, float]) -> dict[str, Any]:
+def _shape_check(ckpt: Checkpoint, geometry: dict[str, np.ndarray]) -> ShapeCheck | None:
+    """The case's body outline and mesh against the training cases' (``trust/check.py``); None where the
+    checkpoint records none (an older run) or the mesh has no body."""
+    if ckpt.shapes is None or ckpt.shapes.kind != "outline" or not len(geometry["body/edges"]):
+        return None
+    features = outline_shape_features(geometry["mesh/points"], geometry["body/edges"])
+    return check_shape(ckpt.shapes, features, rescale=False)
+
+
+def _trust(ckpt: Checkpoint, values: dict[str, float], shape: ShapeCheck | None = None) -> dict[str, Any]:
     """The rollout's ``trust``, in the words of ``mspt predict``'s (``trust/check.py``): a condition outside the
-    training cases' range is named (the model extrapolates there) and makes the verdict ``warn``."""
+    training cases' range is named (the model extrapolates there) and makes the verdict ``warn``; the body
+    outline's check (``shape``) joins it: its findings are named beside the conditions', its verdict the worse."""
     transient = ckpt.reference.transient
     training = {} if transient is None else transient.training_conditions
     out_of_range = {}
@@ -342,7 +363,17 @@ def _trust(ckpt: Checkpoint, values: dict[str, float]) -> dict[str, Any]:
         if seen and not min(seen) * (1 - 1e-6) <= values[key] <= max(seen) * (1 + 1e-6):
             span = f"{min(seen):.4g}..{max(seen):.4g}"
             out_of_range[key] = f"{key} = {values[key]:.4g} is outside the training cases' {span}"
-    return {"verdict": "warn" if out_of_range else "ok", "out_of_range": out_of_range}
+    verdict = "warn" if out_of_range else "ok"
+    out: dict[str, Any] = {"verdict": verdict, "out_of_range": out_of_range}
+    if shape is not None:
+        if shape.units:
+            out_of_range["units"] = shape.units.split(", or pass --force")[0] + " (rolled out with --force)"
+        out_of_range.update({name: f"{name} {text}" for name, text in shape.out_of_range.items()})
+        if shape.score > shape.threshold and not shape.out_of_range:
+            out_of_range["shape"] = shape.notes()[-1]  # unlike every training body
+        out["verdict"] = max(verdict, shape.verdict, key=VERDICTS.index)
+        out["shape"] = shape.to_json()
+    return out
 
 
 def _params_of(initial: Path, ckpt: Checkpoint) -> dict[str, Any]:

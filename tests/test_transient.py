@@ -422,10 +422,45 @@ def test_a_condition_outside_the_training_range_is_noted(run, tmp_path):
     assert summary["start"] == 1  # by default the first snapshot with the model's history of 1 before it
     assert summary["conditions"]["Re"] == 1000
     assert any("Re = 1000 is outside the training cases' 278.8..278.8" in n for n in summary["notes"])
-    assert summary["trust"]["verdict"] == "warn" and "Re" in summary["trust"]["out_of_range"]
-    assert "warn: Re = 1000 is outside" in result.output
+    trust = summary["trust"]  # and the rounded rectangle is unlike the one training body, a circle
+    assert trust["verdict"] == "out of range" and {"Re", "length", "alignment"} <= set(trust["out_of_range"])
+    assert "out of range: Re = 1000 is outside" in result.output
+    assert "out of range: length 0.7" in result.output
 
     clean = ok("predict", run_dir, "--initial", EXAMPLES / "case_0000", "--steps", 1, "-o", tmp_path / "clean")
-    trust = json.loads((tmp_path / "clean" / "case_0000.json").read_text())["trust"]  # the training case's conditions
-    assert trust == {"verdict": "ok", "out_of_range": {}}
+    trust = json.loads((tmp_path / "clean" / "case_0000.json").read_text())["trust"]  # the training case itself
+    assert trust["verdict"] == "ok" and trust["out_of_range"] == {}
+    assert trust["shape"]["verdict"] == "ok" and trust["shape"]["score"] == 0.0
     assert "warn:" not in clean.output
+
+
+def _transformed_series(source, folder, points):
+    """A copy of the example series ``source`` whose every mesh has its points mapped by ``points``."""
+    shutil.copytree(source, folder)
+    for vtk in [*folder.glob("*.vtu"), *folder.glob("*.vtp")]:
+        mesh = pv.read(vtk)
+        mesh.points = points(np.asarray(mesh.points))
+        mesh.save(vtk)
+    return folder
+
+
+def test_a_series_in_other_units_is_refused_and_an_unlike_body_is_named(run, tmp_path):
+    """The rollout's series goes through predict's shape check (``trust/check.py``) on its body outline."""
+    _, _, run_dir = run
+    assert load_checkpoint(run_dir).shapes.kind == "outline"
+    mm = _transformed_series(EXAMPLES / "case_0000", tmp_path / "mm", lambda x: x * 1000)
+    one_line_error(invoke("rollout", run_dir, mm, "--steps", 1, "-o", tmp_path / "out"),
+                   "its coordinates look like mm: write the series in the training cases' units")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    forced = ok("rollout", run_dir, mm, "--steps", 1, "-o", tmp_path / "out", "--force")
+    trust = json.loads((tmp_path / "out" / "mm.json").read_text())["trust"]
+    assert trust["verdict"] == "out of range" and trust["shape"]["units"]
+    assert "out of range:" in forced.output and "rolled out with --force" in forced.output
+
+    longer = _transformed_series(EXAMPLES / "case_0000", tmp_path / "longer", lambda x: x * [1.05, 1, 1])
+    result = ok("rollout", run_dir, longer, "--steps", 1, "-o", tmp_path / "out")
+    trust = json.loads((tmp_path / "out" / "longer.json").read_text())["trust"]
+    assert trust["verdict"] == "warn", trust
+    assert {"length", "domain_length"} <= set(trust["shape"]["out_of_range"])
+    said = " ".join(result.output.split())  # the terminal wraps long lines
+    assert "warn: length 1.05 m is beyond the training bodies' 0.9998..0.9998 m" in said

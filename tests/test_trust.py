@@ -15,7 +15,7 @@ from helpers import EXAMPLES, invoke, ok, one_line_error, sphere_surface, tree_d
 from msptcli import choices
 from msptcli.errors import OptionError
 from msptcli.trust.check import UNITS, TrainingShapes, check_shape, unit_scale
-from msptcli.trust.shape import FEATURES, shape_features
+from msptcli.trust.shape import FEATURES, outline_shape_features, shape_features
 
 pytest_plugins = ["helpers"]
 
@@ -117,6 +117,43 @@ def test_shapes_round_trip_and_refuse_other_features(shapes):
     wrong = shapes.to_json() | {"features": list(FEATURES)[:-1]}
     with pytest.raises(ValueError, match="not this mspt's"):
         TrainingShapes.from_json(wrong)
+    older = {k: v for k, v in shapes.to_json().items() if k != "kind"}  # checkpoints before outline records
+    assert TrainingShapes.from_json(older).kind == "surface"
+
+
+def _outline(xy: np.ndarray, box: float = 7.0) -> tuple[np.ndarray, np.ndarray]:
+    """A planar mesh's points (the closed outline ``xy`` and the corners of a channel) and the outline's edges."""
+    corners = np.array([[-box, -box], [2 * box, -box], [2 * box, box], [-box, box]])
+    points = np.concatenate([xy, corners])
+    points = np.concatenate([points, np.zeros((len(points), 1))], axis=1)
+    n = len(xy)
+    return points, np.stack([np.arange(n), (np.arange(n) + 1) % n], axis=1)
+
+
+def test_outline_features_of_planar_bodies():
+    """A transient case's body outline (``outline_shape_features``): a circle has no long axis, an ellipse
+    across the flow is aligned 0, and the channel's extent is part of the record."""
+    t = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    circle = outline_shape_features(*_outline(0.5 * np.stack([np.cos(t), np.sin(t)], axis=1)))
+    assert circle["length"] == pytest.approx(1.0, abs=1e-3) and circle["perimeter"] == pytest.approx(np.pi, rel=1e-3)
+    assert circle["alignment"] == 1.0 and abs(circle["balance_x"]) < 1e-6
+    assert circle["domain_length"] == 21.0 and circle["domain_height"] == 14.0
+    across = outline_shape_features(*_outline(np.stack([0.2 * np.cos(t), 0.5 * np.sin(t)], axis=1)))
+    assert across["alignment"] < 1e-6 and across["height"] == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="no shape"):
+        outline_shape_features(np.zeros((4, 3)), np.zeros((0, 2), dtype=int))
+
+
+def test_outline_records_check_units_without_rescale_options():
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    bodies = [outline_shape_features(*_outline(r * np.stack([np.cos(t), np.sin(t)], axis=1))) for r in (0.5, 0.55, 0.6)]
+    record = TrainingShapes(("a", "b", "c"), np.array([list(b.values()) for b in bodies]), kind="outline")
+    assert check_shape(record, bodies[1]).verdict == "ok"
+    points, edges = _outline(0.55 * np.stack([np.cos(t), np.sin(t)], axis=1))
+    check = check_shape(record, outline_shape_features(points * 1000, edges), rescale=False)
+    assert check.verdict == "out of range"
+    assert "look like mm: write the series in the training cases' units" in check.units
+    assert "--units" not in check.units
 
 
 # --- through mspt predict ---------------------------------------------------------------------------------

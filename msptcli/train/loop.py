@@ -201,7 +201,7 @@ def _setup(
         reference=force_reference(config, train_entries),
         volume_template=task.volume_template(channels, train_entries),
         parent=parent,
-        shapes=training_shapes(data_dir, train_entries) if config.data.transient is None else None,
+        shapes=training_shapes(data_dir, train_entries, "surface" if config.data.transient is None else "outline"),
     )
     return _Run(
         data_dir=data_dir, run_dir=run_dir, config=config, manifest=manifest, task=task, world=world, device=device,

@@ -3,10 +3,11 @@
 A checkpoint records the :mod:`~msptcli.trust.shape` features of every training body
 (:class:`TrainingShapes`). A new body is compared with them in three ways:
 
-1. **Units.** Its size (the square root of its area) over the training bodies' median size. A ratio
-   beyond ``UNITS_FACTOR`` (or below its inverse) is no design variation but a file in other units: it is
-   refused unless the user says ``--force``, and the message names the unit that fits (mm, cm, in, ft)
-   with the option that fixes it (``--units mm`` or ``--scale 0.001``).
+1. **Units.** Its size (the square root of its area; a transient case's outline: its perimeter) over the
+   training bodies' median size. A ratio beyond ``UNITS_FACTOR`` (or below its inverse) is no design
+   variation but a file in other units: it is refused unless the user says ``--force``, and the message
+   names the unit that fits (mm, cm, in, ft) with the option that fixes it (``--units mm`` or
+   ``--scale 0.001``; a rollout's series: written in the training cases' units).
 2. **Range.** Each feature against the training bodies' range; a value beyond it by more than ``WARN``
    (``OUT``) of the range's span is out of range (far out of range). Sizes are compared as logarithms
    (twice as long is as far as half as long); a span is never taken below a floor
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from msptcli.trust.shape import FEATURES, RATIOS, SIZES, shape_features, size_of
+from msptcli.trust.shape import KINDS, Kind, outline_shape_features, shape_features
 
 UNITS: dict[str, float] = {"mm": 1e-3, "cm": 1e-2, "m": 1.0, "in": 0.0254, "ft": 0.3048}  # metres per unit
 UNITS_FACTOR = 5.0  # a body this many times larger (or smaller) than the training bodies is in other units
@@ -49,39 +50,54 @@ VERDICTS = ("ok", "warn", "out of range")
 
 @dataclass(frozen=True)
 class TrainingShapes:
-    """The shape features of the training bodies, as a checkpoint records them."""
+    """The shape features of the training bodies, as a checkpoint records them: a steady model's surfaces, or
+    a transient model's outlines (``kind``, ``trust.shape.KINDS``)."""
 
     names: tuple[str, ...]
-    values: np.ndarray  # (n, F) in the order of FEATURES
+    values: np.ndarray  # (n, F) in the order of the kind's features
+    kind: str = "surface"
+
+    @property
+    def spec(self) -> Kind:
+        return KINDS[self.kind]
 
     def to_json(self) -> dict[str, Any]:
-        return {"features": list(FEATURES), "bodies": {n: [float(v) for v in row] for n, row in
-                                                        zip(self.names, self.values, strict=True)}}  # fmt: skip
+        bodies = {n: [float(v) for v in row] for n, row in zip(self.names, self.values, strict=True)}
+        return {"kind": self.kind, "features": list(self.spec.features), "bodies": bodies}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TrainingShapes:
-        if list(value["features"]) != list(FEATURES):
-            raise ValueError(f"shape features {value['features']} are not this mspt's {list(FEATURES)}")
+        kind = str(value.get("kind", "surface"))
+        if kind not in KINDS:
+            raise ValueError(f"shape records of kind {kind!r} are not this mspt's ({', '.join(KINDS)})")
+        expected = list(KINDS[kind].features)
+        if list(value["features"]) != expected:
+            raise ValueError(f"shape features {value['features']} are not this mspt's {expected}")
         names = tuple(value["bodies"])
-        return cls(names, np.array([value["bodies"][n] for n in names], dtype=np.float64).reshape(-1, len(FEATURES)))
+        rows = np.array([value["bodies"][n] for n in names], dtype=np.float64).reshape(-1, len(expected))
+        return cls(names, rows, kind)
 
     def feature(self, name: str) -> np.ndarray:
-        return self.values[:, list(FEATURES).index(name)]
+        return self.values[:, list(self.spec.features).index(name)]
 
 
-def training_shapes(data_dir: Path, entries: Sequence[Any]) -> TrainingShapes | None:
-    """The :class:`TrainingShapes` of a prepared dataset's ``entries`` (their surfaces' points and area
-    shares); None where the samples have no surface."""
+def training_shapes(data_dir: Path, entries: Sequence[Any], kind: str = "surface") -> TrainingShapes | None:
+    """The :class:`TrainingShapes` of a prepared dataset's ``entries``: their surfaces' points and area shares
+    (``kind`` "surface"), or their planar meshes' points and body outlines ("outline", transient samples).
+    None where no sample has a surface (an outline)."""
     from msptcli.data.sample import load_sample
 
+    keys = ["surface/points", "surface/area_norm"] if kind == "surface" else ["mesh/points", "body/edges"]
     names, rows = [], []
     for entry in entries:
-        arrays = load_sample(data_dir / entry.file, keys=["surface/points", "surface/area_norm"]).arrays
-        if len(arrays) < 2:
-            return None
+        arrays = load_sample(data_dir / entry.file, keys=keys).arrays
+        if len(arrays) < 2 or not len(arrays[keys[1]]):
+            continue
         names.append(entry.name)
-        rows.append(list(shape_features(arrays["surface/points"], arrays["surface/area_norm"]).values()))
-    return TrainingShapes(tuple(names), np.array(rows, dtype=np.float64)) if rows else None
+        values = (shape_features(*(arrays[k] for k in keys)) if kind == "surface"
+                  else outline_shape_features(*(arrays[k] for k in keys)))  # fmt: skip
+        rows.append(list(values.values()))
+    return TrainingShapes(tuple(names), np.array(rows, dtype=np.float64), kind) if rows else None
 
 
 @dataclass
@@ -124,13 +140,17 @@ class ShapeCheck:
         return lines
 
 
-def check_shape(shapes: TrainingShapes, features: dict[str, float]) -> ShapeCheck:
-    """Compare a body's :func:`~msptcli.trust.shape.shape_features` with the training bodies'."""
-    names = list(FEATURES)
-    train = _comparable(shapes.values)  # (n, F)
-    new = _comparable(np.array([[features[n] for n in names]]))[0]  # (F,)
+def check_shape(shapes: TrainingShapes, features: dict[str, float], *, rescale: bool = True) -> ShapeCheck:
+    """Compare a body's features (:func:`~msptcli.trust.shape.shape_features`, or
+    :func:`~msptcli.trust.shape.outline_shape_features` for outline records) with the training bodies'.
+    ``rescale``: the units refusal names ``--units``/``--scale`` (predict); else it asks for the input in
+    metres (a rollout's series: its velocities and time step would need the same conversion)."""
+    spec = shapes.spec
+    names = list(spec.features)
+    train = _comparable(spec, shapes.values)  # (n, F)
+    new = _comparable(spec, np.array([[features[n] for n in names]]))[0]  # (F,)
     median_length = float(np.median(shapes.feature("length")))
-    floors = np.array([LOG_FLOOR if n in SIZES else RATIO_FLOOR if n in RATIOS
+    floors = np.array([LOG_FLOOR if n in spec.sizes else RATIO_FLOOR if n in spec.ratios
                        else POSITION_FLOOR * median_length for n in names])  # fmt: skip
     low, high = train.min(axis=0), train.max(axis=0)
     span = np.maximum(high - low, floors)
@@ -139,15 +159,16 @@ def check_shape(shapes: TrainingShapes, features: dict[str, float]) -> ShapeChec
     out_of_range = {}
     for j, name in enumerate(names):
         if excess[j] > WARN:
-            out_of_range[name] = _describe(name, features[name], shapes.feature(name), excess[j])
+            out_of_range[name] = _describe(spec, name, features[name], shapes.feature(name), excess[j])
 
     spread = np.maximum(train.std(axis=0), floors / 4)
     scaled_train, scaled_new = train / spread, new / spread
     score, nearest, threshold, percentile = nearest_design(scaled_new, scaled_train)
     threshold = threshold if threshold is not None else 1.0
 
-    scale = size_of(features) / float(np.median(np.sqrt(shapes.feature("area"))))
-    units = _units_problem(scale)
+    scale = spec.size_of(features) / float(np.median([spec.size_of(dict(zip(names, row, strict=True)))
+                                                      for row in shapes.values]))  # fmt: skip
+    units = _units_problem(scale, rescale=rescale)
     far = bool((excess > OUT).any()) or units is not None
     verdict = "out of range" if far else "warn" if out_of_range or score > threshold else "ok"
     return ShapeCheck(
@@ -171,11 +192,11 @@ def unit_scale(units: str | None, scale: float | None) -> float:
     return 1.0 if scale is None else float(scale)
 
 
-def _comparable(values: np.ndarray) -> np.ndarray:
+def _comparable(spec: Kind, values: np.ndarray) -> np.ndarray:
     """Features as they are compared: sizes as logarithms, the rest as they are."""
     out = np.array(values, dtype=np.float64)
-    for j, name in enumerate(FEATURES):
-        if name in SIZES:
+    for j, name in enumerate(spec.features):
+        if name in spec.sizes:
             out[:, j] = np.log(np.maximum(out[:, j], 1e-300))
     return out
 
@@ -196,25 +217,32 @@ def nearest_design(new: np.ndarray, train: np.ndarray, min_designs: int = 2) -> 
     return score, index, threshold, 100.0 * float((loo < score).mean())
 
 
-def _describe(name: str, value: float, train: np.ndarray, excess: float) -> str:
-    unit = FEATURES[name]
+def _describe(spec: Kind, name: str, value: float, train: np.ndarray, excess: float) -> str:
+    unit = spec.features[name]
     unit = f" {unit}" if unit else ""
     how = "far beyond" if excess > OUT else "beyond"
     hint = {
         "centre_x": " (moved along the flow?)", "centre_y": " (moved sideways?)", "centre_z": " (moved up or down?)",
         "bottom": " (moved up or down?)", "alignment": " (turned away from the flow along +x?)",
         "balance_x": " (turned end for end? the flow runs along +x)", "balance_z": " (upside down? up is +z)",
+        "domain_length": " (another channel than the training meshes')",
+        "domain_height": " (another channel than the training meshes')",
     }.get(name, "")  # fmt: skip
     return f"{value:.4g}{unit} is {how} the training bodies' {train.min():.4g}..{train.max():.4g}{unit}{hint}"
 
 
-def _units_problem(scale: float) -> str | None:
+def _units_problem(scale: float, *, rescale: bool = True) -> str | None:
     """The refusal of a body ``scale`` times the training size, where that is a units problem; else None."""
     if 1.0 / UNITS_FACTOR <= scale <= UNITS_FACTOR:
         return None
     unit, metres = min(UNITS.items(), key=lambda kv: abs(math.log(scale * kv[1])))
     size = f"{scale:.3g}x" if scale >= 1 else f"1/{1 / scale:.3g} of"
-    if unit != "m" and abs(math.log(scale * metres)) < math.log(2.0):
+    named = unit != "m" and abs(math.log(scale * metres)) < math.log(2.0)  # within 2x of a unit's factor
+    if not rescale:
+        looks = f"its coordinates look like {unit}: " if named else ""
+        return (f"the body is {size} the training bodies' size: {looks}write the series in the training cases' units "
+                "(coordinates, velocities and time step alike), or pass --force to roll out anyway")  # fmt: skip
+    if named:
         fix = f"its coordinates look like {unit}: rerun with --units {unit} (or --scale {metres:g})"
     else:
         fix = f"rescale it with --scale {1 / scale:.3g}"
