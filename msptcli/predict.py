@@ -290,7 +290,9 @@ def predict_fields(
     if own is None:
         (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
         return to_physical(ckpt.stats, ckpt.channels, pred, body.num_surface), None
-    return mean_and_spread(_per_draw(model, ckpt, draws, points, inputs, body.num_surface, **run), own)
+    where = {"surface": body.arrays["surface/points"],
+             "volume": body.arrays["volume/points"] if body.volume is not None else np.zeros((0, 3))}  # fmt: skip
+    return mean_and_spread(_per_draw(model, ckpt, draws, points, inputs, body.num_surface, **run), own, where)
 
 
 def force_surface(

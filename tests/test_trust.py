@@ -287,6 +287,24 @@ def test_conformal_factor_covers_the_stated_share():
     assert conformal_factor(np.zeros(5), np.zeros(5)) == 0.0  # nothing wrong, nothing spread
 
 
+def test_the_spread_is_smoothed_over_neighbouring_points_of_its_part():
+    """Three draws estimate a standard deviation with about 50% noise; the RMS over a point's NEIGHBOURS nearest
+    points keeps a smooth spread as it is and takes most of that noise out."""
+    from msptcli.trust.uncertainty import DRAWS, smoothed, spread
+
+    rng = np.random.default_rng(0)
+    points = rng.random((4000, 3))
+    level = 0.1 + points[:, :1]  # (n, 1) the spread the draws estimate: slowly varying
+    assert np.allclose(smoothed(np.repeat([[0.3]], 4000, axis=0), points), 0.3)
+    draws = [level * rng.standard_normal((4000, 1)) for _ in range(DRAWS)]
+    raw = spread(draws)
+    for estimate, most in ((raw, 0.6), (smoothed(raw, points), 0.2)):
+        relative = np.abs(estimate / level - 1)
+        assert np.median(relative) < most and (estimate.shape == raw.shape)
+    assert np.median(np.abs(smoothed(raw, points) / level - 1)) < 0.5 * np.median(np.abs(raw / level - 1))
+    assert np.array_equal(smoothed(raw[:1], points[:1]), raw[:1])  # one point: itself
+
+
 def test_forces_take_their_own_factor_only_from_enough_bodies():
     from msptcli.trust.uncertainty import MIN_FORCE_BODIES, fit_calibration
 

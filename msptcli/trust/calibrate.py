@@ -22,7 +22,7 @@ from msptcli.model import Network
 from msptcli.model.config import AnchorConfig
 from msptcli.physics.force_reference import ForceReference
 from msptcli.runtime import predict_queries
-from msptcli.trust.uncertainty import DRAWS, Calibration, fit_calibration, magnitude, spread
+from msptcli.trust.uncertainty import DRAWS, Calibration, fit_calibration, magnitude, smoothed, spread
 
 Fields = dict[str, dict[str, np.ndarray]]
 
@@ -32,11 +32,16 @@ def draw_configs(anchors: AnchorConfig, count: int = DRAWS) -> list[AnchorConfig
     return seeds_of(anchors.model_copy(update={"draws": max(count, anchors.draws)}))
 
 
-def mean_and_spread(draws: Sequence[Fields], own: int) -> tuple[Fields, Fields]:
-    """The prediction (the mean of the first ``own`` draws, as without the spread) and the spread of all draws."""
+def mean_and_spread(
+    draws: Sequence[Fields], own: int, points: dict[str, np.ndarray] | None = None
+) -> tuple[Fields, Fields]:
+    """The prediction (the mean of the first ``own`` draws, as without the spread) and the spread of all draws,
+    smoothed over each point's nearest ``points`` of its part ("surface", "volume": (n, 3) each; None: as it is)."""
     mean = {part: {name: np.mean([d[part][name] for d in draws[:own]], axis=0).astype(np.float32)
                    for name in draws[0][part]} for part in draws[0]}  # fmt: skip
     raw = {part: {name: spread([d[part][name] for d in draws]) for name in draws[0][part]} for part in draws[0]}
+    if points is not None:
+        raw = {part: {name: smoothed(r, points[part]) for name, r in fields.items()} for part, fields in raw.items()}
     return mean, raw
 
 
@@ -58,7 +63,8 @@ def body_spread(
         a_points, a_inputs = sample_anchors(sample, manifest.stats, config, np.random.default_rng(config.seed))
         (pred,) = predict_queries(model, [a_points], [a_inputs], [points], [inputs], device=device, bf16=bf16)
         draws.append(to_physical(manifest.stats, channels, pred, n))
-    mean, raw = mean_and_spread(draws, anchors.draws)
+    where = {"surface": a["surface/points"], "volume": a["volume/points"] if volume is not None else np.zeros((0, 3))}
+    mean, raw = mean_and_spread(draws, anchors.draws, where)
     errors, raws = {}, {}
     for part in mean:
         for name in mean[part]:
