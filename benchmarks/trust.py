@@ -32,7 +32,9 @@ anchor draws of ``mspt predict`` (``trust/calibrate.py``'s ``body_spread``). Per
 points inside their calibrated 90% interval (``mean ± factor · spread``) on the bodies the factor
 was not fitted on, and the Spearman correlation between the spread and |error| over each body's
 points (mean over the bodies); for Cd, the same coverage over the bodies and the Spearman
-correlation between the spread of Cd and |Cd error| over the four. Then the cost: ``predict_geometry``
+correlation between the spread of Cd and |Cd error| over the four, and between the design's latent
+distance (what Cd's standard deviation is scaled by where 5+ validation bodies calibrate it) and
+|Cd error|. Then the cost: ``predict_geometry``
 of a test body's CFD surface and volume with the spread (3 draws) against without, side by side.
 Record the tables in docs/benchmarks.md with the machine and date.
 """
@@ -201,7 +203,8 @@ def uncertainty(run: Path, prepared: Path, data: Path) -> None:
     from msptcli.checkpoint import load_checkpoint
     from msptcli.data.sample import load_sample
     from msptcli.predict import predict_geometry
-    from msptcli.trust.calibrate import body_spread
+    from msptcli.trust.calibrate import body_spread, latent_distance
+    from msptcli.trust.latent import training_latents
     from msptcli.trust.uncertainty import DRAWS, fit_calibration
 
     ckpt = load_checkpoint(run)
@@ -234,6 +237,13 @@ def uncertainty(run: Path, prepared: Path, data: Path) -> None:
     print(f"| Cd | {100 * np.mean(covered['Cd']):.0f}% of {len(covered['Cd'])} bodies | {rho_cd:.2f} over the "
           f"{len(forces)} bodies | " + ", ".join(f"{n}: error {f[0]:.4f}, spread {f[1]:.4f}" for n, f in
                                                zip(names, forces, strict=True)) + " |")  # fmt: skip
+    latents = ckpt.latents or training_latents(ckpt.model, prepared, manifest, manifest.split("train"))
+    if latents is not None:  # what Cd's standard deviation is scaled by when calibrated on 5+ validation bodies
+        distance = {e.name: latent_distance(ckpt.model, load_sample(prepared / e.file), manifest, latents)
+                    for e in manifest.split("test")}  # fmt: skip
+        rho_latent = float(spearmanr([distance[n] for n in names], [bodies[n][2][0] for n in names]).statistic)
+        print(f"| Cd, by the latent distance | (factor needs 5+ bodies) | {rho_latent:.2f} over the {len(names)} "
+              "bodies | " + ", ".join(f"{n}: distance {distance[n]:.2f}" for n in names) + " |")  # fmt: skip
 
     case = data / accuracy.TEST[0]
     seconds = {}

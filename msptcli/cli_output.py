@@ -156,6 +156,7 @@ def training_ended(summary: TrainSummary, *, time_limit: float | None, data_dir:
     if c is not None:
         factors = ", ".join(f"{k.split('/', 1)[1]} {v:.3g}" for k, v in c.fields.items())
         forces = f"; Cd {c.cd:.3g}" if c.cd is not None else ""
+        forces += " times the design's latent distance" if c.cd is not None and c.forces_from == "latent" else ""
         console.print(f"uncertainty calibrated on {c.bodies} validation bodies ({c.draws} anchor draws): the 90% "
                       f"intervals are the draws' spread times {factors}{forces}", soft_wrap=True)  # fmt: skip
     return 0

@@ -205,7 +205,8 @@ def predict_geometry(
             if draws is not None else None  # fmt: skip
         coefficients = predicted_forces(ckpt, body, fields, true["surface"], area, velocity, rho, forces)
         if coefficients is not None and forces is not None and forces[2] is not None:
-            coefficients = _with_spread(ckpt, coefficients, forces[0], forces[2], area, velocity, rho)
+            distance = trust.model.score if trust is not None and trust.model is not None else None
+            coefficients = _with_spread(ckpt, coefficients, forces[0], forces[2], area, velocity, rho, distance)
 
     # --- outputs -----------------------------------------------------------------------------------------
     result = Prediction(name=name, files=[], coefficients=coefficients, trust=trust, scale=scale)
@@ -360,20 +361,27 @@ def predicted_forces(
 
 def _with_spread(
     ckpt: Checkpoint, c: Coefficients, fine: dict[str, np.ndarray], each: list[dict[str, np.ndarray]],
-    area: tuple[float, str], velocity: float, density: float,
+    area: tuple[float, str], velocity: float, density: float, distance: float | None = None,
 ) -> Coefficients:
     """``c`` with Cd/Cl standard deviations: the spread of the draws' own Cd and Cl on the refined surface,
-    calibrated by the checkpoint's factors where it has them."""
+    calibrated by the checkpoint's factors where it has them; with factors over the latent distance
+    (``trust/uncertainty.py``), the design's ``distance`` times them."""
     kw = dict(ref_area=area[0], velocity=velocity, density=density)
     per_draw = [drag_lift(fine["surface/area"], fine["surface/area_norm"], e, ckpt.reference, **kw) for e in each]
     cd, cl = (float(np.std([d[i] for d in per_draw if d is not None], ddof=1)) for i in (0, 1))
     cal = ckpt.calibration
     how = (f"calibrated on {cal.bodies} validation bodies: ± 1.645 std is the 90% interval" if cal is not None else
            "uncalibrated (no validation bodies): the raw spread")  # fmt: skip
-    if cal is not None and cal.forces_from != "bodies":
-        how += "; Cd, Cl uncalibrated (fewer than 5 validation bodies): their raw spread"
-    return replace(c, cd_std=float(calibrated_std(np.array(cd), cal.cd if cal else None)),
-                   cl_std=float(calibrated_std(np.array(cl), cal.cl if cal else None)),
+    factors = (cal.cd, cal.cl) if cal is not None else (None, None)
+    if cal is not None and cal.forces_from == "latent" and distance is not None:
+        how += "; Cd, Cl: the design's latent distance to the training designs times their factors"
+        cd = cl = distance
+    elif cal is not None and cal.forces_from != "bodies":
+        why = "fewer than 5 validation bodies" if cal.forces_from == "none" else "no latent distance"
+        how += f"; Cd, Cl uncalibrated ({why}): their raw spread"
+        factors = (None, None)
+    return replace(c, cd_std=float(calibrated_std(np.array(cd), factors[0])),
+                   cl_std=float(calibrated_std(np.array(cl), factors[1])),
                    uncertainty=f"{len(each)} anchor draws, {how}")  # fmt: skip
 
 

@@ -315,6 +315,31 @@ def test_forces_take_their_own_factor_only_from_enough_bodies():
     assert own.forces_from == "bodies" and own.cd == pytest.approx(0.05 / 0.001)
     few = fit_calibration(errors, raws, forces[:1], draws=3)
     assert few.forces_from == "none" and few.cd is None and few.fields["surface/p"] > 0
+    distances = [0.5] * MIN_FORCE_BODIES  # the bodies' latent distances: the factors are over them
+    by_latent = fit_calibration(errors, raws, forces, draws=3, distances=distances)
+    assert by_latent.forces_from == "latent" and by_latent.cd == pytest.approx(0.05 / 0.5)
+    assert by_latent.cl == pytest.approx(0.02 / 0.5) and by_latent.fields == own.fields
+    assert fit_calibration(errors, raws, forces[:1], draws=3, distances=distances[:1]).forces_from == "none"
+
+
+def test_predict_scales_cd_by_the_latent_distance_where_calibrated_so(trained, design_case, tmp_path):
+    """With factors over the latent distance (5+ validation bodies and latents), Cd's standard deviation is the
+    design's distance (its trust.model.score) times the factor over 1.645, not the draws' spread."""
+    from dataclasses import replace
+
+    from msptcli.checkpoint import load_checkpoint
+    from msptcli.predict import predict_geometry
+    from msptcli.trust.uncertainty import Z90, Calibration
+
+    ckpt = load_checkpoint(trained.run)
+    assert ckpt.latents is not None
+    cal = Calibration(dict(ckpt.calibration.fields), cd=0.2, cl=0.3, bodies=5, draws=3, forces_from="latent")
+    result = predict_geometry(replace(ckpt, calibration=cal), design_case / "geometry.stl", tmp_path,
+                              volume_points=0)  # fmt: skip
+    c, distance = result.coefficients, result.trust.model.score
+    assert distance > 0 and c.cd_std == pytest.approx(0.2 * distance / Z90)
+    assert c.cl_std == pytest.approx(0.3 * distance / Z90)
+    assert "latent distance" in c.uncertainty
 
 
 def test_training_calibrates_the_best_checkpoint_on_the_validation_bodies(trained):

@@ -279,8 +279,9 @@ def _finish_best(run: _Run) -> Calibration | None:
         return None
     ckpt = load_checkpoint(best)
     model, kw = ckpt.model.to(run.device), dict(device=run.device, bf16=run.config.train.bf16)
-    calibration = calibrate(model, run.data_dir, run.manifest, run.manifest.split("val"), ckpt.reference, **kw)
     latents = training_latents(model, run.data_dir, run.manifest, run.manifest.split("train"), **kw)
+    calibration = calibrate(model, run.data_dir, run.manifest, run.manifest.split("val"), ckpt.reference,
+                            latents=latents, **kw)  # fmt: skip
     save_checkpoint(best, ckpt.model, epoch=ckpt.epoch, metrics=ckpt.metrics, **run.save_kw, calibration=calibration,
                     latents=latents)  # fmt: skip
     return calibration

@@ -22,6 +22,7 @@ from msptcli.model import Network
 from msptcli.model.config import AnchorConfig
 from msptcli.physics.force_reference import ForceReference
 from msptcli.runtime import predict_queries
+from msptcli.trust.latent import TrainingLatents, check_latent, design_latent
 from msptcli.trust.uncertainty import DRAWS, Calibration, fit_calibration, magnitude, smoothed, spread
 
 Fields = dict[str, dict[str, np.ndarray]]
@@ -93,18 +94,36 @@ def calibrate(
     *,
     device: torch.device | str = "cpu",
     bf16: bool = True,
+    latents: TrainingLatents | None = None,
 ) -> Calibration | None:
-    """The :class:`Calibration` of ``model`` on the validation ``entries``; None without anchors or bodies."""
+    """The :class:`Calibration` of ``model`` on the validation ``entries``; None without anchors or bodies. With the
+    training designs' ``latents``, Cd and Cl are calibrated over each body's latent distance to them."""
     if model.config.anchors is None or not entries:
         return None
     errors: dict[str, list[np.ndarray]] = {}
     raws: dict[str, list[np.ndarray]] = {}
-    forces = []
+    forces, distances = [], []
     for entry in entries:
-        e, r, f = body_spread(model, load_sample(data_dir / entry.file), manifest, reference, device=device, bf16=bf16)
+        sample = load_sample(data_dir / entry.file)
+        e, r, f = body_spread(model, sample, manifest, reference, device=device, bf16=bf16)
         for key in e:
             errors.setdefault(key, []).append(e[key])
             raws.setdefault(key, []).append(r[key])
         if f is not None:
             forces.append(f)
-    return fit_calibration(errors, raws, forces, draws=len(draw_configs(model.config.anchors)))
+            if latents is not None:
+                distances.append(latent_distance(model, sample, manifest, latents, device=device, bf16=bf16))
+    return fit_calibration(errors, raws, forces, draws=len(draw_configs(model.config.anchors)),
+                           distances=distances if latents is not None else None)  # fmt: skip
+
+
+def latent_distance(
+    model: Network, sample: Sample, manifest: Manifest, latents: TrainingLatents, *,
+    device: torch.device | str = "cpu", bf16: bool = True,
+) -> float:  # fmt: skip
+    """A prepared body's latent distance to the training designs' (``latent.check_latent``'s score), from anchors
+    drawn as the training latents' are."""
+    assert model.config.anchors is not None
+    draw = draw_configs(model.config.anchors)[0]
+    points, features = sample_anchors(sample, manifest.stats, draw, np.random.default_rng(draw.seed))
+    return check_latent(latents, design_latent(model, points, features, device=device, bf16=bf16)).score
