@@ -369,8 +369,8 @@ def _trust(ckpt: Checkpoint, values: dict[str, float], shape: ShapeCheck | None 
         if shape.units:
             out_of_range["units"] = shape.units.split(", or pass --force")[0] + " (rolled out with --force)"
         out_of_range.update({name: f"{name} {text}" for name, text in shape.out_of_range.items()})
-        if shape.score > shape.threshold and not shape.out_of_range:
-            out_of_range["shape"] = shape.notes()[-1]  # unlike every training body
+        if (distance := shape.distance_note()) is not None:
+            out_of_range["shape"] = distance
         out["verdict"] = max(verdict, shape.verdict, key=VERDICTS.index)
         out["shape"] = shape.to_json()
     return out

@@ -22,7 +22,7 @@ from msptcli.model import Network
 from msptcli.model.config import AnchorConfig
 from msptcli.physics.force_reference import ForceReference
 from msptcli.runtime import predict_queries
-from msptcli.trust.latent import TrainingLatents, check_latent, design_latent
+from msptcli.trust.latent import TrainingLatents, check_latent, sample_latent
 from msptcli.trust.uncertainty import DRAWS, Calibration, fit_calibration, magnitude, smoothed, spread
 
 Fields = dict[str, dict[str, np.ndarray]]
@@ -123,7 +123,4 @@ def latent_distance(
 ) -> float:  # fmt: skip
     """A prepared body's latent distance to the training designs' (``latent.check_latent``'s score), from anchors
     drawn as the training latents' are."""
-    assert model.config.anchors is not None
-    draw = draw_configs(model.config.anchors)[0]
-    points, features = sample_anchors(sample, manifest.stats, draw, np.random.default_rng(draw.seed))
-    return check_latent(latents, design_latent(model, points, features, device=device, bf16=bf16)).score
+    return check_latent(latents, sample_latent(model, sample, manifest.stats, device=device, bf16=bf16)).score

@@ -129,12 +129,19 @@ class ShapeCheck:
         if check.flagged and self.verdict == "ok":
             self.verdict = "warn"
 
+    def distance_note(self) -> str | None:
+        """The finding of the nearest-body distance, where it is beyond its threshold and no feature is out of
+        range (which would say more); else None."""
+        if self.score > self.threshold and not self.out_of_range:
+            return (f"unlike every training body: {self.score:.2f} training spreads from the nearest "
+                    f"({self.nearest}), beyond the {self.threshold:.2f} of the training bodies' own")  # fmt: skip
+        return None
+
     def notes(self) -> list[str]:
         """One line per finding, for the terminal."""
         lines = [f"{name} {text}" for name, text in self.out_of_range.items()]
-        if self.score > self.threshold and not self.out_of_range:
-            lines.append(f"unlike every training body: {self.score:.2f} training spreads from the nearest "
-                         f"({self.nearest}), beyond the {self.threshold:.2f} of the training bodies' own")  # fmt: skip
+        if (distance := self.distance_note()) is not None:
+            lines.append(distance)
         if self.model is not None and self.model.flagged:
             lines.append(self.model.note())
         return lines

@@ -83,23 +83,30 @@ def design_latent(
     return np.concatenate([out64.mean(axis=0), out64.std(axis=0)])
 
 
+def sample_latent(
+    model: Network, sample: Any, stats: Any, *, device: torch.device | str = "cpu", bf16: bool = True
+) -> np.ndarray:
+    """The latent of a prepared sample, from anchors drawn as validation draws them (the first seed's draw):
+    the one rule for the training designs' latents and a validation body's."""
+    from msptcli.data.anchors import sample_anchors, seeds_of
+
+    assert model.config.anchors is not None
+    draw = seeds_of(model.config.anchors)[0]
+    points, features = sample_anchors(sample, stats, draw, np.random.default_rng(draw.seed))
+    return design_latent(model, points, features, device=device, bf16=bf16)
+
+
 def training_latents(
     model: Network, data_dir: Path, manifest: Any, entries: Sequence[Any], *, device: torch.device | str = "cpu",
     bf16: bool = True,
 ) -> TrainingLatents | None:  # fmt: skip
     """The latents of a dataset's training ``entries`` (anchors as validation draws them); None without anchors."""
-    from msptcli.data.anchors import sample_anchors, seeds_of
     from msptcli.data.sample import load_sample
 
-    anchors = model.config.anchors
-    if anchors is None or not entries:
+    if model.config.anchors is None or not entries:
         return None
-    draw = seeds_of(anchors)[0]
-    rows = []
-    for entry in entries:
-        sample = load_sample(data_dir / entry.file)
-        points, features = sample_anchors(sample, manifest.stats, draw, np.random.default_rng(draw.seed))
-        rows.append(design_latent(model, points, features, device=device, bf16=bf16))
+    rows = [sample_latent(model, load_sample(data_dir / e.file), manifest.stats, device=device, bf16=bf16)
+            for e in entries]  # fmt: skip
     return TrainingLatents(tuple(e.name for e in entries), np.array(rows))
 
 
