@@ -72,7 +72,8 @@ def _sidecar(ckpt: Checkpoint) -> dict:
                 "queries": "msptcli.model.queries.locate_queries + place_queries: each query's nearest anchor's "
                 "patch per tree (query_slots_t, query_slot_t); with model_config.anchors.reads = 'nearest' the "
                 "first tree's slots and every group's keys, the union of its queries' k nearest anchors, with "
-                "their log window weights (query_key_rows, query_key_bias)",
+                "their log window weights (query_key_rows, query_key_bias); with 'blend' also the second patch of "
+                "the queries near a patch boundary and its weight (query_second_*)",
                 "volume_template": None if template is None else _array_json(template),
             }
         }

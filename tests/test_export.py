@@ -102,8 +102,8 @@ def test_verification_fails_for_another_model(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize(
     ("rotate", "reads"),
-    [(False, "patch"), (True, "patch"), (True, "nearest")],
-    ids=["one-tree", "rotated-trees", "nearest-anchors"],
+    [(False, "patch"), (True, "patch"), (True, "nearest"), (False, "blend")],
+    ids=["one-tree", "rotated-trees", "nearest-anchors", "two-patches-blended"],
 )
 def test_anchor_query_models_export_as_one_graph(tmp_path, fmt, rotate, reads):
     anchors = {"surface": 64, "volume": 64, "reads": reads, "neighbours": 16}
@@ -114,6 +114,7 @@ def test_anchor_query_models_export_as_one_graph(tmp_path, fmt, rotate, reads):
     assert names[: len(LAYOUT_INPUTS) + 1] == ["features", *LAYOUT_INPUTS]
     assert ("tree_reorder_1" in names) == rotate and names[len(LAYOUT_INPUTS) + 1] == "query_features"
     assert ("query_key_bias" in names) == (reads == "nearest") and "query_slot_0" in names
+    assert ("query_second_weight" in names) == (reads == "blend")
     assert verify_export(path, model, example) < 1e-4
     with torch.no_grad():  # the check can fail: a small change of one weight is seen
         model.head.bias += 1e-2

@@ -85,11 +85,22 @@ def test_rotated_trees_cut_the_anchors_into_other_patches():
 
 NEAREST = {"anchors": {"reads": "nearest", "neighbours": 12}}
 FINAL = {"query_reading": "final", "query_depth": 2}  # the queries read the anchors' final features
+BLEND = {"anchors": {"reads": "blend", "neighbours": 16}}  # the two nearest patches, blended
+OWN = {"anchor_blocks": 1}  # one block of the anchors' own before the blocks the queries read
 
 
 @pytest.mark.parametrize(
     "variant",
-    [{"num_supernodes": 2}, {"rotate_trees": True}, NEAREST, FINAL, {**FINAL, **NEAREST, "rotate_trees": True}],
+    [
+        {"num_supernodes": 2},
+        {"rotate_trees": True},
+        NEAREST,
+        FINAL,
+        {**FINAL, **NEAREST, "rotate_trees": True},
+        {**OWN, "rotate_trees": True},
+        BLEND,
+        {**BLEND, "num_supernodes": 2},
+    ],
 )
 def test_a_query_does_not_depend_on_the_other_queries_or_their_chunks(variant):
     model = make(**variant)
@@ -113,7 +124,14 @@ def test_a_query_does_not_depend_on_the_other_queries_or_their_chunks(variant):
 
 
 @pytest.mark.parametrize(
-    "variant", [{"rotate_trees": True}, {**NEAREST, "rotate_trees": True}, {**FINAL, "rotate_trees": True}]
+    "variant",
+    [
+        {"rotate_trees": True},
+        {**NEAREST, "rotate_trees": True},
+        {**FINAL, "rotate_trees": True},
+        {**OWN, **NEAREST},
+        {**BLEND, **FINAL},
+    ],
 )
 def test_streaming_predict_in_float32_does_not_depend_on_chunks_or_other_queries(variant):
     model = make(torch.float32, **variant)
@@ -134,7 +152,14 @@ def test_streaming_predict_in_float32_does_not_depend_on_chunks_or_other_queries
 
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"rotate_trees": True, "checkpointing": True}, {**NEAREST, "num_supernodes": 2}, {**FINAL, **NEAREST}],
+    [
+        {},
+        {"rotate_trees": True, "checkpointing": True},
+        {**NEAREST, "num_supernodes": 2},
+        {**FINAL, **NEAREST},
+        {"anchor_blocks": 2, "rotate_trees": True},
+        BLEND,
+    ],
 )
 def test_queries_train_the_network(variant):
     model = make(torch.float32, **variant)
@@ -181,6 +206,11 @@ def test_config_refuses_what_cannot_work():
     with pytest.raises(ValidationError, match="query_depth 1 is below the 2 ball trees"):
         ModelConfig(query_reading="final", query_depth=1, rotate_trees=True)
     assert ModelConfig(query_depth=1, rotate_trees=True).query_reading == "blocks"  # reading every block: unused
+    with pytest.raises(ValidationError, match="reads: blend reads the patches of one ball tree"):
+        ModelConfig(rotate_trees=True, **BLEND)
+    for bad in ({"anchors": None}, {"query_reading": "final"}, {"backbone": "transolver"}):
+        with pytest.raises(ValidationError, match="anchor_blocks are blocks of the anchors"):
+            ModelConfig(anchor_blocks=1, **bad)
 
 
 def test_reading_the_final_features_has_its_own_blocks():
@@ -195,6 +225,56 @@ def test_reading_the_final_features_has_its_own_blocks():
         final.blocks[-1].mlp.fc2.weight.mul_(1.5)  # (adding a constant would shift each row, which LN removes)
         after = run(final, anchors, points, features)
     assert not torch.allclose(before, after)
+
+
+def test_the_anchors_own_blocks_come_before_the_blocks_the_queries_read():
+    plain, own = make(), make(anchor_blocks=2)
+    assert len(own.anchor_blocks) == 2 and len(plain.anchor_blocks) == 0
+    assert sum(p.numel() for p in own.parameters()) == sum(p.numel() for p in plain.parameters()) + sum(
+        p.numel() for p in own.anchor_blocks.parameters()
+    )
+    points, features = clouds()
+    anchors = pack_anchors(points, features, own.config)
+    keys, _ = own.read_anchors(anchors.features.double(), anchors.layout, anchors.trees)
+    assert len(keys) == own.config.depth  # the queries read the depth blocks only, as without them
+    with torch.no_grad():  # the first reading meets the anchors after their own blocks: changing one changes it
+        before = run(own, anchors, points, features)
+        own.anchor_blocks[0].mlp.fc2.weight.mul_(1.5)
+        after = run(own, anchors, points, features)
+        assert not torch.allclose(before, after)
+        x = own.embed(anchors.features.double())  # the anchors' outputs pass E + L blocks, as forward does
+        for block in [*own.anchor_blocks, *own.blocks]:
+            x = block(x, anchors.layout)
+        _, outputs = own.read_anchors(anchors.features.double(), anchors.layout, anchors.trees, outputs=True)
+        assert torch.allclose(outputs, own.head(own.norm(x)), rtol=0, atol=1e-10)
+        assert torch.allclose(outputs, own(anchors.features.double(), anchors.layout), rtol=0, atol=1e-10)
+
+
+def test_the_blend_reads_one_patch_inside_it_and_is_continuous_across_its_boundary():
+    patch, blend = make(), make(anchors={"reads": "blend", "neighbours": 6})
+    blend.load_state_dict(patch.state_dict())  # the same weights: only the reading differs
+    points, features = clouds(sizes=[600])
+    a_patch, a_blend = pack_anchors(points, features, patch.config), pack_anchors(points, features, blend.config)
+    line = np.linspace([0.05, 0.5, 0.5], [0.95, 0.5, 0.5], 4001)  # a line through the cloud, crossing patches
+    places = locate_queries(a_blend, [line])
+    inside = places.pair_weight == 0  # no second patch within reach: the patch reading exactly
+    assert 0 < inside.sum() < len(line)
+    on = run(patch, a_patch, [line], featurise([line]))
+    mixed = run(blend, a_blend, [line], featurise([line]))
+    assert torch.allclose(mixed[inside], on[inside], rtol=0, atol=1e-10)
+    assert not torch.allclose(mixed[~inside], on[~inside])
+    fine = np.linspace(line[0], line[-1], 4 * len(line) - 3)  # the same line, 4x finer
+
+    def largest_step(model, anchors, points):
+        out = run(model, anchors, [points], featurise([points]))
+        return float((out[1:] - out[:-1]).abs().max())
+
+    # the patch reading jumps where the nearest patch changes, however fine the line; the blend does not jump
+    assert largest_step(patch, a_patch, fine) > 0.9 * largest_step(patch, a_patch, line)
+    assert largest_step(blend, a_blend, fine) < 0.5 * largest_step(blend, a_blend, line)
+    assert largest_step(blend, a_blend, line) < 0.3 * largest_step(patch, a_patch, line)
+    w = places.pair_weight[~inside]  # where the two nearest patches are about equally near, both weigh about 1
+    assert (w > 0).all() and (w <= 1).all() and w.max() > 0.95
 
 
 def test_the_window_falls_to_zero_at_the_next_anchor():

@@ -68,7 +68,8 @@ class PackedAnchors:
     trees: AnchorTrees
     tree_rank: tuple[np.ndarray, ...]  # per tree (N,): position in that tree's order of each packed row
     points: tuple[np.ndarray, ...]  # per cloud (n_b, 3) float64 anchor coordinates, packed (first tree's) order
-    neighbours: int = 0  # k nearest anchors each query reads (reads: nearest); 0: queries read patches
+    neighbours: int = 0  # k nearest anchors each query reads (reads: nearest) or searches (blend); 0: one patch
+    blend: bool = False  # reads: blend: a query reads its two nearest patches under a window (model/queries.py)
 
     def to(self, device: torch.device | str) -> PackedAnchors:
         return PackedAnchors(
@@ -78,6 +79,7 @@ class PackedAnchors:
             tree_rank=self.tree_rank,
             points=self.points,
             neighbours=self.neighbours,
+            blend=self.blend,
         )
 
 
@@ -119,5 +121,6 @@ def pack_anchors(
         trees=AnchorTrees(tuple(reorder), tuple(restore)),
         tree_rank=tuple(tree_rank),
         points=tuple(every[offsets[b] : offsets[b + 1]] for b in range(len(sizes))),
-        neighbours=config.anchors.neighbours if config.anchors is not None and config.anchors.reads == "nearest" else 0,
+        neighbours=config.anchors.neighbours if config.anchors is not None and config.anchors.reads != "patch" else 0,
+        blend=config.anchors is not None and config.anchors.reads == "blend",
     )

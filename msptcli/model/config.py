@@ -60,13 +60,20 @@ class AnchorConfig(BaseModel):
     volume: int = Field(4096, ge=0, description="volume anchors, a power of two or 0")
     candidates: int = Field(32, ge=1, le=1024, description="random candidates per anchor of the stratified draw")
     seed: int = Field(0, description="seed of the anchors drawn by predict and validation")
-    reads: Literal["patch", "nearest"] = Field(
+    reads: Literal["patch", "nearest", "blend"] = Field(
         "patch",
         description="what a query attends to besides the supernodes: 'patch', the anchors of its nearest anchor's "
         "ball-tree patch; 'nearest', its `neighbours` nearest anchors under a window that falls smoothly to zero "
-        "at the next one (predictions continuous in space: no patch boundaries in the fields)",
+        "at the next one; 'blend', the anchors of its two nearest patches, the second's weight falling to zero "
+        "where a third patch is as near (both continuous in space: no patch boundaries in the fields)",
     )
-    neighbours: int = Field(8, ge=1, le=1024, description="anchors a query reads with reads: nearest")
+    neighbours: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="anchors a query reads with reads: nearest; with reads: blend, the nearest anchors among which "
+        "it looks for a second and third patch (the width of the blend at a patch boundary)",
+    )
     draws: int = Field(
         1,
         ge=1,
@@ -250,6 +257,14 @@ class ModelConfig(BaseModel):
         "every MSPT block with its weights; 'final', the anchors' final features in query_depth reading blocks "
         "of their own (as every other backbone's queries do)",
     )
+    anchor_blocks: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="with anchors, backbone mspt, query_reading: blocks: MSPT blocks the anchors pass before the "
+        "`depth` blocks the queries read, so that the first reading meets mixed features rather than the embedding "
+        "(they cost the anchors' share of a step only)",
+    )
     query_depth: int = Field(
         2,
         ge=1,
@@ -288,6 +303,8 @@ class ModelConfig(BaseModel):
             raise ValueError("give patch_size or num_patches, not both")
         if self.rotate_trees and self.anchors is None:
             raise ValueError("rotate_trees needs anchors (the rotated tree is built on the anchors)")
+        if self.rotate_trees and self.anchors is not None and self.anchors.reads == "blend":
+            raise ValueError("anchors.reads: blend reads the patches of one ball tree; it does not take rotate_trees")
         if self.adaptive is not None:
             for bad, why in (
                 (self.backbone != "mspt", f"belong to MSPT's patches, not to backbone {self.backbone}"),
@@ -307,6 +324,11 @@ class ModelConfig(BaseModel):
             self._check_erwin()
         if self.query_reading == "final" and self.anchors is None:
             raise ValueError("query_reading: final needs anchors (the queries read the anchors' final features)")
+        if self.anchor_blocks and (self.anchors is None or self.reads_final or self.time_axis != "channels"):
+            raise ValueError(
+                "anchor_blocks are blocks of the anchors before the ones MSPT's queries read: they need anchors, "
+                "backbone mspt, query_reading: blocks and time_axis: channels"
+            )
         if self.reads_final and self.query_depth < self.num_trees:
             raise ValueError(
                 f"query_depth {self.query_depth} is below the {self.num_trees} ball trees the reading blocks alternate "

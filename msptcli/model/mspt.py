@@ -23,6 +23,11 @@ their own (``query_reading: final``, ``self.readers``):
 
     h     = Blocks(Embed(f_a))                        the anchors through all L blocks
     x_q  <- x_q + PMSA_r(LN(x_q); keys of LN(h)) + MLP_r(...),   r = 1 .. query_depth
+
+``anchor_blocks: E`` puts E blocks of the anchors' own before the L blocks the queries read, so that a
+query's first reading meets features mixed by E blocks instead of the embedding (reading every block):
+
+    h_0 = Blocks_E(Embed(f_a)),   then as above with h_0 for Embed(f_a)
 """
 
 from __future__ import annotations
@@ -122,7 +127,13 @@ class MSPTBlock(nn.Module):
         if queries.nearest is not None:
             xq = xq + self.attn.attend_nearest(h, keys.kv, layout.whole, keys.sn_kv, queries.nearest)
         else:
-            xq = xq + self.attn.attend_queries(h, keys.kv, layout.whole, keys.sn_kv, queries.groups[keys.tree])
+            o = self.attn.attend_queries(h, keys.kv, layout.whole, keys.sn_kv, queries.groups[keys.tree])  # (M, C)
+            if queries.blend is not None:  # reads: blend: the second patch of the queries near a boundary
+                b = queries.blend
+                o2 = self.attn.attend_queries(h[b.rows], keys.kv, layout.whole, keys.sn_kv, b.groups)  # (m2, C)
+                w = b.weight[:, None].to(o.dtype)  # (m2, 1) w_2 in (0, 1]
+                o = o.index_copy(0, b.rows, (o[b.rows] + w * o2) / (1 + w))
+            xq = xq + o
         return xq + self.mlp(self.norm2(xq))
 
 
@@ -144,6 +155,8 @@ class MSPT(nn.Module):
         self.blocks = nn.ModuleList(MSPTBlock(config) for _ in range(config.depth))
         # query_reading: final: the queries' own reading blocks over the anchors' final features
         self.readers = nn.ModuleList(MSPTBlock(config) for _ in range(config.query_depth if config.reads_final else 0))
+        # anchor_blocks: the anchors' own blocks before the ones the queries read
+        self.anchor_blocks = nn.ModuleList(MSPTBlock(config) for _ in range(config.anchor_blocks))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_features)
         self.apply(init_weights)
@@ -169,7 +182,7 @@ class MSPT(nn.Module):
             return self.answer_queries(keys, layout, queries)
         chunks = point_chunks(features, layout, chunk_points)
         x = over_chunks(chunks, point_rows, lambda ch: self.embed(features[point_rows(ch)]))  # (N, C)
-        for block in self.blocks:
+        for block in [*self.anchor_blocks, *self.blocks]:
             if self.config.checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, layout, use_reentrant=False)
             else:
@@ -184,8 +197,8 @@ class MSPT(nn.Module):
         ``query_reading: final`` those of the anchors' final features in every reading block.
 
         Block l (reading block r) cuts the anchors into the patches of tree ``l % trees.count``
-        (``r % trees.count``). Reading every block, the last block's update of the anchors is run only for
-        ``outputs`` (queries never read it).
+        (``r % trees.count``), l counting the ``anchor_blocks`` first. Reading every block, the last block's
+        update of the anchors is run only for ``outputs`` (queries never read it).
 
         Returns:
             The keys of every block (reading block) and, with ``outputs``, the anchors' (N, out_features) predictions.
@@ -194,15 +207,16 @@ class MSPT(nn.Module):
         nearest = self.config.anchors is not None and self.config.anchors.reads == "nearest"
         final = bool(self.readers)
         keys = []
-        for index, block in enumerate(self.blocks):
+        own = len(self.anchor_blocks)  # anchor_blocks: read by no query
+        for index, block in enumerate([*self.anchor_blocks, *self.blocks]):
             tree = index % trees.count
             reorder, restore = trees.reorder[tree], trees.restore[tree]
             xt = x if reorder is None else gather_rows(x, reorder)  # (N, C) in this tree's order
             sn_kv = None
-            if not final:
+            if not final and index >= own:
                 keys.append(block.anchor_keys(x, xt, layout, tree, nearest=nearest))
                 sn_kv = keys[-1].sn_kv
-                if index == len(self.blocks) - 1 and not outputs:
+                if index == own + len(self.blocks) - 1 and not outputs:
                     break
             if self.config.checkpointing and torch.is_grad_enabled():
                 xt = checkpoint(block, xt, layout, None, sn_kv, use_reentrant=False)

@@ -30,6 +30,20 @@ An anchor enters or leaves N_k(i) only where it is the k-th and (k+1)-th nearest
 is at t = 1, where its weight is zero: the output is continuous in the query's position, and
 no patch boundary of any tree shows in the fields.
 
+``anchors.reads: blend`` keeps the patch reading and makes it continuous the same way. Among the
+query's k nearest anchors (``anchors.neighbours``) let d_1 be the distance to the nearest (in patch
+P_1), d_2 to the nearest of another patch P_2, d_3 to the nearest of a third, and R = min(d_3, r_i)
+with r_i the (k+1)-th distance (a patch not found among the k is at least that far). The query reads
+P_1 and, where w_2 > 0, P_2, each in the patch reading's one softmax with the supernodes, and blends
+the two outputs:
+
+    u_j = max(0, R - d_j),   w_2 = u_2 / u_1,   o_i = (o_i(P_1) + w_2 o_i(P_2)) / (1 + w_2)
+
+Deep inside a patch P_2 is far (w_2 = 0) and the reading is exactly the patch reading. Where P_1 and
+P_2 swap (d_1 = d_2) both weigh 1; where P_2 and P_3 swap (d_2 = d_3), or P_2 enters the k nearest
+(d_2 = r_i), w_2 = 0: the output is continuous in the query's position, at the cost of a second
+patch reading for the queries within reach of a boundary.
+
 This module prepares that reading on the host: where every query sits among its cloud's anchors
 (:func:`locate_queries`), then the queries grouped by the patch they read in every tree
 (:class:`QueryGroups`) or by their nearest anchors (:class:`NearestKeys`), in :class:`Queries`
@@ -143,18 +157,33 @@ class NearestKeys:
 
 
 @dataclass(frozen=True)
+class SecondPatch:
+    """``reads: blend``: the queries within reach of a second patch, grouped by it, and its weight w_2."""
+
+    rows: Tensor  # (m2,) long: the queries (rows of the batch's queries) that read a second patch
+    groups: QueryGroups  # those queries grouped by their second patch (query rows index ``rows``)
+    weight: Tensor  # (m2,) float32: w_2 in (0, 1]
+
+    def to(self, device: torch.device | str) -> SecondPatch:
+        return SecondPatch(self.rows.to(device), self.groups.to(device), self.weight.to(device))
+
+
+@dataclass(frozen=True)
 class Queries:
     """Query points of a batch: their features and either, per tree, their grouping by anchor patch
-    (``reads: patch``) or their nearest anchors (``reads: nearest``; ``groups`` is then empty)."""
+    (``reads: patch``; with ``reads: blend`` also their second patch) or their nearest anchors (``reads:
+    nearest``; ``groups`` is then empty)."""
 
     features: Tensor  # (M, F)
     groups: tuple[QueryGroups, ...]
     nearest: NearestKeys | None = None
+    blend: SecondPatch | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Queries:
         """The same queries on ``device`` (features in ``dtype``, when given)."""
         nearest = None if self.nearest is None else self.nearest.to(device)
-        return Queries(self.features.to(device, dtype), tuple(g.to(device) for g in self.groups), nearest)
+        blend = None if self.blend is None else self.blend.to(device)
+        return Queries(self.features.to(device, dtype), tuple(g.to(device) for g in self.groups), nearest, blend)
 
 
 @dataclass(frozen=True)
@@ -168,13 +197,17 @@ class QueryPlaces:
     rows: np.ndarray  # (M, k) int64 packed anchor rows, nearest first
     window: np.ndarray | None  # (M, k) float32 log window weights (reads: nearest), else None
     cloud: np.ndarray  # (M,) int64 cloud of every query
+    pair: np.ndarray | None = None  # (M, 2) int64 reads: blend: the two patches P_1, P_2 read (P_1 twice: none)
+    pair_weight: np.ndarray | None = None  # (M,) float32 reads: blend: w_2, the second patch's weight (0: not read)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, rows: slice | np.ndarray) -> QueryPlaces:
         window = None if self.window is None else self.window[rows]
-        return QueryPlaces(self.rows[rows], window, self.cloud[rows])
+        if self.pair is None:
+            return QueryPlaces(self.rows[rows], window, self.cloud[rows])
+        return QueryPlaces(self.rows[rows], window, self.cloud[rows], self.pair[rows], self.pair_weight[rows])
 
 
 def locate_queries(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -> QueryPlaces:
@@ -182,7 +215,8 @@ def locate_queries(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -
     if len(query_points) != anchors.layout.num_clouds:
         raise InvalidInputError(f"{len(query_points)} query clouds for {anchors.layout.num_clouds} clouds of anchors")
     k = anchors.neighbours
-    rows, windows, clouds, start = [], [], [], 0
+    patch_of_row = np.repeat(np.arange(anchors.layout.num_patches), np.diff(anchors.layout.patch_start))
+    rows, windows, pairs, clouds, start = [], [], [], [], 0
     for b, (cloud, queries) in enumerate(zip(anchors.points, query_points, strict=True)):
         q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
         n = len(cloud)
@@ -193,12 +227,49 @@ def locate_queries(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -
             distance, index = (cKDTree(cloud).query(q, k=k + 1, workers=_workers(q)) if len(q)
                                else (np.zeros((0, k + 1)),) * 2)  # fmt: skip
             distance, index = distance.reshape(-1, k + 1), np.asarray(index, dtype=np.int64).reshape(-1, k + 1)
-            rows.append(start + np.where(index[:, :k] < n, index[:, :k], 0))
-            windows.append(window_log_weight(distance[:, :k], distance[:, k]))
+            found = start + np.where(index[:, :k] < n, index[:, :k], 0)
+            if anchors.blend:
+                rows.append(found[:, :1])
+                pairs.append(patch_pair(patch_of_row[found], distance[:, :k], distance[:, k]))
+            else:
+                rows.append(found)
+                windows.append(window_log_weight(distance[:, :k], distance[:, k]))
         clouds.append(np.full(len(q), b, dtype=np.int64))
         start += n
-    window = np.concatenate(windows).astype(np.float32) if k else None
-    return QueryPlaces(np.concatenate(rows), window, np.concatenate(clouds))
+    window = np.concatenate(windows).astype(np.float32) if windows else None
+    if not pairs:
+        return QueryPlaces(np.concatenate(rows), window, np.concatenate(clouds))
+    pair = np.concatenate([p for p, _ in pairs])
+    weight = np.concatenate([w for _, w in pairs]).astype(np.float32)
+    return QueryPlaces(np.concatenate(rows), None, np.concatenate(clouds), pair, weight)
+
+
+def patch_pair(patch: np.ndarray, distance: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two patches a query reads with ``reads: blend`` and the second one's weight w_2 (module docstring).
+
+    Args:
+        patch: (M, k) patch of each of the query's k nearest anchors, nearest first.
+        distance: (M, k) their distances (infinite where the cloud has fewer anchors).
+        radius: (M,) distance to the (k+1)-th nearest anchor (infinite where there is none).
+
+    Returns:
+        (M, 2) patches P_1, P_2 (P_2 = P_1 where no other patch is among the k) and (M,) the weights w_2 of
+        P_2 (0: not read).
+    """
+    m, k = patch.shape
+    columns = np.arange(k)
+    other = patch != patch[:, :1]  # (M, k) anchors of another patch than the nearest
+    second = np.where(other.any(axis=1), np.argmax(other, axis=1), k)  # (M,) first of another patch, k: none
+    rows = np.arange(m)
+    p2 = np.where(second < k, patch[rows, np.minimum(second, k - 1)], patch[:, 0])
+    third = other & (patch != p2[:, None]) & (columns[None, :] > second[:, None])
+    d3 = np.where(third.any(axis=1), distance[rows, np.argmax(third, axis=1)], np.inf)
+    d2 = np.where(second < k, distance[rows, np.minimum(second, k - 1)], np.inf)
+    reach = np.minimum(d3, radius)  # R: a patch not among the k nearest is at least the (k+1)-th distance away
+    u1, u2 = reach - distance[:, 0], np.maximum(reach - d2, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w2 = np.where((u1 > 0) & (u2 > 0) & np.isfinite(u1), np.minimum(u2 / u1, 1.0), 0.0)
+    return np.stack([patch[:, 0], p2], axis=1).astype(np.int64), w2
 
 
 def _workers(queries: np.ndarray) -> int:
@@ -235,7 +306,16 @@ def place_queries(anchors: PackedAnchors, places: QueryPlaces, features: np.ndar
     patch_cloud = layout.whole.patch_cloud.cpu().numpy()
     nearest_row = places.rows[:, 0]
     groups = tuple(group_queries(patch_of_row[rank[nearest_row]], patch_cloud) for rank in anchors.tree_rank)
-    return Queries(features, groups)
+    if places.pair is None:
+        return Queries(features, groups)
+    second = np.flatnonzero(places.pair_weight > 0)  # reads: blend: the queries that read a second patch
+    if len(second) == 0:  # none: query 0 at weight 0 (its output unchanged), for one shape of the inputs
+        second = np.zeros(1, dtype=np.int64)
+    blend = SecondPatch(
+        torch.from_numpy(second), group_queries(places.pair[second, 1], patch_cloud),
+        torch.from_numpy(places.pair_weight[second].astype(np.float32)),
+    )  # fmt: skip
+    return Queries(features, groups, blend=blend)
 
 
 def nearest_keys(layout: PatchLayout, places: QueryPlaces) -> NearestKeys:

@@ -44,7 +44,7 @@ def _cloud_patches(config, f: Tensor):  # type: ignore[no-untyped-def]
 def _dense_cloud(model: MSPT, f: Tensor) -> Tensor:
     patch, sub_bounds = _cloud_patches(model.config, f)
     x = model.embed(f)
-    for block in model.blocks:
+    for block in [*model.anchor_blocks, *model.blocks]:
         x = _dense_block(block, x, patch, sub_bounds)
     return model.head(model.norm(x))
 

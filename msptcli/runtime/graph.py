@@ -33,8 +33,17 @@ and with ``anchors.reads: nearest`` the queries' slots in their groups (``query_
                                                  not among its k; 0 / -inf for the supernodes
     query_group_cloud (G,)              int64    cloud of every group
 
-(``QueryGroups`` and ``NearestKeys`` of ``model/queries.py``, ``AnchorTrees`` of ``model/anchors.py``; ``query_inputs``
-builds them all.) Writing, running and verifying the graph is ``portable.py``.
+and with ``anchors.reads: blend`` the patch inputs of the first tree, then the second patch of the queries
+within reach of one (at least one row: query 0 at weight 0 where none is):
+
+    query_second_rows   (M2,)        int64    the queries that read a second patch
+    query_second_slots  (G2, T2)     int64    row (of query_second_rows) of every slot of its second-patch group
+    query_second_slot   (M2,)        int64    flat slot of every such query
+    query_second_patch  (G2,)        int64    the second patch every group reads
+    query_second_weight (M2,)        float32  its weight w_2 in [0, 1]
+
+(``QueryGroups``, ``NearestKeys`` and ``SecondPatch`` of ``model/queries.py``, ``AnchorTrees`` of
+``model/anchors.py``; ``query_inputs`` builds them all.) Writing, running and verifying the graph is ``portable.py``.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ from msptcli.errors import InvalidInputError
 from msptcli.model.anchors import ONE_TREE, AnchorTrees, PackedAnchors, pack_anchors
 from msptcli.model.layout import PatchChunk, PatchLayout
 from msptcli.model.network import Network
-from msptcli.model.queries import NearestKeys, Queries, QueryGroups, locate_queries, place_queries
+from msptcli.model.queries import NearestKeys, Queries, QueryGroups, SecondPatch, locate_queries, place_queries
 from msptcli.runtime.inference import PackedClouds, pack_clouds
 
 #: Graph inputs after ``features``, in order.
@@ -80,6 +89,11 @@ def query_axes(trees: int, *, nearest: bool = False) -> dict[str, dict[int, str]
         "query_key_rows": {0: "query_groups", 1: "query_keys"},
         "query_key_bias": {0: "query_groups", 1: "query_group_len", 2: "query_keys_and_supernodes"},
         "query_group_cloud": {0: "query_groups"},
+        "query_second_rows": {0: "second_queries"},
+        "query_second_slots": {0: "second_groups", 1: "second_group_len"},
+        "query_second_slot": {0: "second_queries"},
+        "query_second_patch": {0: "second_groups"},
+        "query_second_weight": {0: "second_queries"},
     }
     for t in range(trees):
         axes[f"query_slots_{t}"] = {0: f"query_groups_{t}", 1: f"query_group_len_{t}"}
@@ -128,6 +142,11 @@ class ExportableNetwork(nn.Module):
         query_key_rows: Tensor | None = None,
         query_key_bias: Tensor | None = None,
         query_group_cloud: Tensor | None = None,
+        query_second_rows: Tensor | None = None,
+        query_second_slots: Tensor | None = None,
+        query_second_slot: Tensor | None = None,
+        query_second_patch: Tensor | None = None,
+        query_second_weight: Tensor | None = None,
     ) -> Tensor:
         n, p = features.shape[0], patch_index.shape[0]
         whole = PatchChunk(0, p, 0, n, patch_index, point_slot, patch_cloud, sub_slots, sub_count, key_bias)
@@ -152,7 +171,11 @@ class ExportableNetwork(nn.Module):
             groups = [QueryGroups(query_slots_0, query_slot_0, query_patch_0)]
             if tree_reorder_1 is not None:
                 groups.append(QueryGroups(query_slots_1, query_slot_1, query_patch_1))
-            queries = Queries(query_features, tuple(groups))
+            blend = None
+            if query_second_rows is not None:  # reads: blend
+                second = QueryGroups(query_second_slots, query_second_slot, query_second_patch)
+                blend = SecondPatch(query_second_rows, second, query_second_weight)
+            queries = Queries(query_features, tuple(groups), blend=blend)
         return self.model(features, layout, queries=queries, trees=trees)  # (M, out)
 
 
@@ -198,6 +221,12 @@ def query_inputs(example: QueryExample) -> dict[str, np.ndarray]:
         arrays["query_key_rows"] = q.nearest.key_rows.cpu().numpy().astype(np.int64)
         arrays["query_key_bias"] = _float32(q.nearest.key_bias)
         arrays["query_group_cloud"] = q.nearest.group_cloud.cpu().numpy().astype(np.int64)
+    if q.blend is not None:
+        arrays["query_second_rows"] = q.blend.rows.cpu().numpy().astype(np.int64)
+        arrays["query_second_slots"] = q.blend.groups.slots.cpu().numpy().astype(np.int64)
+        arrays["query_second_slot"] = q.blend.groups.query_slot.cpu().numpy().astype(np.int64)
+        arrays["query_second_patch"] = q.blend.groups.patch.cpu().numpy().astype(np.int64)
+        arrays["query_second_weight"] = _float32(q.blend.weight)
     return arrays
 
 
