@@ -69,7 +69,7 @@ class PackedAnchors:
     tree_rank: tuple[np.ndarray, ...]  # per tree (N,): position in that tree's order of each packed row
     points: tuple[np.ndarray, ...]  # per cloud (n_b, 3) float64 anchor coordinates, packed (first tree's) order
     neighbours: int = 0  # k nearest anchors each query reads (reads: nearest) or searches (blend); 0: one patch
-    blend: bool = False  # reads: blend: a query reads its two nearest patches under a window (model/queries.py)
+    blend: bool = False  # reads: blend: a query blends its two nearest patches' readings (model/queries.py)
 
     def to(self, device: torch.device | str) -> PackedAnchors:
         return PackedAnchors(

@@ -131,7 +131,7 @@ class MSPTBlock(nn.Module):
             if queries.blend is not None:  # reads: blend: the second patch of the queries near a boundary
                 b = queries.blend
                 o2 = self.attn.attend_queries(h[b.rows], keys.kv, layout.whole, keys.sn_kv, b.groups)  # (m2, C)
-                w = b.weight[:, None].to(o.dtype)  # (m2, 1) w_2 in (0, 1]
+                w = b.weight[:, None].to(o.dtype)  # (m2, 1) w_2 in [0, 1]
                 o = o.index_copy(0, b.rows, (o[b.rows] + w * o2) / (1 + w))
             xq = xq + o
         return xq + self.mlp(self.norm2(xq))

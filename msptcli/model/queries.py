@@ -162,7 +162,7 @@ class SecondPatch:
 
     rows: Tensor  # (m2,) long: the queries (rows of the batch's queries) that read a second patch
     groups: QueryGroups  # those queries grouped by their second patch (query rows index ``rows``)
-    weight: Tensor  # (m2,) float32: w_2 in (0, 1]
+    weight: Tensor  # (m2,) float32: w_2 in [0, 1] (0 only for the one padding row when no query reads one)
 
     def to(self, device: torch.device | str) -> SecondPatch:
         return SecondPatch(self.rows.to(device), self.groups.to(device), self.weight.to(device))
@@ -215,7 +215,9 @@ def locate_queries(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -
     if len(query_points) != anchors.layout.num_clouds:
         raise InvalidInputError(f"{len(query_points)} query clouds for {anchors.layout.num_clouds} clouds of anchors")
     k = anchors.neighbours
-    patch_of_row = np.repeat(np.arange(anchors.layout.num_patches), np.diff(anchors.layout.patch_start))
+    patch_of_row = None  # reads: blend: the patch of every packed anchor row
+    if anchors.blend:
+        patch_of_row = np.repeat(np.arange(anchors.layout.num_patches), np.diff(anchors.layout.patch_start))
     rows, windows, pairs, clouds, start = [], [], [], [], 0
     for b, (cloud, queries) in enumerate(zip(anchors.points, query_points, strict=True)):
         q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
@@ -228,7 +230,7 @@ def locate_queries(anchors: PackedAnchors, query_points: Sequence[np.ndarray]) -
                                else (np.zeros((0, k + 1)),) * 2)  # fmt: skip
             distance, index = distance.reshape(-1, k + 1), np.asarray(index, dtype=np.int64).reshape(-1, k + 1)
             found = start + np.where(index[:, :k] < n, index[:, :k], 0)
-            if anchors.blend:
+            if patch_of_row is not None:
                 rows.append(found[:, :1])
                 pairs.append(patch_pair(patch_of_row[found], distance[:, :k], distance[:, k]))
             else:
