@@ -107,6 +107,8 @@ def real_versus_bare(device: str, epochs: int, num_workers: int) -> None:
         class Clock:
             last = None
 
+            def begin(self, start) -> None: ...
+
             def start(self, total_steps: int, done_steps: int, time_limit: float | None, elapsed: float) -> None: ...
 
             def step(self, loss: float | None, lr: float, elapsed: float) -> None:

@@ -3,7 +3,8 @@
 A checkpoint (``best.safetensors``, ``last.safetensors``) holds the model's
 weights and, as JSON metadata, the full validated config, the network's input and
 output widths, the field channels, the normalisation statistics, the reference
-values for forces and the mspt version: the file alone is enough to predict.
+values for forces and the mspt version: the file alone is enough to predict. A run's checkpoints
+also record what it trained on and with (:class:`TrainingRecord`: dataset, cases, device, precision).
 Nothing is ever unpickled. Loading checks that these parts agree with each other,
 so an edited or truncated file is one line ("... does not match ...") rather than
 a traceback or NaN fields.
@@ -101,9 +102,31 @@ class ParentRecord:
         )
 
 
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a run trained on and with, as its checkpoints hold it (metadata key ``training``, a JSON object of these
+    keys; checkpoints of runs before it have none): ``mspt info`` shows it. Device and precision are those of the
+    session that wrote the checkpoint (a run resumed elsewhere records the new ones)."""
+
+    dataset: str  # the prepared dataset's folder, resolved
+    cases: dict[str, int]  # split -> cases (train, val, test)
+    device: str  # ``device.describe_device``: "cpu (2 threads)", "cuda:0 NVIDIA H100 80GB HBM3"
+    precision: str  # ``device.precision``: "float32" or "bf16 autocast"
+    processes: int  # 1, or the processes under torchrun
+    torch: str  # torch's version
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> TrainingRecord:
+        return cls(**value)
+
+
 def force_reference(config: MsptConfig, train_entries: list[SampleEntry]) -> ForceReference:
     """What drag and lift need besides the fields, as saved in a checkpoint: field names, the reference
-    area (config, its key in a case's params, and the training cases' values), velocity and density; for a
+    area (config, its key in a case's params, and the training cases' values), velocity, density, the flow and
+    up directions; for a
     transient run L_ref, the viscosity and the training cases' conditions."""
     d, t = config.data, config.data.transient
     transient = None
@@ -111,7 +134,7 @@ def force_reference(config: MsptConfig, train_entries: list[SampleEntry]) -> For
         conditions = {e.name: e.params for e in train_entries}
         transient = TransientReference(t.reference_length, t.viscosity, t.viscosity_key, conditions)
     return ForceReference(
-        velocity=d.reference_velocity,
+        velocity=d.velocity,
         density=d.density,
         pressure_field=d.pressure_field,
         wall_shear_field=d.wall_shear_field,
@@ -119,6 +142,8 @@ def force_reference(config: MsptConfig, train_entries: list[SampleEntry]) -> For
         area_key=d.reference_area_key,
         training_reference_areas=[e.reference_area for e in train_entries if e.reference_area],
         transient=transient,
+        flow_direction=d.flow_direction,
+        up_direction=d.up_direction,
     )
 
 
@@ -138,6 +163,7 @@ def save_checkpoint(
     shapes: TrainingShapes | None = None,
     calibration: Calibration | None = None,
     latents: TrainingLatents | None = None,
+    record: TrainingRecord | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -167,6 +193,8 @@ def save_checkpoint(
         meta["calibration"] = json.dumps(calibration.to_json())
     if latents is not None:
         meta["latents"] = json.dumps(latents.to_json())
+    if record is not None:
+        meta["training"] = json.dumps(record.to_json())
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -247,6 +275,26 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     if not p.is_file():
         raise CheckpointError(f"{p}: no such run directory or checkpoint file")
     return p
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The metadata and the tensors' shapes of a checkpoint file, from its safetensors header alone (no weight is
+    read, no network built): ``mspt info`` and the end of ``mspt train``. :class:`CheckpointError` (one line) for
+    a file that is not an mspt checkpoint."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= min(p.stat().st_size - 8, 1 << 30):
+                raise ValueError(f"a header of {size} bytes")
+            header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None) or {}
+        shapes = {str(k): tuple(int(n) for n in v["shape"]) for k, v in header.items()}
+    except Exception as exc:
+        raise CheckpointError(f"{p}: not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    if meta.get("format") not in (FORMAT, *OLD_FORMATS):
+        raise CheckpointError(f"{p}: not an mspt checkpoint (format {meta.get('format')!r})")
+    return meta, shapes
 
 
 def unwrap(model: torch.nn.Module) -> Network:

@@ -30,14 +30,15 @@ from msptcli.cli_options import (
     StepsOption,
     Threads,
     Units,
+    show_flags_as_flags,
 )
-from msptcli.cli_output import console, err_console, user_errors
+from msptcli.cli_output import console, err_console, user_errors, warn_lines
 
+show_flags_as_flags()
 app = typer.Typer(
     name="mspt",
     help="Multi-Scale Patch Transformer surrogates for CFD: prepare, train, predict, roll out, export.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -125,7 +126,14 @@ def balltree(
 @app.command()
 @user_errors
 def prepare(
-    inputs: Annotated[list[str], typer.Argument(help="Case folders, mesh files or globs.")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Case folders (each with surface.vtu, volume.vtu, params.json by default; docs/pipeline.md), "
+            "OpenFOAM case folders, mesh files or quoted globs, e.g. \"examples/ahmed/case_*\".",
+            metavar="CASE...",
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Dataset directory to write.")],
     config: ConfigOption = None,
     surface_fields: Annotated[
@@ -168,6 +176,7 @@ def prepare(
     console.print(prepare_table(report, output))
     for name, error in report.failed:
         err_console.print(f"[yellow]skipped[/] {name}: {error}", highlight=False, soft_wrap=True)
+    warn_lines(report.warnings)
 
 
 @app.command()
@@ -246,11 +255,13 @@ def train(
 def predict(
     run: RunArgument,
     geometry: Annotated[
-        list[Path] | None, typer.Argument(help="New designs: STL/OBJ/PLY or a VTK surface (steady models).")
+        list[Path] | None,
+        typer.Argument(help="New designs: STL/OBJ/PLY, a VTK surface or an OpenFOAM case (its body patches; steady "
+                       "models).", metavar="[GEOMETRY]..."),
     ] = None,
     output: PredictionsOption = Path("predictions"),
     volume: Annotated[
-        Path | None, typer.Option("--volume", help="Predict the volume fields on this volume mesh.")
+        Path | None, typer.Option("--volume", help="Predict the volume fields on this volume mesh (or OpenFOAM case).")
     ] = None,
     volume_points: Annotated[
         int | None,
@@ -261,11 +272,29 @@ def predict(
             "around the body as in the training volume meshes.",
         ),
     ] = None,
-    reference_area: Annotated[float | None, typer.Option("--reference-area", min=0, help="A_ref for Cd/Cl.")] = None,
-    reference_velocity: Annotated[
-        float | None, typer.Option("--reference-velocity", min=0, help="U_ref for Cd/Cl.")
+    volume_grid: Annotated[
+        str,
+        typer.Option(
+            "--volume-grid",
+            metavar="NX,NY,NZ|auto|off",
+            help="Also write the volume fields on a structured grid over the training volumes' extent "
+            "(<name>_grid.vti, for ParaView's Slice, Contour, Stream Tracer; in the body vtkValidPointMask and "
+            "the fields are 0). auto: about 200,000 points, cubic cells (it about doubles the time of predict). "
+            "With --volume-points 0: the grid alone.",
+        ),
+    ] = "off",
+    reference_area: Annotated[
+        float | None, typer.Option("--reference-area", help="A_ref for Cd/Cl (> 0; default: the case's params, "
+                                   "else data.reference_area, else the training bodies' median).")
     ] = None,
-    density: Annotated[float | None, typer.Option("--density", min=0, help="rho (1 for kinematic fields).")] = None,
+    reference_velocity: Annotated[
+        float | None, typer.Option("--reference-velocity", help="U_ref for Cd/Cl (> 0; default: the training "
+                                   "config's data.reference_velocity).")
+    ] = None,
+    density: Annotated[
+        float | None, typer.Option("--density", help="rho for Cd/Cl (> 0; 1 for kinematic fields; default: the "
+                                   "training config's data.density).")
+    ] = None,
     units: Annotated[
         Units | None,
         typer.Option("--units", help="The geometry's length unit: its coordinates are converted to metres, the "
@@ -273,7 +302,7 @@ def predict(
     ] = None,
     scale: Annotated[
         float | None,
-        typer.Option("--scale", min=0, help="Multiply the geometry's coordinates by this before predicting "
+        typer.Option("--scale", help="Multiply the geometry's coordinates by this (> 0) before predicting "
                      "(instead of --units).", show_default=False),
     ] = None,
     force: Annotated[
@@ -304,6 +333,8 @@ def predict(
     alias of `mspt rollout RUN SERIES`.
     """
     from msptcli.checkpoint import load_checkpoint
+    from msptcli.data.openfoam import refuse_output_in_case
+    from msptcli.geometry.grid import parse_grid_size
     from msptcli.options import check_prediction, rolls_out
     from msptcli.predict import output_names, predict_geometry
     from msptcli.trust.check import unit_scale
@@ -313,9 +344,12 @@ def predict(
         rollout(run, initial, output, start=start, steps=steps, conditions=conditions, device=device, force=force)  # type: ignore[arg-type]
         return
     check_prediction(geometries=geometry, volume=volume, volume_points=volume_points)
+    refuse_output_in_case(output, [*geometry, *([volume] if volume else [])])  # before the first geometry's files
+    grid = parse_grid_size(volume_grid)
     factor = unit_scale(None if units is None else units.value, scale)
     torch_device = _device(device)
     ckpt = load_checkpoint(run)
+    warned: set[str] = set()  # a line about the checkpoint's forces is said once, not per geometry
     for g, name in zip(geometry, output_names(geometry, params_file=ckpt.config.data.params_file), strict=True):
         with err_console.status(f"predicting {g}"):
             result = predict_geometry(
@@ -325,6 +359,7 @@ def predict(
                 name=name,
                 volume_mesh=volume,
                 volume_points=volume_points,
+                volume_grid=grid,
                 reference_area=reference_area,
                 reference_velocity=reference_velocity,
                 density=density,
@@ -335,8 +370,12 @@ def predict(
             )
         for f in result.files:
             console.print(f"wrote {f}")
+        if volume is None and grid is None and any(Path(f).name.endswith("_volume.vtu") for f in result.files):
+            console.print("[dim]the volume fields are on points (ParaView: Point Gaussian); --volume-grid auto also "
+                          "writes them on a grid for Slice, Contour and Stream Tracer[/]")  # fmt: skip
         console.print(_prediction_table(result, epoch=ckpt.epoch))
         _trust_notes(g, result.trust)
+        warned = warn_lines(result.warnings, already=warned)
 
 
 @app.command()
@@ -432,13 +471,104 @@ def _trust_notes(geometry: Path, trust: Any) -> None:
 def export(
     run: RunArgument,
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.onnx or .pt).")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx (default) or torchscript.")] = None,  # type: ignore[assignment]
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", help="onnx or torchscript; default: from the suffix (.pt or .ts: torchscript, else "
+                     "onnx).", show_default=False),
+    ] = None,  # type: ignore[assignment]
 ) -> None:
     """Export the model for deployment without mspt, and verify it in its own runtime."""
     from msptcli.export import export_run
 
     path, chosen, diff = export_run(run, output, fmt=fmt.value if fmt is not None else None)
     console.print(f"wrote {path} ({chosen}); verified in its runtime: max |difference| {diff:.2e}")
+
+
+@app.command()
+@user_errors
+def info(
+    path: Annotated[Path, typer.Argument(help="A run directory, a checkpoint file or a prepared dataset.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of the table.")] = False,
+) -> None:
+    """Show what a run, a checkpoint or a dataset holds: data, network, best epoch and its metrics, device."""
+    import json
+
+    from msptcli.cli_output import checkpoint_table, dataset_table, run_table
+    from msptcli.info import CheckpointInfo, RunInfo, describe, to_json
+
+    found = describe(path)
+    if as_json:
+        typer.echo(json.dumps(to_json(found), indent=1))
+    elif isinstance(found, RunInfo):
+        console.print(run_table(found))
+    elif isinstance(found, CheckpointInfo):
+        console.print(checkpoint_table(found))
+    else:
+        console.print(dataset_table(found))
+
+
+@app.command()
+@user_errors
+def inspect(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Mesh files (.vtu, .vtp, .vtk, .stl, .obj, .ply, ...) or case folders.", metavar="INPUT..."
+        ),
+    ],
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (a list of one object per mesh) instead.")
+    ] = False,
+) -> None:
+    """Show what mesh files and case folders hold, and the config lines that would read them.
+
+    For every mesh: points, cells and their types, bounds and size, every
+    point and cell array (components, dtype, range, NaN/Inf count); for a
+    surface, whether it is closed, its pieces, area, enclosed volume and which
+    way its faces point. A case folder's surface, volume and params files are
+    found as `mspt prepare` finds them (-c, --set). Then the arrays that look
+    like pressure, wall shear and velocity as a data: section for a config,
+    with notes (e.g. the density that the pressure's size suggests).
+    """
+    import json
+
+    from msptcli.cli_output import inspection_output
+    from msptcli.config import load_config
+    from msptcli.inspect_mesh import inspect_inputs
+
+    found = inspect_inputs(inputs, config=load_config(config, overrides))
+    if as_json:
+        typer.echo(json.dumps([entry for item in found for entry in item.to_json()], indent=1))
+        return
+    for item in found:
+        for shown in inspection_output(item):
+            console.print(shown, highlight=False)
+
+
+@app.command(name="config")
+@user_errors
+def show_config(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="Print every key at its default, described in comments, instead.")
+    ] = False,
+) -> None:
+    """Print the effective configuration as YAML: the defaults, then -c CONFIG, then --set overrides.
+
+    It is exactly the config.yaml that `mspt prepare` saves in the dataset.
+    With --defaults: every section and key at its default, its description
+    as a comment above it (a template that loads back as the defaults).
+    """
+    from msptcli.config import load_config
+    from msptcli.config_text import config_template, config_yaml
+    from msptcli.errors import OptionError
+
+    if defaults and (config is not None or overrides):
+        raise OptionError("--defaults prints the defaults alone: leave out -c and --set, or drop --defaults")
+    typer.echo(config_template() if defaults else config_yaml(load_config(config, overrides)), nl=False)
 
 
 def main() -> None:

@@ -32,7 +32,9 @@ Threads = Annotated[
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (data/model/train sections).")]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Config override section.key=value, e.g. train.lr=3e-4 (repeatable)."),
+    typer.Option(
+        "--set", metavar="KEY=VALUE", help="Config override section.key=value, e.g. train.lr=3e-4 (repeatable)."
+    ),
 ]
 DeviceOption = Annotated[
     Device | None, typer.Option("--device", help="auto (a GPU when present), cpu, cuda or mps.", show_default=False)
@@ -48,5 +50,29 @@ StepsOption = Annotated[
 ]
 ConditionOption = Annotated[
     list[str] | None,
-    typer.Option("--condition", help="Rollout: a condition KEY=VALUE (e.g. Re=250), else from params."),
+    typer.Option(
+        "--condition", metavar="KEY=VALUE", help="Rollout: a condition KEY=VALUE (e.g. Re=250), else from params."
+    ),
 ]
+
+
+def show_flags_as_flags() -> None:
+    """Make ``--help`` show a boolean flag without a value and an argument by its metavar alone.
+
+    Typer 0.2x prints a type column for every parameter, flags included (``--resume <bool>``, ``--help
+    <bool>``), which reads as if the flag took a value, and an argument's Python type beside its metavar
+    (``[KEY=VALUE]... <list[str]>``). Typer versions without that column are left as they are.
+    """
+    from typer import core
+
+    option, argument = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
+    for cls, hide in ((option, lambda p: getattr(p, "is_flag", False)), (argument, lambda p: p.metavar is not None)):
+        shown = getattr(cls, "display_type_rich", None)
+        if shown is None or getattr(shown, "_mspt", False):
+            continue
+
+        def display(self: Any, ctx: Any, _shown: Any = shown, _hide: Any = hide) -> str | None:
+            return None if _hide(self) else _shown(self, ctx)
+
+        display._mspt = True  # type: ignore[attr-defined]
+        cls.display_type_rich = display  # type: ignore[union-attr]

@@ -8,9 +8,10 @@ enough to rebuild the model and its normalisation.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from msptcli.choices import Device, Freeze
 from msptcli.duration import parse_duration
 from msptcli.errors import ConfigError
+from msptcli.geometry.axes import AXES_TOLERANCE, FLOW, UP, cosine, unit
 from msptcli.model.config import ModelConfig
+from msptcli.physics.force_notes import DEFAULT_REFERENCE_VELOCITY
 
 #: Unknown keys are errors and numbers must be finite.
 Strict = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -123,6 +126,48 @@ class TransientConfig(BaseModel):
         return self.advection is not None and self.advection in self.fields and self.history > 0
 
 
+#: Patches of a wind-tunnel or road domain, not of the body (``data.openfoam.domain_patches``).
+DOMAIN_PATCHES = ["inlet*", "outlet*", "ground*", "road*", "floor*", "top*", "bottom*", "side*", "symmetry*",
+                  "frontAndBack", "front", "back", "left", "right", "lowerWall", "upperWall", "farfield*",
+                  "freestream*", "tunnel*", "domain*", "wall", "walls"]  # fmt: skip
+
+
+class OpenFOAMConfig(BaseModel):
+    """How a case given as an OpenFOAM case folder is read (``data.openfoam``; ``msptcli/data/openfoam.py``)."""
+
+    model_config = Strict
+
+    time: float | Literal["latest"] = Field(
+        "latest", description="the time folder read: latest, or a time's value (e.g. 500); the latest of the "
+        "reconstructed or decomposed times, whichever is later"
+    )
+    body_patches: list[str] | None = Field(
+        None, min_length=1, description="glob patterns (case-insensitive) of the boundary patches that form the "
+        "body's surface, merged into one; null: every patch of type wall not matched by domain_patches"
+    )
+    domain_patches: list[str] = Field(
+        DOMAIN_PATCHES, description="glob patterns (case-insensitive) of the domain's own wall patches (ground, "
+        "tunnel walls), left out of the body when body_patches is null"
+    )
+    fields_at: Literal["cells", "points"] = Field(
+        "cells", description="cells: the solver's cell values (at cell and face centres); points: VTK's "
+        "interpolation of them to the mesh points"
+    )
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> Any:
+        if value == "latest":
+            return value
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"latest or a time's value such as 500, got {value!r}")
+        return number
+
+
 class DataConfig(BaseModel):
     """What ``mspt prepare`` reads from each case and which fields become targets.
 
@@ -145,12 +190,60 @@ class DataConfig(BaseModel):
     wall_shear_field: str | None = Field("wallShearStress", description="surface wall-shear field for drag")
     reference_area_key: str | None = Field("frontal_area", description="key of the reference area in params")
     reference_area: float | None = Field(None, gt=0, description="reference area when params do not give it")
-    reference_velocity: float = Field(40.0, gt=0)
+    reference_velocity: float | None = Field(
+        None,
+        gt=0,
+        description=f"U in q = 1/2 rho U^2 A_ref (m/s); null: {DEFAULT_REFERENCE_VELOCITY:g} m/s, which prepare and "
+        "predict then say in one line",
+    )
     density: float = Field(1.0, gt=0, description="1 for kinematic fields (p / rho)")
+    flow_direction: tuple[float, float, float] = Field(
+        FLOW,
+        description="free-stream direction (normalised on load): drag is the force along it, a body's length its "
+        "extent along it (steady cases; geometry/axes.py)",
+    )
+    up_direction: tuple[float, float, float] = Field(
+        UP,
+        description="up, at right angles to flow_direction (normalised on load): lift is the force along it, the "
+        "side force along up x flow, a body's height its extent along it",
+    )
     split: SplitConfig = SplitConfig()
     transient: TransientConfig | None = Field(
         None, description="time series of snapshots on a fixed mesh instead of steady cases (docs/transient.md)"
     )
+    openfoam: OpenFOAMConfig = Field(
+        OpenFOAMConfig(), description="OpenFOAM case folders given as cases: time, body patches (docs/pipeline.md)"
+    )
+
+    @field_validator("flow_direction", "up_direction", mode="before")
+    @classmethod
+    def _three(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise ValueError(f"a direction is a 3-vector such as [1, 0, 0], got {value!r}")
+        return value
+
+    @field_validator("flow_direction", "up_direction")
+    @classmethod
+    def _unit(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        return unit(value)
+
+    @model_validator(mode="after")
+    def _axes(self) -> DataConfig:
+        cos = cosine(self.flow_direction, self.up_direction)
+        if abs(cos) > AXES_TOLERANCE:
+            flow, up = (_vector(v) for v in (self.flow_direction, self.up_direction))
+            angle = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+            raise ValueError(f"data.up_direction {up} is not at right angles to data.flow_direction {flow} "
+                             f"({angle:.3g} degrees): give an up direction perpendicular to the flow")  # fmt: skip
+        if self.transient is not None and (self.flow_direction != FLOW or self.up_direction != UP):
+            raise ValueError("data.flow_direction, data.up_direction: a transient case's flow is along +x of its "
+                             "plane (docs/transient.md); leave both out")  # fmt: skip
+        return self
+
+    @property
+    def velocity(self) -> float:
+        """U of Cd and Cl: ``reference_velocity``, else ``DEFAULT_REFERENCE_VELOCITY``."""
+        return DEFAULT_REFERENCE_VELOCITY if self.reference_velocity is None else self.reference_velocity
 
 
 class TrainConfig(BaseModel):
@@ -327,12 +420,19 @@ def train_config_file(
 
 def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
+    if not sep and item.strip().lower() in {"true", "false", "yes", "no", "on", "off"}:
+        raise ConfigError(f"{item!r} is not an override section.key=value: flags such as --resume take no value, "
+                          "drop it")  # fmt: skip
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r} is not of the form section.key=value")
     try:
         return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError:
         return key.strip(), raw
+
+
+def _vector(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 def _set(data: dict[str, Any], key: str, value: Any, item: str) -> None:

@@ -34,3 +34,20 @@ def autocast(device: torch.device, bf16: bool) -> torch.autocast:
     """The autocast of a forward pass on ``device``: bfloat16 where ``bf16`` asks for it and the device is one of
     :data:`BF16_DEVICES`, else off (float32 or the model's own dtype)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type in BF16_DEVICES)
+
+
+def describe_device(device: torch.device) -> str:
+    """The device in words, as ``mspt train`` says and its checkpoints record it: ``cpu (2 threads)`` (torch's
+    threads now), ``cuda:0 NVIDIA H100 80GB HBM3``, ``mps``."""
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+    return str(device)
+
+
+def precision(device: torch.device, bf16: bool) -> str:
+    """The precision :func:`autocast` gives a forward pass on ``device``: ``bf16 autocast`` or ``float32``."""
+    return "bf16 autocast" if bf16 and device.type in BF16_DEVICES else "float32"

@@ -38,7 +38,8 @@ def drag_lift(
 ) -> tuple[float, float] | None:
     """(Cd, Cl) of surface point fields (``fields`` by name) with each point's area share, or None when the
     fields lack the pressure named in ``reference`` (a checkpoint's, see ``checkpoint.force_reference``).
-    The wall shear counts where ``reference`` names one and ``fields`` has it."""
+    The wall shear counts where ``reference`` names one and ``fields`` has it; Cd and Cl are along the
+    reference's flow and up directions."""
     p_name, tau_name = reference.pressure_field, reference.wall_shear_field
     if not p_name or p_name not in fields:
         return None
@@ -49,6 +50,8 @@ def drag_lift(
         ref_area=ref_area,
         velocity=reference.velocity if velocity is None else velocity,
         density=reference.density if density is None else density,
+        flow=reference.flow_direction,
+        up=reference.up_direction,
     )
 
 

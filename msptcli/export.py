@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from msptcli.checkpoint import Checkpoint, load_checkpoint
+from msptcli.data.deploy import decode_array
 from msptcli.data.transient import StepColumns, condition_names, step_columns
 from msptcli.errors import InvalidInputError
 from msptcli.io.atomic import atomic_output
@@ -24,6 +25,18 @@ from msptcli.runtime.portable import FORMATS, Format, export_model, random_examp
 
 #: Cloud sizes of the verification batch: several clouds, padded patches, other sizes than the trace.
 VERIFY_SIZES = (3000, 1234, 77)
+#: The sidecar's ``inputs.order`` and ``deploy`` entries.
+ORDER_CLOUD = "rows in ball-tree order (msptcli.geometry.ball_tree_order) of the cloud [surface ; volume]"
+ORDER_ANCHORS = (
+    "features: the anchors' inputs in their first ball tree's order, the tree built on coordinates turned by "
+    "msptcli.model.anchors.FIRST_ROTATION (msptcli.model.anchors.pack_anchors; a plain ball_tree_order gives other "
+    "patches and wrong fields); query_features: the inputs of the cloud [surface ; volume], in chunks, any order"
+)
+DEPLOY = (
+    "msptcli.data.deploy.graph_inputs(FILE, surface, volume_points) gives the graph's input dicts for a geometry "
+    "(anchors.draws anchor draws, queries in chunks); graph_fields(FILE, runs, outputs) the fields in physical "
+    "units, the draws averaged, in the points' own order (docs/export.md)"
+)
 
 
 def format_of(output: str | os.PathLike[str], fmt: str | None = None) -> Format:
@@ -108,9 +121,11 @@ def _sidecar(ckpt: Checkpoint) -> dict:
                 "unit direction to the body surface on volume points, 0 on surface points (3)",
                 "1 on surface points, 0 on volume points (1)",
             ],
-            "order": "rows in ball-tree order (msptcli.geometry.ball_tree_order) of the cloud [surface ; volume]",
-            "layout": "msptcli.model.build_layout(cloud sizes, model_config); see docs/export.md",
+            "order": ORDER_ANCHORS if ckpt.model.config.anchors is not None else ORDER_CLOUD,
+            "layout": "msptcli.model.build_layout(cloud sizes, model_config) of the anchors (anchor model) or the "
+            "cloud; see docs/export.md",
         },
+        **({} if transient is not None else {"deploy": DEPLOY}),
         "outputs": {
             "channels": {"surface": list(ckpt.channels.surface), "volume": list(ckpt.channels.volume)},
             "denormalise": "value = output * std + mean per field and component (stats below)",
@@ -150,6 +165,5 @@ def _array_json(array: np.ndarray) -> dict:
     return {"dtype": "float32", "shape": list(data.shape), "base64": base64.b64encode(data.tobytes()).decode()}
 
 
-def array_from_json(value: dict) -> np.ndarray:
-    """The array of :func:`_array_json` (for deployment code reading a sidecar)."""
-    return np.frombuffer(base64.b64decode(value["base64"]), dtype="<f4").reshape(value["shape"])
+#: The array of :func:`_array_json` (deployment code reads it with ``msptcli.data.deploy.read_sidecar``).
+array_from_json = decode_array

@@ -28,19 +28,22 @@ import torch
 from msptcli.checkpoint import Checkpoint
 from msptcli.data.anchors import geometry_anchors, seeds_of
 from msptcli.data.cases import find_params
+from msptcli.data.deploy import surface_part
 from msptcli.data.features import cloud_inputs, cloud_part, to_physical
+from msptcli.data.openfoam import case_folder, read_mesh_or_case, refuse_output_in_case
 from msptcli.data.params import is_number, positive_param, read_params
-from msptcli.data.prepare_case import surface_arrays, volume_arrays
-from msptcli.data.read import FieldMesh
+from msptcli.data.prepare_case import volume_arrays
 from msptcli.data.template import place_template
 from msptcli.errors import InvalidInputError
 from msptcli.evaluate import drag_lift, relative_l2
 from msptcli.geometry.faces import refined
+from msptcli.geometry.grid import GridSize, body_grid, fill_grid, grid_summary, rescaled
 from msptcli.io.atomic import write_json
 from msptcli.io.guard import check_outputs
-from msptcli.io.meshes import as_polydata, is_surface, read_mesh, write_mesh
+from msptcli.io.meshes import as_polydata, is_surface, write_mesh
 from msptcli.io.render import render_png
 from msptcli.model import Network
+from msptcli.physics.force_notes import force_notes, median_area_note
 from msptcli.runtime import DEFAULT_CHUNK_POINTS, predict_clouds, predict_queries_averaged
 from msptcli.trust.calibrate import draw_configs, mean_and_spread
 from msptcli.trust.check import ShapeCheck, body_features, check_shape, volume_problem
@@ -49,6 +52,8 @@ from msptcli.trust.uncertainty import DRAWS, calibrated_std
 
 #: Volume points sampled around the body when no volume mesh is given.
 DEFAULT_VOLUME_POINTS = 50_000
+#: The source of a reference area that is the training cases' median (predict's last resort).
+MEDIAN_AREA = "median of the training cases"
 #: Drag and lift of an anchor-query model are integrated on the surface refined to at least this many points.
 FORCE_POINTS = 30_000  # the 2,048-point example STL reaches 32,738 after two subdivisions (not 130,946 after three)
 
@@ -97,6 +102,7 @@ class Prediction:
     solver: dict[str, float] = field(default_factory=dict)  # the solver's values from the case's params, if any
     trust: ShapeCheck | None = None  # the body against the training bodies (None: the checkpoint has no record)
     scale: float = 1.0  # the factor the geometry's coordinates were multiplied by (--units, --scale)
+    warnings: list[str] = field(default_factory=list)  # where drag and lift rest on a default or are missing
 
 
 @dataclass
@@ -124,13 +130,15 @@ class Body:
 
 def output_names(geometries: Sequence[Path], *, params_file: str | None = "params.json") -> list[str]:
     """The name of each geometry's outputs: its stem, or ``<folder>_<stem>`` when stems repeat or the
-    file sits in a case folder (beside its params file, ``data.params_file``), whose files have generic names."""
-    stems = [g.stem for g in geometries]
+    file sits in a case folder (beside its params file, ``data.params_file``), whose files have generic names.
+    An OpenFOAM case (its folder or marker file) is named by its folder."""
+    named = [(f.parent, f.name, True) if (f := case_folder(g)) else (g.parent, g.stem, False) for g in geometries]
+    stems = [stem for _, stem, _ in named]
     return [
-        g.stem
-        if stems.count(g.stem) == 1 and find_params(g.parent, params_file) is None
-        else f"{g.parent.name}_{g.stem}"
-        for g in geometries
+        stem
+        if stems.count(stem) == 1 and (foam or find_params(parent, params_file) is None)
+        else f"{parent.name}_{stem}"
+        for parent, stem, foam in named
     ]
 
 
@@ -142,6 +150,7 @@ def predict_geometry(
     name: str | None = None,
     volume_mesh: str | os.PathLike[str] | None = None,
     volume_points: int | None = None,
+    volume_grid: GridSize | None = None,
     reference_area: float | None = None,
     reference_velocity: float | None = None,
     density: float | None = None,
@@ -160,6 +169,8 @@ def predict_geometry(
     :func:`~msptcli.trust.check.check_shape` of the checkpoint's record) is refused unless ``force``. With an
     anchor-query model and ``uncertainty`` >= 2, that many anchor draws give every field a standard deviation
     (``<field>_std``) and Cd/Cl theirs (``trust/uncertainty.py``); the fields themselves are the same either way.
+    With ``volume_grid`` (and volume fields trained), the volume fields on a structured grid too
+    (``<name>_grid.vti``, :func:`predict_grid`).
     """
     geometry, out = Path(geometry), Path(out_dir)
     name = name or geometry.stem
@@ -169,19 +180,23 @@ def predict_geometry(
     inputs_given = (geometry,) if volume_mesh is None else (geometry, Path(volume_mesh))
     with_volume = bool(ckpt.channels.volume) and (volume_mesh is not None or volume_points != 0)
     files = _output_files(out, name, with_volume=with_volume)
+    if volume_grid is not None and ckpt.channels.volume:
+        files["grid"] = out / f"{name}_grid.vti"
     check_outputs(out, files.values(), inputs=inputs_given + ((ckpt.path,) if ckpt.path else ()))
+    refuse_output_in_case(out, inputs_given)
 
     # --- read: the surface, the volume points, the case's params ---------------------------------------------
     body = read_body(ckpt, geometry, volume_mesh=volume_mesh, volume_points=volume_points, with_volume=with_volume,
                      scale=scale)  # fmt: skip
-    trust = check_shape(ckpt.shapes, body_features(body.arrays)) if ckpt.shapes is not None else None
+    axes = dict(flow=ckpt.reference.flow_direction, up=ckpt.reference.up_direction)  # the training run's
+    trust = check_shape(ckpt.shapes, body_features(body.arrays, **axes)) if ckpt.shapes is not None else None
     if trust is not None and trust.units is not None and not force:
         raise InvalidInputError(f"{geometry}: {trust.units}")
     if volume_mesh is not None and body.volume is not None and not force:
         mismatch = volume_problem(body.arrays["surface/points"], np.asarray(body.volume.points))
         if mismatch is not None:
             raise InvalidInputError(f"{volume_mesh}: {mismatch}; or pass --force to predict anyway")
-    params_file = find_params(geometry.parent, ckpt.config.data.params_file)
+    params_file = find_params(case_folder(geometry) or geometry.parent, ckpt.config.data.params_file)
     params = read_params(params_file)
     area = _reference_area(ckpt, params, reference_area, params_file)
 
@@ -192,6 +207,8 @@ def predict_geometry(
     spread_draws = uncertainty if own and uncertainty >= 2 else 0
     draws = anchor_draws(ckpt, body.surface, spread_draws)
     fields, raw = predict_fields(model, ckpt, body, draws, own=own if spread_draws else None, **run)
+    grid = predict_grid(model, ckpt, body, draws, volume_grid, own=own if spread_draws else None, **run) \
+        if "grid" in files and volume_grid is not None else None  # fmt: skip
     if trust is not None and ckpt.latents is not None and draws is not None:
         (a_points,), (a_features,) = draws[0]
         latent = design_latent(model, a_points, a_features, device=device, bf16=ckpt.config.train.bf16)
@@ -210,6 +227,7 @@ def predict_geometry(
 
     # --- outputs -----------------------------------------------------------------------------------------
     result = Prediction(name=name, files=[], coefficients=coefficients, trust=trust, scale=scale)
+    result.warnings = _force_warnings(ckpt, coefficients, reference_velocity is not None, params_file)
     result.solver = {k: float(params[k]) for k in ("Cd", "Cl", "Cd_fields", "Cl_fields") if is_number(params.get(k))}
     for part, (mesh, data) in body.data().items():
         result.errors.update(_attach(data, fields[part], true[part], part))
@@ -218,7 +236,11 @@ def predict_geometry(
         if scale != 1.0:  # back to the input's coordinates
             mesh.points = np.asarray(mesh.points) / scale
         result.files.append(write_mesh(mesh, files[part], inputs=inputs_given))
-    write_json(files["json"], _summary(ckpt, body, result, geometry))
+    summary = _summary(ckpt, body, result, geometry)
+    if grid is not None:
+        result.files.append(write_mesh(rescaled(grid, scale), files["grid"], inputs=inputs_given))
+        summary["volume_grid"] = grid_summary(grid, files["grid"])
+    write_json(files["json"], summary)
     result.files.append(files["json"])
     pressure = ckpt.reference.pressure_field
     if preview and pressure and pressure in fields["surface"]:
@@ -238,7 +260,8 @@ def read_body(
     """The surface of ``geometry`` with its points, outward normals and area shares (at the checkpoint's surface
     location), and with ``with_volume`` the volume points: ``volume_mesh``'s, else placed around the body
     (:func:`_volume_points`), with their distance and direction to the body; every coordinate times ``scale``."""
-    mesh = _scaled(read_mesh(geometry), scale)
+    foam = ckpt.config.data.openfoam  # how an OpenFOAM case given as the geometry or volume is read
+    mesh = _scaled(read_mesh_or_case(geometry, part="surface", config=foam), scale)
     if not is_surface(mesh):
         raise InvalidInputError(f"{geometry}: is a volume mesh; pass the body's surface (STL/OBJ/PLY/VTP)")
     surface = as_polydata(mesh)
@@ -248,7 +271,7 @@ def read_body(
     body = Body(surface=surface, at_cells=at_cells, arrays=_surface_arrays(ckpt, surface, source=geometry))
     if with_volume:
         if volume_mesh is not None:
-            body.volume = _scaled(read_mesh(volume_mesh), scale)
+            body.volume = _scaled(read_mesh_or_case(volume_mesh, part="volume", config=foam), scale)
             points = np.asarray(body.volume.points, dtype=np.float64)
         else:
             import pyvista as pv
@@ -264,6 +287,27 @@ def _scaled(mesh: Any, scale: float) -> Any:
     if scale != 1.0:
         mesh.points = np.asarray(mesh.points, dtype=np.float64) * scale
     return mesh
+
+
+def predict_grid(
+    model: Network, ckpt: Checkpoint, body: Body, draws: list[Draw] | None, size: GridSize, *,
+    own: int | None = None, **run: Any,
+) -> Any:
+    """The volume fields on a structured grid around ``body`` (``geometry/grid.py``): a pyvista ImageData whose
+    fluid points are volume queries like any volume points (distance and direction to the body), with ``own`` (as
+    :func:`predict_fields`) their ``<field>_std`` too; the points in the body masked. An anchor-query model queries
+    the grid points alone (the same values as the same points given with ``--volume``); a model without anchors
+    runs the body's surface and the grid points through its blocks."""
+    grid, fluid = body_grid(body.surface, size, ckpt.volume_template)
+    rows = slice(None) if draws is None else slice(0, 0)  # no surface queries where the queries are independent
+    arrays = {k: v[rows] for k, v in body.arrays.items() if k.startswith("surface/")}
+    arrays.update(volume_arrays(np.asarray(grid.points, dtype=np.float64)[fluid], body.surface))
+    on_grid = Body(surface=body.surface, at_cells=body.at_cells, arrays=arrays, volume=grid)
+    fields, raw = predict_fields(model, ckpt, on_grid, draws, own=own, **run)
+    values = {fname: _written(v) for fname, v in fields["volume"].items()}
+    if raw is not None:
+        _attach_spread(ckpt, values, raw["volume"], "volume")
+    return fill_grid(grid, fluid, values)
 
 
 def anchor_draws(ckpt: Checkpoint, surface: Any, spread: int = 0) -> list[Draw] | None:
@@ -408,11 +452,9 @@ def _output_files(out: Path, name: str, *, with_volume: bool) -> dict[str, Path]
 
 
 def _surface_arrays(ckpt: Checkpoint, surface: Any, source: Path | None = None) -> dict[str, np.ndarray]:
-    """Points, outward normals and area shares of ``surface`` at the checkpoint's surface location."""
-    at_cells = ckpt.surface_location == "cells"
-    points = np.asarray(surface.cell_centers().points if at_cells else surface.points, dtype=np.float64)
-    location = "cells" if at_cells else "points"
-    return surface_arrays(FieldMesh(mesh=surface, points=points, location=location, source=source))
+    """Points, outward normals and area shares of ``surface`` at the checkpoint's surface location (as an
+    exported graph's inputs take them, ``data/deploy.py``)."""
+    return surface_part(surface, ckpt.surface_location, source)
 
 
 def _volume_points(ckpt: Checkpoint, surface: Any, count: int | None) -> np.ndarray:
@@ -469,10 +511,26 @@ def _reference_area(
     if ref.reference_area:
         return float(ref.reference_area), "config data.reference_area"
     if ref.training_reference_areas:
-        return float(statistics.median(ref.training_reference_areas)), "median of the training cases"
+        return float(statistics.median(ref.training_reference_areas)), MEDIAN_AREA
     if ref.pressure_field in dict(ckpt.channels.surface):
         raise InvalidInputError("no reference area is known for drag and lift: pass --reference-area")
     return None
+
+
+def _force_warnings(
+    ckpt: Checkpoint, coefficients: Coefficients | None, velocity_option: bool, params_file: Path | None
+) -> list[str]:
+    """One line for each way this prediction's drag and lift rest on a default or are missing
+    (``physics/force_notes.py``): the checkpoint's fields and velocity, and a median reference area."""
+    ref = ckpt.reference
+    notes = force_notes(surface_fields=[n for n, _ in ckpt.channels.surface], pressure_field=ref.pressure_field,
+                        wall_shear_field=ref.wall_shear_field,
+                        velocity_given=velocity_option or ckpt.config.data.reference_velocity is not None,
+                        velocity_option="--reference-velocity")  # fmt: skip
+    if coefficients is not None and coefficients.reference_area_source == MEDIAN_AREA:
+        name = params_file.name if params_file is not None else ckpt.config.data.params_file
+        notes.append(median_area_note(coefficients.reference_area, area_key=ref.area_key, params_file=name))
+    return notes
 
 
 def _summary(ckpt: Checkpoint, body: Body, result: Prediction, geometry: Path) -> dict[str, Any]:

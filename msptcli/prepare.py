@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from msptcli.choices import OnError
 from msptcli.config import DataConfig, MsptConfig
+from msptcli.config_text import config_yaml
 from msptcli.data.cases import CaseFiles, find_cases
 from msptcli.data.manifest import (
     MANIFEST,
@@ -37,6 +36,7 @@ from msptcli.data.manifest import (
     new_manifest,
     write_manifest,
 )
+from msptcli.data.openfoam import refuse_output_in_case
 from msptcli.data.prepare_case import case_fingerprint, prepare_case
 from msptcli.data.prepare_series import prepare_series_case, series_fingerprint
 from msptcli.data.sample import load_sample, read_sample_meta, save_sample
@@ -44,6 +44,7 @@ from msptcli.data.transient import series_stats
 from msptcli.errors import DatasetError, InvalidInputError, MsptError, OutputError
 from msptcli.io.atomic import atomic_output, make_dirs
 from msptcli.io.guard import check_outputs
+from msptcli.physics.force_notes import force_notes, missing_area_note
 
 SAMPLES = "samples"
 
@@ -56,6 +57,7 @@ class PrepareReport:
     written: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # where drag and lift rest on a default or are missing
 
 
 #: Called after each case with (case name, "written" | "reused" | "failed").
@@ -84,7 +86,7 @@ def prepare_dataset(
     make_dirs(out / SAMPLES)
     _remove_temporary_files(out)  # from a killed run
     with atomic_output(out / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        tmp.write_text(config_yaml(config))
 
     report_metas: dict[str, dict] = {}
     report = PrepareReport(manifest=None)  # type: ignore[arg-type]
@@ -115,7 +117,24 @@ def prepare_dataset(
         except KeyboardInterrupt:
             _remove_temporary_files(out)  # of the workers ended midway
             raise
+    report.warnings = _force_warnings(config.data, report.manifest)
     return report
+
+
+def _force_warnings(data: DataConfig, manifest: Manifest) -> list[str]:
+    """One line for each way the dataset's drag and lift rest on a default or are missing (``physics/force_notes.py``);
+    a transient dataset's only concern the reference velocity."""
+    velocity_given = data.reference_velocity is not None
+    if data.transient is not None:
+        return force_notes(surface_fields=[data.pressure_field or "p"], pressure_field=data.pressure_field or "p",
+                           wall_shear_field=None, velocity_given=velocity_given)  # fmt: skip
+    notes = force_notes(surface_fields=list(manifest.fields.get("surface", {})), pressure_field=data.pressure_field,
+                        wall_shear_field=data.wall_shear_field, velocity_given=velocity_given)  # fmt: skip
+    if data.pressure_field in manifest.fields.get("surface", {}):
+        without = [e.name for e in manifest.samples if not e.reference_area]
+        area = missing_area_note(without, len(manifest.samples), area_key=data.reference_area_key)
+        notes += [area] if area else []
+    return notes
 
 
 class _Interrupts:
@@ -223,7 +242,8 @@ def _prepare_one(case: CaseFiles, data: DataConfig, out: Path) -> tuple[str, obj
     except MsptError as exc:
         return "failed", exc
     except Exception as exc:  # a reader or geometry failure we did not anticipate: still one line
-        return "failed", InvalidInputError(f"{case.surface.parent if case.volume else case.surface}: {exc}")
+        where = case.surface.parent if case.volume and not case.openfoam else case.surface
+        return "failed", InvalidInputError(f"{where}: {exc}")
 
 
 def _build_manifest(out: Path, config: MsptConfig, metas: dict[str, dict], failed: list[tuple[str, str]]) -> Manifest:
@@ -307,3 +327,4 @@ def _check_output_dir(out: Path, cases: list[CaseFiles]) -> None:
         for src in (case.surface, case.volume, case.params):
             if src is not None and src.resolve().parent == resolved:
                 raise InvalidInputError(f"{out}: holds input files; choose an empty output directory")
+    refuse_output_in_case(out, [case.surface for case in cases if case.openfoam])

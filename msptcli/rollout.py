@@ -317,7 +317,7 @@ def _forces(
     kw = dict(
         nu=nu or 0.0,
         density=ckpt.config.data.density,
-        velocity=ckpt.config.data.reference_velocity,
+        velocity=ckpt.config.data.velocity,
         length=transient.reference_length if ref is None else ref.length,
     )
 

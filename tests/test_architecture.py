@@ -14,14 +14,15 @@ LAYERS = [
     {"__init__", "errors", "choices", "duration"},
     {"io", "geometry", "device"},
     {"physics", "model"},
-    {"config"},
+    {"config", "config_text"},
     {"runtime"},
     {"data"},
     {"checkpoint", "evaluate", "options", "trust"},
-    {"prepare", "train", "predict", "rollout", "export", "balltree"},
+    {"prepare", "train", "predict", "rollout", "export", "balltree", "inspect_mesh"},
+    {"info"},  # reads what the commands wrote
     {"cli", "cli_options", "cli_output", "__main__"},
 ]
-COMMANDS = LAYERS[-2]
+COMMANDS = LAYERS[-3]
 
 
 def layer_of(name: str) -> int:
@@ -181,6 +182,7 @@ CONCEPTS = {
     "ForceReference": "msptcli/physics/force_reference.py",
     "ParentRecord": "msptcli/checkpoint.py",
     "Coefficients": "msptcli/predict.py",
+    "config_yaml": "msptcli/config_text.py",
 }
 #: Names a second copy of a concept would likely take: a definition matching one is a second home.
 LOOKALIKES = (r"rel(ative)?_?l2", r"(read|load)_?params", r"(read|write|parse)_?pvd", r"relative_error")

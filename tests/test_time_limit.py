@@ -140,6 +140,8 @@ class StepSeconds:
     def __init__(self, clock: FakeClock) -> None:
         self.clock, self.lrs, self.started = clock, [], []
 
+    def begin(self, start) -> None: ...
+
     def start(self, total_steps: int, done_steps: int, time_limit: float | None, elapsed: float) -> None:
         self.started.append((done_steps, time_limit, elapsed))
 

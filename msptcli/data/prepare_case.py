@@ -13,6 +13,7 @@ import numpy as np
 
 from msptcli.config import DataConfig
 from msptcli.data.cases import CaseFiles
+from msptcli.data.openfoam import read_case, source_files
 from msptcli.data.params import positive_param, read_params
 from msptcli.data.read import FieldMesh, read_fields
 from msptcli.data.sample import Sample
@@ -30,7 +31,10 @@ SAMPLE_CONTENT = "anchors-2"  # since mspt 0.3: the area-weighted surface pool o
 def case_fingerprint(case: CaseFiles, data: DataConfig) -> str:
     """Changes when a source file or the data config changes: decides whether a prepared sample is reused."""
     h = hashlib.sha256((SAMPLE_CONTENT + data.model_dump_json(exclude={"split"})).encode())
-    for path in (case.surface, case.volume, case.params):
+    sources = (case.surface, case.volume, case.params)
+    if case.openfoam:  # the mesh and time files read, and the params
+        sources = (*source_files(case.surface, data.openfoam), case.params)
+    for path in sources:
         if path is not None:
             stat = path.stat()
             h.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -39,7 +43,12 @@ def case_fingerprint(case: CaseFiles, data: DataConfig) -> str:
 
 def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
     """Read one case and compute everything the model and the metrics need of it."""
-    surface = read_fields(case.surface, data.surface_fields)
+    foam = None  # an OpenFOAM case: its body surface and internal mesh, read once (data/openfoam.py)
+    if case.openfoam:
+        with_volume = case.volume is not None and bool(data.volume_fields)
+        fields = [*data.surface_fields, *(data.volume_fields if with_volume else [])]
+        foam = read_case(case.surface, data.openfoam, volume=with_volume, fields=fields)
+    surface = read_fields(case.surface, data.surface_fields, mesh=foam and foam.surface)
     arrays = surface_arrays(surface)
     for name, values in surface.fields.items():
         arrays[f"surface/{name}"] = values
@@ -51,7 +60,7 @@ def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
     arrays["anchors/surface_normals"] = pool_normals.astype(np.float32)
     n_volume = 0
     if case.volume is not None and data.volume_fields:
-        volume = read_fields(case.volume, data.volume_fields)
+        volume = read_fields(case.volume, data.volume_fields, mesh=foam and foam.volume)
         keep = _subsample(len(volume.points), data.max_volume_points, case.name)
         points = volume.points[keep]
         arrays.update(volume_arrays(points, surface.mesh, source=surface.source))
@@ -75,6 +84,8 @@ def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
         "reference_area": positive_param(params, data.reference_area_key, case.params) or data.reference_area,
         "fingerprint": case_fingerprint(case, data),
     }
+    if foam is not None:
+        meta["openfoam"] = foam.describe()  # the time folder and body patches read
     return Sample(name=case.name, arrays=arrays, meta=meta)
 
 

@@ -61,8 +61,9 @@ def write_mesh(mesh: pv.DataSet, path: str | os.PathLike[str], *, inputs: tuple[
 
     p = Path(path)
     check_outputs(None, [p], inputs=inputs, option="output path")
-    surface = is_surface(mesh)
-    allowed = SURFACE_SUFFIXES if surface else VOLUME_SUFFIXES
+    image = isinstance(mesh, pv.ImageData)  # a structured grid (geometry/grid.py)
+    surface = not image and is_surface(mesh)
+    allowed = (".vti",) if image else SURFACE_SUFFIXES if surface else VOLUME_SUFFIXES
     if p.suffix.lower() not in allowed:
         kind = "surface" if surface else "volume"
         raise InvalidInputError(f"{p}: a {kind} mesh is written as one of {', '.join(allowed)}, not {p.suffix!r}")
@@ -90,6 +91,8 @@ def _vtk_bytes(mesh: pv.DataSet, path: Path) -> bytes:
         if path.suffix.lower() == ".vtu" and not isinstance(mesh, pv.UnstructuredGrid):
             mesh = mesh.cast_to_unstructured_grid()
         writer = vtk.vtkXMLPolyDataWriter() if path.suffix.lower() == ".vtp" else vtk.vtkXMLUnstructuredGridWriter()
+        if path.suffix.lower() == ".vti":
+            writer = vtk.vtkXMLImageDataWriter()
         writer.SetDataModeToBinary()
         writer.SetCompressorTypeToZLib()
     writer.SetInputData(mesh)

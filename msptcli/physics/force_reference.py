@@ -13,6 +13,8 @@ velocity                   float > 0            ``data.reference_velocity``: U i
 density                    float > 0            ``data.density``: rho (1 for kinematic fields)
 pressure_field             str or null          ``data.pressure_field``: the surface field of the pressure
 wall_shear_field           str or null          ``data.wall_shear_field``: the surface field of the wall shear
+flow_direction             list of 3 floats     ``data.flow_direction``: drag is the force along it (absent: [1, 0, 0])
+up_direction               list of 3 floats     ``data.up_direction``: lift is the force along it (absent: [0, 0, 1])
 training_reference_areas   list of float        the training cases' A_ref (their median: predict's last resort)
 transient                  object, optional     transient runs only: :class:`TransientReference`
 =========================  ===================  ==================================================================
@@ -25,6 +27,8 @@ from numbers import Real
 from typing import Any
 
 import numpy as np
+
+from msptcli.geometry.axes import FLOW, UP, unit
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class ForceReference:
     area_key: str | None = None
     training_reference_areas: list[float] = field(default_factory=list)
     transient: TransientReference | None = None
+    flow_direction: tuple[float, float, float] = FLOW
+    up_direction: tuple[float, float, float] = UP
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint's JSON (module docstring); ``transient`` only for a transient run."""
@@ -77,6 +83,8 @@ class ForceReference:
             "density": self.density,
             "pressure_field": self.pressure_field,
             "wall_shear_field": self.wall_shear_field,
+            "flow_direction": list(self.flow_direction),
+            "up_direction": list(self.up_direction),
             "training_reference_areas": self.training_reference_areas,
         }
         return out if self.transient is None else {**out, "transient": self.transient.to_json()}
@@ -102,4 +110,6 @@ class ForceReference:
             area_key=value.get("area_key"),
             training_reference_areas=list(value.get("training_reference_areas") or []),
             transient=None if transient is None else TransientReference.from_json(transient),
+            flow_direction=unit(value.get("flow_direction") or FLOW),
+            up_direction=unit(value.get("up_direction") or UP),
         )

@@ -3,11 +3,13 @@
 The definition is that of the OpenFOAM data the project trains on (the Ahmed cases, docs/physics.md)::
 
     F = sum over surface cells c of (p_c a_c - tau_c |a_c|)
-    Cd = F_x / q,   Cs = F_y / q,   Cl = F_z / q,   q = 1/2 rho U^2 A_ref
+    Cd = F . e_flow / q,   Cs = F . e_side / q,   Cl = F . e_up / q,   q = 1/2 rho U^2 A_ref
 
 where ``a_c`` is the cell's area vector pointing out of the fluid, into the body (the
 orientation of the body faces in OpenFOAM's ``surface.vtu``), polygons split into
-triangle fans. ``p a`` is the push of the pressure on the wall; ``-tau |a|`` is the
+triangle fans; ``e_flow`` and ``e_up`` are the flow and up directions (``data.flow_direction`` and
+``data.up_direction``, defaults +x and +z, so that Cd = F_x / q and Cl = F_z / q) and ``e_side = e_up x e_flow``
+(``geometry/axes.py``). ``p a`` is the push of the pressure on the wall; ``-tau |a|`` is the
 friction, with OpenFOAM's ``wallShearStress`` (the shear the wall exerts on the fluid,
 so the force on the body is its opposite).
 
@@ -19,6 +21,7 @@ as averaging the point values to each cell and integrating over cells.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import TYPE_CHECKING, Literal
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from msptcli.errors import InvalidInputError
+from msptcli.geometry.axes import FLOW, UP, flow_frame
 from msptcli.geometry.faces import point_to_cell_average, polygon_area_vectors
 from msptcli.geometry.orientation import outward_area_vectors
 
@@ -47,8 +51,9 @@ class ForceCoefficients:
     """Force coefficients of a body and what they were computed from.
 
     ``force`` ``(3,)`` is ``F`` in the units of the fields times m² (m⁴/s² for kinematic
-    fields; multiply by the density for newtons); ``cd``, ``cs``, ``cl`` are its x, y, z
-    components over ``1/2 density velocity² ref_area``.
+    fields; multiply by the density for newtons); ``cd``, ``cs``, ``cl`` are its components
+    along ``flow``, ``up x flow`` and ``up`` (x, y, z for the defaults) over
+    ``1/2 density velocity² ref_area``.
     """
 
     cd: float
@@ -58,39 +63,63 @@ class ForceCoefficients:
     ref_area: float
     velocity: float
     density: float
+    flow: tuple[float, float, float] = FLOW
+    up: tuple[float, float, float] = UP
 
     @classmethod
     def of_force(
-        cls, force: np.ndarray, *, ref_area: float, velocity: float, density: float = 1.0
+        cls,
+        force: np.ndarray,
+        *,
+        ref_area: float,
+        velocity: float,
+        density: float = 1.0,
+        flow: Sequence[float] = FLOW,
+        up: Sequence[float] = UP,
     ) -> ForceCoefficients:
-        """The coefficients of ``force`` ``(3,)``: its components over ``q = 1/2 density velocity² ref_area``.
+        """The coefficients of ``force`` ``(3,)``: its components along ``flow``, ``up x flow`` and ``up``
+        over ``q = 1/2 density velocity² ref_area``.
 
         Raises:
-            InvalidInputError: a force not of shape ``(3,)``; a reference value not positive and finite.
+            InvalidInputError: a force not of shape ``(3,)``; a reference value not positive and finite;
+                directions that are zero or not at right angles (``geometry.axes.flow_frame``).
         """
         f = np.array(force, dtype=np.float64)  # a copy: the result owns it
         if f.shape != (3,):
             raise InvalidInputError(f"a force needs shape (3,), got {f.shape}")
         q = _dynamic_pressure(ref_area, velocity, density)
+        frame = flow_frame(flow, up)  # rows: flow, side, up
+        drag, side, lift = frame @ f
         f.setflags(write=False)
         return cls(
-            cd=float(f[0] / q),
-            cl=float(f[2] / q),
-            cs=float(f[1] / q),
+            cd=float(drag / q),
+            cl=float(lift / q),
+            cs=float(side / q),
             force=f,
             ref_area=float(ref_area),
             velocity=float(velocity),
             density=float(density),
+            flow=_as_tuple(frame[0]),
+            up=_as_tuple(frame[2]),
         )
 
 
-def coefficients(force: np.ndarray, *, ref_area: float, velocity: float, density: float = 1.0) -> tuple[float, float]:
-    """``(Cd, Cl) = (F_x, F_z) / (1/2 rho U² A_ref)``; keep ``density`` 1 for kinematic fields.
+def coefficients(
+    force: np.ndarray,
+    *,
+    ref_area: float,
+    velocity: float,
+    density: float = 1.0,
+    flow: Sequence[float] = FLOW,
+    up: Sequence[float] = UP,
+) -> tuple[float, float]:
+    """``(Cd, Cl) = (F . flow, F . up) / (1/2 rho U² A_ref)`` (``(F_x, F_z)`` for the default directions);
+    keep ``density`` 1 for kinematic fields.
 
     Raises:
         InvalidInputError: as :meth:`ForceCoefficients.of_force`.
     """
-    c = ForceCoefficients.of_force(force, ref_area=ref_area, velocity=velocity, density=density)
+    c = ForceCoefficients.of_force(force, ref_area=ref_area, velocity=velocity, density=density, flow=flow, up=up)
     return c.cd, c.cl
 
 
@@ -151,6 +180,8 @@ def force_coefficients(
     density: float = 1.0,
     at: Literal["cells", "points"] = "cells",
     orient: Literal["file", "outward"] = "file",
+    flow: Sequence[float] = FLOW,
+    up: Sequence[float] = UP,
 ) -> ForceCoefficients:
     """Integrate pressure and wall shear over ``surface`` into drag, lift and side coefficients.
 
@@ -169,15 +200,19 @@ def force_coefficients(
         orient: ``"file"``: area vectors from the file's vertex order, which must point into
             the body (OpenFOAM's). ``"outward"``: oriented into the body from the geometry
             (module ``msptcli.geometry.orientation``), whatever the vertex order.
+        flow, up: the free-stream and up directions (``data.flow_direction``, ``data.up_direction``): Cd is
+            the force along ``flow``, Cl along ``up``, Cs along ``up x flow``. Any non-zero lengths; at right
+            angles.
 
     Returns:
         The coefficients, the force ``F`` and the reference values.
 
     Raises:
         InvalidInputError: fields of the wrong shape or not finite, non-positive reference
-            values, an unknown ``at`` or ``orient``.
+            values, an unknown ``at`` or ``orient``, directions that are zero or not at right angles.
     """
     _dynamic_pressure(ref_area, velocity, density)  # check the reference values before integrating
+    flow_frame(flow, up)
     if at not in ("cells", "points"):
         raise InvalidInputError(f"at must be 'cells' or 'points', got {at!r}")
     if orient not in ("file", "outward"):
@@ -189,7 +224,11 @@ def force_coefficients(
         p, tau = point_to_cell_average(surface, p), point_to_cell_average(surface, tau)
     a = area_vectors(surface) if orient == "file" else inward_area_vectors(surface)  # (C, 3)
     force = p @ a - np.linalg.norm(a, axis=1) @ tau  # (3,)
-    return ForceCoefficients.of_force(force, ref_area=ref_area, velocity=velocity, density=density)
+    return ForceCoefficients.of_force(force, ref_area=ref_area, velocity=velocity, density=density, flow=flow, up=up)
+
+
+def _as_tuple(vector: np.ndarray) -> tuple[float, float, float]:
+    return float(vector[0]), float(vector[1]), float(vector[2])
 
 
 def _dynamic_pressure(ref_area: float, velocity: float, density: float) -> float:

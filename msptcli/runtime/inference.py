@@ -20,7 +20,7 @@ validated is what is predicted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +31,11 @@ from torch import Tensor
 from msptcli.device import autocast
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order
-from msptcli.model.anchors import pack_anchors
+from msptcli.model.anchors import PackedAnchors, pack_anchors
 from msptcli.model.config import ModelConfig
 from msptcli.model.layout import PatchLayout, build_layout
 from msptcli.model.network import Network
-from msptcli.model.queries import locate_queries, place_queries
+from msptcli.model.queries import Queries, locate_queries, place_queries
 
 #: Default points per chunk of streaming inference: temporaries of a few hundred MB at width 128.
 DEFAULT_CHUNK_POINTS = 1 << 16
@@ -153,25 +153,39 @@ def predict_queries(
     model.eval()
     dtype = next(model.parameters()).dtype
     anchors = pack_anchors(anchor_points, anchor_features, model.config)
+    on_device = anchors.to(device)
+    out = np.empty((sum(len(q) for q in query_points), model.out_features), dtype=np.float32)
+    with autocast(device, bf16):
+        keys, _ = model.read_anchors(on_device.features.to(dtype), on_device.layout, on_device.trees)
+        for rows, queries in query_chunks(anchors, query_points, query_features, chunk_points):
+            out[rows] = model.answer_queries(keys, on_device.layout, queries.to(device, dtype)).float().cpu().numpy()
+    return np.split(out, np.cumsum([len(q) for q in query_points])[:-1])
+
+
+def query_chunks(
+    anchors: PackedAnchors,
+    query_points: Sequence[np.ndarray],
+    query_features: Sequence[np.ndarray],
+    chunk_points: int | None = DEFAULT_CHUNK_POINTS,
+) -> Iterator[tuple[np.ndarray, Queries]]:
+    """The queries of ``anchors``' clouds in chunks of at most ``chunk_points`` (None: one chunk): per chunk, its
+    rows among the stacked queries (clouds in order) and its :class:`Queries`, placed among the anchors.
+
+    Chunks hold queries near one another (by their nearest anchor's row, in tree order): a chunk then meets few
+    patches or anchor groups, and its padded (slot, key) tensors stay small. A query's output does not depend on
+    the other queries, so the order changes nothing but the cost. :func:`predict_queries` and the inputs of an
+    exported graph (``data/deploy.py``) both chunk here.
+    """
     places = locate_queries(anchors, query_points)  # nearest anchors (packed rows) of every query
     features = np.concatenate([np.asarray(f, dtype=np.float32).reshape(-1, anchors.features.shape[1])
                                for f in query_features])  # fmt: skip
     if len(features) != len(places):
         raise InvalidInputError(f"{len(places)} query points but {len(features)} rows of query features")
-    on_device = anchors.to(device)
-    out = np.empty((len(features), model.out_features), dtype=np.float32)
-    step = len(features) if chunk_points is None else max(int(chunk_points), 1)
-    # Chunks of queries near one another (by their nearest anchor's row, in tree order): a chunk then meets
-    # few patches or anchor groups, and its padded (slot, key) tensors stay small. A query's output does not
-    # depend on the other queries, so the order changes nothing but the cost.
+    step = max(len(features) if chunk_points is None else int(chunk_points), 1)
     order = np.argsort(places.rows[:, 0], kind="stable")
-    with autocast(device, bf16):
-        keys, _ = model.read_anchors(on_device.features.to(dtype), on_device.layout, on_device.trees)
-        for start in range(0, len(features), step):
-            rows = order[start : start + step]
-            queries = place_queries(anchors, places[rows], features[rows]).to(device, dtype)
-            out[rows] = model.answer_queries(keys, on_device.layout, queries).float().cpu().numpy()
-    return np.split(out, np.cumsum([len(q) for q in query_points])[:-1])
+    for start in range(0, len(features), step):
+        rows = order[start : start + step]
+        yield rows, place_queries(anchors, places[rows], features[rows])
 
 
 def predict_queries_averaged(

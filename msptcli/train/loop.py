@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import time
 from collections.abc import Callable
@@ -22,16 +23,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from msptcli.checkpoint import ParentRecord, force_reference, load_checkpoint, save_checkpoint
+from msptcli.checkpoint import (
+    ParentRecord,
+    TrainingRecord,
+    force_reference,
+    load_checkpoint,
+    read_header,
+    save_checkpoint,
+)
 from msptcli.config import MsptConfig
+from msptcli.config_text import config_yaml
 from msptcli.data.features import Channels
 from msptcli.data.manifest import Manifest, read_manifest
-from msptcli.device import autocast, pick_device
+from msptcli.device import autocast, describe_device, pick_device, precision
 from msptcli.errors import DatasetError, InvalidInputError
 from msptcli.io.atomic import atomic_output, make_dirs
 from msptcli.io.guard import check_outputs
@@ -42,7 +50,7 @@ from msptcli.train.dataset import collate, loader_workers
 from msptcli.train.distributed import World, join, leave, rank_batches
 from msptcli.train.log import append_metrics, plot_curves, truncate_metrics
 from msptcli.train.objective import channel_weights, follow_time, masked_mse, schedule
-from msptcli.train.report import Reporter, TrainSummary
+from msptcli.train.report import Reporter, TrainStart, TrainSummary
 from msptcli.train.state import STATE, check_same_model, load_train_state, run_lock, save_train_state
 from msptcli.train.task import AnyBatch, Task, TrainItems, task_for
 from msptcli.trust.calibrate import calibrate
@@ -201,7 +209,21 @@ def _setup(
         reference=force_reference(config, train_entries),
         volume_template=task.volume_template(channels, train_entries),
         parent=parent,
-        shapes=training_shapes(data_dir, train_entries, "surface" if config.data.transient is None else "outline"),
+        shapes=training_shapes(
+            data_dir,
+            train_entries,
+            "surface" if config.data.transient is None else "outline",
+            flow=config.data.flow_direction,
+            up=config.data.up_direction,
+        ),
+        record=TrainingRecord(
+            dataset=str(data_dir.resolve()),
+            cases={split: len(manifest.split(split)) for split in ("train", "val", "test")},
+            device=describe_device(device),
+            precision=precision(device, tc.bf16),
+            processes=world.size,
+            torch=torch.__version__,
+        ),
     )
     return _Run(
         data_dir=data_dir, run_dir=run_dir, config=config, manifest=manifest, task=task, world=world, device=device,
@@ -233,7 +255,7 @@ def _restore(run: _Run, state: dict[str, Any] | None) -> _Progress:
         truncate_metrics(run.run_dir / "metrics.csv", progress.epoch)
     if run.world.main:
         with atomic_output(run.run_dir / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
+            tmp.write_text(config_yaml(run.config))
     return progress
 
 
@@ -242,6 +264,7 @@ def _epochs(run: _Run, progress: _Progress, reporter: Reporter | None, should_st
     checkpoint without validation, the curves."""
     tc, world, budget = run.config.train, run.world, run.budget
     if reporter:
+        reporter.begin(_start(run))
         done = progress.epoch * run.steps_per_epoch + progress.step_in_epoch
         reporter.start(tc.epochs * run.steps_per_epoch, done, budget.seconds, budget.agreed)
     budget.start()
@@ -265,7 +288,28 @@ def _epochs(run: _Run, progress: _Progress, reporter: Reporter | None, should_st
         calibration = _finish_best(run)
     summary = _summary(run, progress, time_up=budget.spent)
     summary.calibration = calibration
+    if world.main and (run.ckpt_dir / "best.safetensors").is_file():
+        meta, _ = read_header(run.ckpt_dir / "best.safetensors")
+        summary.best_epoch, summary.best_metrics = int(meta["epoch"]), json.loads(meta.get("metrics", "{}"))
     return summary
+
+
+def _start(run: _Run) -> TrainStart:
+    """What the run trains with, for the reporter: device, precision, network, cases, points per step."""
+    tc, record = run.config.train, run.save_kw["record"]
+    if run.config.data.transient is not None:  # drawn per sample: volume points; steady: surface (and volume) points
+        drawn = [tc.volume_points]
+    else:
+        drawn = [tc.surface_points, tc.volume_points] if run.manifest.fields.get("volume") else [tc.surface_points]
+    return TrainStart(
+        device=record.device,
+        precision=record.precision,
+        processes=record.processes,
+        parameters=sum(p.numel() for p in run.model.parameters()),
+        trainable=sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+        cases=record.cases,
+        points_per_step=None if None in drawn else sum(drawn) * tc.batch_size,  # type: ignore[arg-type]
+    )
 
 
 def _finish_best(run: _Run) -> Calibration | None:
@@ -423,6 +467,7 @@ def _save_state(run: _Run, progress: _Progress) -> None:
             "loss_sum": progress.loss_sum,
             "loss_count": progress.loss_count,
             "elapsed": run.budget.elapsed(),  # seconds trained, every session: the time limit counts on from it
+            "steps_done": progress.epoch * run.steps_per_epoch + progress.step_in_epoch,  # every session's
             "fine_tune": finetune.state_entry(run.parent, run.manifest.stats),
         },
     )

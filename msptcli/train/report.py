@@ -17,9 +17,23 @@ class Reporter(Protocol):
     seconds; ``total_steps`` then counts ``train.epochs``, which do not end the run), ``elapsed`` is the time the
     run has trained, of this process's clock; the learning rate is the one the step used."""
 
+    def begin(self, start: TrainStart) -> None: ...
     def start(self, total_steps: int, done_steps: int, time_limit: float | None, elapsed: float) -> None: ...
     def step(self, loss: float | None, lr: float, elapsed: float) -> None: ...
     def epoch(self, epoch: int, row: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainStart:
+    """What the run trains with, told once before its first step (:meth:`Reporter.begin`)."""
+
+    device: str  # ``device.describe_device``, e.g. "cpu (2 threads)"
+    precision: str  # "float32" or "bf16 autocast"
+    processes: int  # 1, or the processes under torchrun
+    parameters: int  # the network's
+    trainable: int  # of them, those the optimiser changes (fewer with train.freeze)
+    cases: dict[str, int]  # split -> cases: train, val, test (held out)
+    points_per_step: int | None  # points drawn per step and process (None: every point of a sample)
 
 
 @dataclass
@@ -35,3 +49,5 @@ class TrainSummary:
     steps_done: int = 0  # optimiser steps of the whole run, every session (0: already_spent, not counted)
     elapsed: float = 0.0  # seconds the whole run trained, every session (what the time limit counts)
     calibration: Calibration | None = None  # the best checkpoint's spread calibration, fitted at the end
+    best_epoch: int | None = None  # the epoch of the best checkpoint, and the metrics row it was saved with
+    best_metrics: dict[str, Any] | None = None

@@ -35,15 +35,16 @@ def save_train_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Non
         torch.save(state, tmp)
 
 
-def load_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``train_state.pt`` with ``weights_only=True``: a file with arbitrary objects is refused, not run."""
+def load_train_state(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
+    """Read ``train_state.pt`` with ``weights_only=True``: a file with arbitrary objects is refused, not run.
+    ``mmap``: the tensors stay in the file until read (``mspt info`` reads the numbers only)."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no training state to resume from (train without --resume first)")
     try:
         with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
             warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception:
         raise CheckpointError(
             f"{p}: refusing to load training state: not a plain tensor file (it may hold arbitrary Python objects)"

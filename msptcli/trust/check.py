@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from msptcli.geometry.axes import FLOW, UP
 from msptcli.trust.shape import KINDS, Kind, outline_shape_features, shape_features
 
 UNITS: dict[str, float] = {"mm": 1e-3, "cm": 1e-2, "m": 1.0, "in": 0.0254, "ft": 0.3048}  # metres per unit
@@ -81,10 +82,17 @@ class TrainingShapes:
         return self.values[:, list(self.spec.features).index(name)]
 
 
-def training_shapes(data_dir: Path, entries: Sequence[Any], kind: str = "surface") -> TrainingShapes | None:
+def training_shapes(
+    data_dir: Path,
+    entries: Sequence[Any],
+    kind: str = "surface",
+    *,
+    flow: Sequence[float] = FLOW,
+    up: Sequence[float] = UP,
+) -> TrainingShapes | None:
     """The :class:`TrainingShapes` of a prepared dataset's ``entries``: their surfaces' points and area shares
-    (``kind`` "surface"), or their planar meshes' points and body outlines ("outline", transient samples).
-    None where no sample has a surface (an outline)."""
+    (``kind`` "surface", in the frame of the ``flow`` and ``up`` directions), or their planar meshes' points and
+    body outlines ("outline", transient samples). None where no sample has a surface (an outline)."""
     from msptcli.data.sample import load_sample
 
     keys = ["surface/points", "surface/area_norm"] if kind == "surface" else ["mesh/points", "body/edges"]
@@ -94,7 +102,7 @@ def training_shapes(data_dir: Path, entries: Sequence[Any], kind: str = "surface
         if len(arrays) < 2 or not len(arrays[keys[1]]):
             continue
         names.append(entry.name)
-        values = (shape_features(*(arrays[k] for k in keys)) if kind == "surface"
+        values = (shape_features(*(arrays[k] for k in keys), flow=flow, up=up) if kind == "surface"
                   else outline_shape_features(*(arrays[k] for k in keys)))  # fmt: skip
         rows.append(list(values.values()))
     return TrainingShapes(tuple(names), np.array(rows, dtype=np.float64), kind) if rows else None
@@ -281,6 +289,9 @@ def _box(low: np.ndarray, high: np.ndarray) -> str:
     return ", ".join(f"{axis} {a:.3g}..{b:.3g}" for axis, a, b in zip("xyz", low, high, strict=True))
 
 
-def body_features(arrays: dict[str, np.ndarray]) -> dict[str, float]:
-    """The shape features of a body read for prediction (its ``surface/points`` and ``surface/area_norm``)."""
-    return shape_features(arrays["surface/points"], arrays["surface/area_norm"])
+def body_features(
+    arrays: dict[str, np.ndarray], *, flow: Sequence[float] = FLOW, up: Sequence[float] = UP
+) -> dict[str, float]:
+    """The shape features of a body read for prediction (its ``surface/points`` and ``surface/area_norm``), in the
+    frame of the training run's ``flow`` and ``up`` directions."""
+    return shape_features(arrays["surface/points"], arrays["surface/area_norm"], flow=flow, up=up)

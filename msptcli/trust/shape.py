@@ -2,8 +2,10 @@
 
 Every number is computed from the surface's points and their area shares (``surface/points`` and
 ``surface/area_norm``, the arrays ``mspt prepare`` stores and ``mspt predict`` computes alike), in the
-training frame (flow along +x, up along +z), so that a training body in a prepared sample and a
-designer's STL of the same body give the same numbers:
+training frame, so that a training body in a prepared sample and a designer's STL of the same body give
+the same numbers. The frame's axes are the flow, side and up directions (``data.flow_direction``,
+``up x flow``, ``data.up_direction``; ``geometry/axes.py``), below called x, y and z: +x, +y and +z for the
+defaults, and a body turned with its flow and up directions gives the same numbers:
 
     length, width, height   extent of the points along x, y, z                              [m]
     area                    surface area, the sum of the shares                             [m^2]
@@ -17,7 +19,7 @@ designer's STL of the same body give the same numbers:
                             flow; 1 along it, 0 across it                                    [-]
 
 A body scaled by s has its lengths times s and its area times s^2; turned 90 degrees about the
-vertical it swaps length and width and its alignment falls to 0; turned end for end its balance_x
+vertical (the directions kept) it swaps length and width and its alignment falls to 0; turned end for end its balance_x
 changes sign; moved, its centroid and bottom move.
 
 A transient model's case is a planar mesh (one plane of a one-cell-thick case, flow along +x,
@@ -35,9 +37,12 @@ segments (each weighted by its length) and the mesh's extent:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from msptcli.geometry.axes import FLOW, UP, flow_frame
 
 #: The features, in the order of :func:`shape_features`'s values, with their units.
 FEATURES: dict[str, str] = {
@@ -99,9 +104,12 @@ KINDS: dict[str, Kind] = {
 }
 
 
-def shape_features(points: np.ndarray, area: np.ndarray) -> dict[str, float]:
-    """The :data:`FEATURES` of a surface: (n, 3) points and their (n,) area shares."""
-    x = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+def shape_features(
+    points: np.ndarray, area: np.ndarray, *, flow: Sequence[float] = FLOW, up: Sequence[float] = UP
+) -> dict[str, float]:
+    """The :data:`FEATURES` of a surface: (n, 3) points and their (n,) area shares, in the frame of the
+    ``flow`` and ``up`` directions (``data.flow_direction``, ``data.up_direction``; ``geometry/axes.py``)."""
+    x = np.asarray(points, dtype=np.float64).reshape(-1, 3) @ flow_frame(flow, up).T  # (flow, side, up) coordinates
     w = np.asarray(area, dtype=np.float64).reshape(-1)
     total = float(w.sum())
     if len(x) == 0 or not total > 0:
