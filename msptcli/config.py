@@ -186,6 +186,11 @@ class DataConfig(BaseModel):
     max_volume_points: int | None = Field(
         None, ge=1, description="keep a seeded random subset of at most this many volume points per case"
     )
+    streaming: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="read only the volume subset of a .vtu/.vtp file, in bounded memory: auto when "
+        "max_volume_points is set and the file is 256 MB or more; never: always read the whole file through VTK",
+    )
     pressure_field: str | None = Field("p", description="surface field integrated into drag and lift")
     wall_shear_field: str | None = Field("wallShearStress", description="surface wall-shear field for drag")
     reference_area_key: str | None = Field("frontal_area", description="key of the reference area in params")
@@ -272,6 +277,11 @@ class TrainConfig(BaseModel):
         default_factory=dict, description="per-field loss weight, default 1"
     )
     val_every: int = Field(5, ge=1, description="validate every this many epochs (and after the last)")
+    val_points: int | None = Field(
+        200_000, ge=1, description="validation during training on at most this many surface and as many volume "
+        "points of each validation case (seeded, the same every epoch; null: whole meshes); the best checkpoint is "
+        "validated on whole meshes at the end",
+    )  # fmt: skip
     seed: int = 0
     device: Device = "auto"
     bf16: bool = Field(True, description="bf16 autocast on a GPU (ignored on the CPU)")

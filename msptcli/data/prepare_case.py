@@ -6,6 +6,7 @@ import hashlib
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from msptcli.config import DataConfig
 from msptcli.data.cases import CaseFiles
 from msptcli.data.openfoam import read_case, source_files
 from msptcli.data.params import positive_param, read_params
-from msptcli.data.read import FieldMesh, read_fields
+from msptcli.data.read import FieldMesh, read_fields, read_fields_subset
 from msptcli.data.sample import Sample
 from msptcli.errors import InvalidInputError
 from msptcli.geometry.balltree import ball_tree_order
@@ -24,13 +25,15 @@ from msptcli.io.meshes import as_polydata
 
 #: Area-weighted surface samples stored per case (the candidates of the surface anchors, ``data/anchors.py``).
 SURFACE_POOL = 1 << 18
+#: ``data.streaming: auto`` reads a .vtu/.vtp volume of at least this size by the streaming reader.
+STREAMING_BYTES = 256 << 20
 #: What a prepared sample holds; part of the fingerprint, so that older samples are prepared again.
 SAMPLE_CONTENT = "anchors-2"  # since mspt 0.3: the area-weighted surface pool of the anchors
 
 
 def case_fingerprint(case: CaseFiles, data: DataConfig) -> str:
     """Changes when a source file or the data config changes: decides whether a prepared sample is reused."""
-    h = hashlib.sha256((SAMPLE_CONTENT + data.model_dump_json(exclude={"split"})).encode())
+    h = hashlib.sha256((SAMPLE_CONTENT + data.model_dump_json(exclude={"split", "streaming"})).encode())
     sources = (case.surface, case.volume, case.params)
     if case.openfoam:  # the mesh and time files read, and the params
         sources = (*source_files(case.surface, data.openfoam), case.params)
@@ -60,12 +63,11 @@ def prepare_case(case: CaseFiles, data: DataConfig) -> Sample:
     arrays["anchors/surface_normals"] = pool_normals.astype(np.float32)
     n_volume = 0
     if case.volume is not None and data.volume_fields:
-        volume = read_fields(case.volume, data.volume_fields, mesh=foam and foam.volume)
-        keep = _subsample(len(volume.points), data.max_volume_points, case.name)
-        points = volume.points[keep]
+        volume = read_volume(case.volume, data, name=case.name, mesh=foam and foam.volume)
+        points = volume.points
         arrays.update(volume_arrays(points, surface.mesh, source=surface.source))
         for name, values in volume.fields.items():
-            arrays[f"volume/{name}"] = values[keep]
+            arrays[f"volume/{name}"] = values
         n_volume = len(points)
     cloud = np.concatenate([arrays["surface/points"], arrays.get("volume/points", np.zeros((0, 3), np.float32))])
     arrays["order"] = ball_tree_order(cloud)
@@ -123,15 +125,17 @@ def surface_arrays(surface: FieldMesh) -> dict[str, np.ndarray]:
     }
 
 
-def volume_arrays(points: np.ndarray, surface_mesh: Any, *, source: Path | None = None) -> dict[str, np.ndarray]:
+def volume_arrays(
+    points: np.ndarray, surface_mesh: Any, *, source: Path | None = None, progress: Any = None
+) -> dict[str, np.ndarray]:
     """Volume points with their distance to the body surface and the unit direction towards it.
 
-    ``source``, the surface's file, is named by errors about the surface.
+    ``source``, the surface's file, is named by errors about the surface; ``progress(done, total)``: points done.
     """
     from msptcli.geometry.distance import distance_to_surface
 
     with _naming(source):
-        distance, direction = distance_to_surface(points, as_polydata(surface_mesh))
+        distance, direction = distance_to_surface(points, as_polydata(surface_mesh), progress=progress)
     return {
         "volume/points": points.astype(np.float32),
         "volume/distance": np.asarray(distance, dtype=np.float32),
@@ -163,8 +167,50 @@ def _cell_to_point_matrix(poly: Any) -> Any:
     return csr_matrix((1.0 / sizes[cell_of], (conn, cell_of)), shape=(poly.n_points, len(sizes)))
 
 
+def read_volume(path: Path, data: DataConfig, *, name: str, mesh: Any = None) -> FieldMesh:
+    """The volume fields at the case's seeded subset of ``data.max_volume_points`` points or cells.
+
+    A large VTK XML file is read by the streaming reader (``io/vtkxml.py``), only the subset, in
+    memory of about the subset's size; other files through VTK, whole. Both take the same subset.
+    """
+    choose = partial(_subsample, limit=data.max_volume_points, name=name)
+    if mesh is None and streams(path, data):
+        return read_fields_subset(path, data.volume_fields, choose=choose)
+    volume = read_fields(path, data.volume_fields, mesh=mesh)
+    keep = choose(len(volume.points))
+    fields = {k: v[keep] for k, v in volume.fields.items()}
+    return FieldMesh(mesh=volume.mesh, points=volume.points[keep], location=volume.location, fields=fields,
+                     source=volume.source)  # fmt: skip
+
+
+def streams(path: Path, data: DataConfig) -> bool:
+    """Whether the volume at ``path`` is read by the streaming reader (``data.streaming``)."""
+    if data.streaming == "never" or path.suffix.lower() not in (".vtu", ".vtp") or not path.is_file():
+        return False
+    if data.streaming == "always":
+        return True
+    return data.max_volume_points is not None and path.stat().st_size >= STREAMING_BYTES
+
+
 def _subsample(n: int, limit: int | None, name: str) -> np.ndarray:
     if limit is None or n <= limit:
         return np.arange(n)
     rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same subset on every run
-    return np.sort(rng.choice(n, size=limit, replace=False))
+    if n > 10_000 and limit > n // 50:  # where Generator.choice would shuffle all of range(n): 8 bytes per point
+        return _sparse_choice(rng, n, limit)
+    return np.sort(rng.choice(n, size=limit, replace=False))  # Floyd's algorithm: memory of the subset's size
+
+
+def _sparse_choice(rng: np.random.Generator, n: int, limit: int) -> np.ndarray:
+    """A uniformly random sorted subset of ``limit`` of ``range(n)`` (``limit < n``), in memory of its size.
+
+    Distinct values of uniform draws are, given their number, a uniform subset; drawn until there
+    are enough, a uniform subset of those is one of ``range(n)``.
+    """
+    chosen = np.zeros(0, np.int64)
+    while len(chosen) < limit:
+        missing = limit - len(chosen)
+        draws = int(missing * n / (n - len(chosen)) * 1.05) + 16
+        chosen = np.sort(np.concatenate([chosen, rng.integers(0, n, size=draws, dtype=np.int64)]))
+        chosen = chosen[np.concatenate([[True], chosen[1:] != chosen[:-1]])]  # np.unique is slower here
+    return np.sort(rng.choice(chosen, size=limit, replace=False))

@@ -41,7 +41,7 @@ SERIES_CONTENT = "series-2"  # since the mesh edges (derivative inputs)
 
 def series_fingerprint(case: CaseFiles, data: DataConfig) -> str:
     """Changes when a snapshot, the params or the data config change: decides whether a sample is reused."""
-    h = hashlib.sha256((SERIES_CONTENT + data.model_dump_json(exclude={"split"})).encode())
+    h = hashlib.sha256((SERIES_CONTENT + data.model_dump_json(exclude={"split", "streaming"})).encode())
     folder = series_case_folder(case)
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         if path.is_file():

@@ -8,14 +8,14 @@ cell centres as the points.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from msptcli.errors import InvalidInputError
+from msptcli.errors import InvalidInputError, MeshReadError
 from msptcli.io.meshes import read_mesh
 
 
@@ -62,3 +62,47 @@ def read_fields(path: str | os.PathLike[str], names: Sequence[str], *, mesh: Any
             raise InvalidInputError(f"{p}: field {name!r} has {bad} {location[:-1]}s with NaN or Inf values")
         fields[name] = values
     return FieldMesh(mesh=mesh, points=points, location=location, fields=fields, source=p)
+
+
+def read_fields_subset(
+    path: str | os.PathLike[str], names: Sequence[str], *, choose: Callable[[int], np.ndarray]
+) -> FieldMesh:
+    """The fields ``names`` of a VTK XML file at the rows ``choose(n)`` only, read without reading the whole file.
+
+    The same rule and checks as :func:`read_fields` (point data when every asked field is there, else
+    cell data at the cell centres), applied to the subset: ``choose`` gets the number of points or
+    cells and returns the sorted rows to keep. ``mesh`` of the result is None.
+    """
+    from msptcli.io.vtkxml import VtkXmlFile
+
+    p = Path(path)
+    if not p.is_file():
+        raise MeshReadError(f"{p}: no such file" if not p.exists() else f"{p}: is a directory, expected a mesh file")
+    with VtkXmlFile(p) as f:
+        point_names, cell_names = f.names("points"), f.names("cells")
+        if all(n in point_names for n in names):
+            location = "points"
+            rows = np.asarray(choose(f.n_points), dtype=np.int64)
+            points = f.points(rows)
+        elif names and all(n in cell_names for n in names):
+            location = "cells"
+            rows = np.asarray(choose(f.n_cells), dtype=np.int64)
+            points = f.cell_centres(rows)
+        else:
+            missing = [n for n in names if n not in point_names and n not in cell_names]
+            if missing:
+                have = ", ".join(sorted(point_names | cell_names)) or "none"
+                raise InvalidInputError(f"{p}: no field {missing[0]!r} (fields in the file: {have})")
+            raise InvalidInputError(f"{p}: fields {list(names)} are split between point and cell data")
+        if (f.n_points if location == "points" else f.n_cells) == 0 or f.n_points == 0:
+            raise MeshReadError(f"{p}: the mesh has no points (empty or unreadable file)")
+        if not np.isfinite(points).all():
+            raise InvalidInputError(f"{p}: the mesh has non-finite point coordinates")
+        fields: dict[str, np.ndarray] = {}
+        for name in names:
+            values = f.array(location, name, rows)
+            bad = int((~np.isfinite(values)).any(axis=1).sum())
+            if bad:
+                raise InvalidInputError(f"{p}: field {name!r} has {bad} {location[:-1]}s with NaN or Inf values")
+            fields[name] = values
+    return FieldMesh(mesh=None, points=points, location=location, fields=fields, source=p)
