@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import glob
 import multiprocessing
 import os
 import signal
@@ -27,19 +28,22 @@ from msptcli.config import DataConfig, MsptConfig
 from msptcli.config_text import config_yaml
 from msptcli.data.cases import CaseFiles, find_cases
 from msptcli.data.manifest import (
-    MANIFEST,
+    ArrayMoments,
     Manifest,
     SampleEntry,
     Stats,
     assign_split,
     compute_stats,
     new_manifest,
+    sample_moments,
+    stats_from_moments,
     write_manifest,
 )
 from msptcli.data.openfoam import refuse_output_in_case
 from msptcli.data.prepare_case import case_fingerprint, prepare_case
 from msptcli.data.prepare_series import prepare_series_case, series_fingerprint
 from msptcli.data.sample import load_sample, read_sample_meta, save_sample
+from msptcli.data.shards import Shard, ShardCase, ShardRecord, new_record, read_records, start_shard, write_record
 from msptcli.data.transient import series_stats
 from msptcli.errors import DatasetError, InvalidInputError, MsptError, OutputError
 from msptcli.io.atomic import atomic_output, make_dirs
@@ -51,9 +55,10 @@ SAMPLES = "samples"
 
 @dataclass
 class PrepareReport:
-    """What a prepare run did."""
+    """What a prepare run did (a shard's: no manifest, its record)."""
 
     manifest: Manifest
+    record: Path | None = None  # ``--shard``: DATA/shards/I-of-N.json
     written: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -72,6 +77,7 @@ def prepare_dataset(
     workers: int = 1,
     on_error: OnError = "fail",
     progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> PrepareReport:
     """Prepare every case of ``inputs`` into ``out_dir``; see the module docstring.
 
@@ -79,12 +85,21 @@ def prepare_dataset(
     bad case with ``on_error="fail"``; with ``"skip"`` the case is left out and
     reported in ``PrepareReport.failed`` and the manifest. An output that cannot be
     written (:class:`OutputError`: a full disk) is no bad case and always stops the run.
+
+    With ``shard``, only that shard's cases, and a shard record instead of the manifest
+    (``data/shards.py``; :func:`merge_shards` writes the manifest); other shards may write
+    into ``out_dir`` at the same time.
     """
     cases = find_cases(inputs, config.data)
     out = Path(out_dir)
     _check_output_dir(out, cases)
+    names = [case.name for case in cases]
+    if shard is not None:
+        cases = [case for case in cases if case.name in set(shard.pick(names))]
     make_dirs(out / SAMPLES)
-    _remove_temporary_files(out)  # from a killed run
+    if shard is not None:
+        start_shard(out, shard)
+    _remove_temporary_files(out, cases if shard else None)  # from a killed run
     with atomic_output(out / "config.yaml") as tmp:
         tmp.write_text(config_yaml(config))
 
@@ -104,21 +119,75 @@ def prepare_dataset(
 
     with _Interrupts() as interrupts:
         try:
-            _run_all(cases, config.data, out, workers, take, interrupts)
-            if not report_metas:
-                raise DatasetError("no case could be prepared" + (f": {report.failed[0][1]}" if report.failed else ""))
-            report.manifest = _build_manifest(out, config, report_metas, report.failed)
+            work = _prepare_measured if shard else _prepare_one
+            _run_all(cases, config.data, out, workers, take, interrupts, work=work)
+            if shard is None:
+                _refuse_nothing_prepared(report_metas, report.failed)
+                report.manifest = _build_manifest(out, config, report_metas, report.failed)
             interrupts.raising = False  # from here a Ctrl-C is only noted: the manifest is written whole, or removed
             interrupts.check()
-            write_manifest(report.manifest, out)
+            if shard is not None:
+                record = new_record(shard, config=config.model_dump(mode="json"), names=names)
+                record.prepared, record.failed = report_metas, sorted(report.failed)
+                finished = report.record = write_record(record, out)
+            else:
+                finished = write_manifest(report.manifest, out)
             if interrupts.asked:
-                (out / MANIFEST).unlink()
+                finished.unlink()
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
-            _remove_temporary_files(out)  # of the workers ended midway
+            _remove_temporary_files(out, cases if shard else None)  # of the workers ended midway
             raise
+    if shard is not None:
+        return report
     report.warnings = _force_warnings(config.data, report.manifest)
     return report
+
+
+def merge_shards(inputs: Sequence[str], out_dir: str | os.PathLike[str], *, config: MsptConfig) -> PrepareReport:
+    """Write the manifest of a dataset prepared in shards (``prepare_dataset(shard=...)``) from their records:
+    the manifest (split, statistics, skipped cases) that one run over every case of ``inputs`` writes.
+
+    Raises :class:`DatasetError` (one line) for a missing shard, a shard of other inputs, config or mspt
+    version (``data/shards.py``), or a recorded sample since removed or prepared again."""
+    cases = find_cases(inputs, config.data)
+    out = Path(out_dir)
+    _check_output_dir(out, cases)
+    records = read_records(out, config=config.model_dump(mode="json"), names=[case.name for case in cases])
+    prepared: dict[str, ShardCase] = {}
+    report = PrepareReport(manifest=None)  # type: ignore[arg-type]
+    for record in records:
+        for name, case in record.prepared.items():
+            _check_recorded_sample(out, record, name, case)
+            prepared[name] = case
+        report.failed += record.failed
+    report.failed.sort()
+    for name in sorted(prepared):
+        (report.written if prepared[name].status == "written" else report.reused).append(name)
+    _refuse_nothing_prepared(prepared, report.failed)
+    _remove_temporary_files(out)  # of shards that were killed: the merge runs when none does
+    with atomic_output(out / "config.yaml") as tmp:
+        tmp.write_text(config_yaml(config))
+    metas = {name: case.meta for name, case in prepared.items()}
+    moments = None if config.data.transient else {name: case.moments for name, case in prepared.items()}
+    report.manifest = _build_manifest(out, config, metas, report.failed, moments=moments)  # type: ignore[arg-type]
+    write_manifest(report.manifest, out)
+    report.warnings = _force_warnings(config.data, report.manifest)
+    return report
+
+
+def _check_recorded_sample(out: Path, record: ShardRecord, name: str, case: ShardCase) -> None:
+    """The sample of ``name`` is still the one ``record`` describes (same fingerprint)."""
+    path = out / SAMPLES / f"{name}.safetensors"
+    meta = read_sample_meta(path)
+    if meta is None or meta.get("fingerprint") != case.meta.get("fingerprint"):
+        state = "is missing or unreadable" if meta is None else "was prepared again since"
+        raise DatasetError(f"{path}: {state}, not the sample shard {record.name} recorded; run that shard again")
+
+
+def _refuse_nothing_prepared(prepared: dict, failed: list[tuple[str, str]]) -> None:
+    if not prepared:
+        raise DatasetError("no case could be prepared" + (f": {failed[0][1]}" if failed else ""))
 
 
 def _force_warnings(data: DataConfig, manifest: Manifest) -> list[str]:
@@ -173,22 +242,24 @@ def _run_all(
     workers: int,
     take: Callable[[str, str, object], None],
     interrupts: _Interrupts,
+    *,
+    work: Callable[[CaseFiles, DataConfig, Path], tuple[str, object]],
 ) -> None:
-    """Call ``take(name, status, meta-or-error)`` per case as they finish, in worker processes if workers > 1.
+    """Call ``take(name, *work(case, data, out))`` per case as they finish, in worker processes if workers > 1.
 
     Workers ignore SIGINT: on Ctrl-C (or an error of ``take``) the parent cancels the cases not begun,
     and on Ctrl-C also ends the running ones at once."""
     if workers <= 1:
         for case in cases:
             interrupts.check()
-            take(case.name, *_prepare_one(case, data, out))
+            take(case.name, *work(case, data, out))
         return
     ctx = multiprocessing.get_context("fork")
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_interrupts)
     futures: dict[cf.Future, str] = {}
     try:
         with _interrupts_deferred():  # the workers are forked here: none may run the parent's handler
-            futures = {pool.submit(_prepare_one, case, data, out): case.name for case in cases}
+            futures = {pool.submit(work, case, data, out): case.name for case in cases}
         pending = set(futures)
         while pending:
             done, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
@@ -221,9 +292,14 @@ def _interrupts_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _remove_temporary_files(out: Path) -> None:
-    """The temporary files of writes that were cut short (``atomic_output``'s ``.NAME.XXXX.tmpSUFFIX``)."""
-    for leftover in [*out.glob(".*.tmp*"), *(out / SAMPLES).glob(".*.tmp*")]:
+def _remove_temporary_files(out: Path, cases: list[CaseFiles] | None = None) -> None:
+    """The temporary files of writes that were cut short (``atomic_output``'s ``.NAME.XXXX.tmpSUFFIX``);
+    given ``cases`` (a shard, beside others writing), only those of their samples."""
+    if cases is None:
+        leftovers = [*out.glob(".*.tmp*"), *(out / SAMPLES).glob(".*.tmp*")]
+    else:  # mkstemp's eight random characters: case_1's pattern matches no temporary file of case_1.b
+        leftovers = [p for c in cases for p in (out / SAMPLES).glob(f".{glob.escape(c.name)}.????????.tmp.safetensors")]
+    for leftover in leftovers:
         leftover.unlink(missing_ok=True)
 
 
@@ -246,9 +322,34 @@ def _prepare_one(case: CaseFiles, data: DataConfig, out: Path) -> tuple[str, obj
         return "failed", InvalidInputError(f"{where}: {exc}")
 
 
-def _build_manifest(out: Path, config: MsptConfig, metas: dict[str, dict], failed: list[tuple[str, str]]) -> Manifest:
-    names = sorted(metas)
-    fields = metas[names[0]]["fields"]
+def _prepare_measured(case: CaseFiles, data: DataConfig, out: Path) -> tuple[str, object]:
+    """A shard's :func:`_prepare_one`: a prepared case as a :class:`ShardCase`, with the moments of its sample's
+    arrays (steady datasets), for the statistics of the merge."""
+    status, meta = _prepare_one(case, data, out)
+    if status == "failed":
+        return status, meta
+    assert isinstance(meta, dict)
+    moments = None
+    if data.transient is None:
+        try:
+            moments = sample_moments(load_sample(out / SAMPLES / f"{case.name}.safetensors"), meta["fields"])
+        except MsptError as exc:
+            return "failed", exc
+    return status, ShardCase(status=status, meta=meta, moments=moments)  # type: ignore[arg-type]
+
+
+def _build_manifest(
+    out: Path,
+    config: MsptConfig,
+    metas: dict[str, dict],
+    failed: list[tuple[str, str]],
+    *,
+    moments: dict[str, dict[str, ArrayMoments]] | None = None,
+) -> Manifest:
+    """The manifest of the prepared cases' ``metas``; the statistics from the training samples' ``moments``
+    if given (a merge of shards), else from their files."""
+    names, failed = sorted(metas), sorted(failed)  # the skipped in case order, as the workers finish in any
+    fields = _in_config_order(metas[names[0]]["fields"], config)
     location = metas[names[0]]["surface_location"]
     for name in names[1:]:
         if metas[name]["fields"] != fields:
@@ -262,7 +363,11 @@ def _build_manifest(out: Path, config: MsptConfig, metas: dict[str, dict], faile
     entries = [_entry(n, split[n], metas[n], transient=transient) for n in names]
     if transient:
         return _series_manifest(out, config, metas, failed, entries)
-    stats = compute_stats(out, [e for e in entries if e.split == "train"], fields)
+    train = [e for e in entries if e.split == "train"]
+    if moments is None:
+        stats = compute_stats(out, train, fields)
+    else:
+        stats = stats_from_moments([moments[e.name] for e in train], fields)
     return new_manifest(
         config,
         fields=fields,
@@ -298,7 +403,7 @@ def _series_manifest(
     train = [e for e in entries if e.split == "train"]
     if not train:
         raise DatasetError("no training samples: the split leaves the training set empty")
-    fields = metas[names[0]]["fields"]
+    fields = _in_config_order(metas[names[0]]["fields"], config)
     samples = [load_sample(out / e.file) for e in train]
     values, increments, condition_stats, coord_mean, coord_scale = series_stats(samples, fields["volume"], conditions)
     stats = Stats(
@@ -328,3 +433,15 @@ def _check_output_dir(out: Path, cases: list[CaseFiles]) -> None:
             if src is not None and src.resolve().parent == resolved:
                 raise InvalidInputError(f"{out}: holds input files; choose an empty output directory")
     refuse_output_in_case(out, [case.surface for case in cases if case.openfoam])
+
+
+def _in_config_order(fields: dict[str, dict[str, int]], config: MsptConfig) -> dict[str, dict[str, int]]:
+    """A sample's fields (part -> name -> components) in the config's order: a sample stores its metadata with
+    sorted keys, so a dataset prepared again from reused samples would list them otherwise (and the model's
+    output channels follow this order)."""
+    data = config.data
+    order = {"surface": data.surface_fields, "volume": data.transient.fields if data.transient else data.volume_fields}
+    return {
+        part: {n: names[n] for n in sorted(names, key=lambda n: (order.get(part, []) + list(names)).index(n))}
+        for part, names in fields.items()
+    }

@@ -164,18 +164,46 @@ def assign_split(names: list[str], split: SplitConfig) -> dict[str, str]:
 
 def compute_stats(data_dir: Path, entries: list[SampleEntry], fields: dict[str, dict[str, int]]) -> Stats:
     """Means and standard deviations over every point of the training samples (float64 sums)."""
-    if not entries:
+    return stats_from_moments([sample_moments(load_sample(data_dir / e.file), fields) for e in entries], fields)
+
+
+class ArrayMoments(BaseModel):
+    """The float64 count, sum and sum of squares of each component of one array of one sample."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+    n: int
+    sum: list[float]
+    sum_sq: list[float]
+
+
+def sample_moments(sample: Sample, fields: dict[str, dict[str, int]]) -> dict[str, ArrayMoments]:
+    """The moments of a sample's arrays that the statistics sum: its points (``surface/points``,
+    ``volume/points``) and each of ``fields`` (``PART/NAME``). Summed in the training samples' order by
+    :func:`stats_from_moments`, they give what one pass over the samples gives, bit for bit."""
+    keys = ["surface/points", *(["volume/points"] if "volume/points" in sample.arrays else [])]
+    keys += [f"{part}/{name}" for part, names in fields.items() for name in names]
+    moments = {}
+    for key in keys:
+        x = np.asarray(sample.arrays[key], dtype=np.float64)
+        x = x.reshape(len(x), -1)
+        moments[key] = ArrayMoments(n=len(x), sum=x.sum(0).tolist(), sum_sq=(x * x).sum(0).tolist())
+    return moments
+
+
+def stats_from_moments(samples: list[dict[str, ArrayMoments]], fields: dict[str, dict[str, int]]) -> Stats:
+    """The statistics of the training samples from their :func:`sample_moments`, in the samples' order."""
+    if not samples:
         raise DatasetError("no training samples: the split leaves the training set empty")
     coord = _Moments()
     parts = {part: {name: _Moments() for name in names} for part, names in fields.items()}
-    for entry in entries:
-        sample = load_sample(data_dir / entry.file)
-        coord.add(sample.arrays["surface/points"])
-        if "volume/points" in sample.arrays:
-            coord.add(sample.arrays["volume/points"])
+    for moments in samples:
+        coord.add(moments["surface/points"])
+        if "volume/points" in moments:
+            coord.add(moments["volume/points"])
         for part, names in parts.items():
             for name, m in names.items():
-                m.add(sample.arrays[f"{part}/{name}"])
+                m.add(moments[f"{part}/{name}"])
     mean, std = coord.result()
     return Stats(
         coord_mean=mean.tolist(),
@@ -223,11 +251,10 @@ class _Moments:
         self.s1: np.ndarray | float = 0.0
         self.s2: np.ndarray | float = 0.0
 
-    def add(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-        self.n += len(x)
-        self.s1 = self.s1 + x.sum(0)
-        self.s2 = self.s2 + (x * x).sum(0)
+    def add(self, m: ArrayMoments) -> None:
+        self.n += m.n
+        self.s1 = self.s1 + np.asarray(m.sum, dtype=np.float64)
+        self.s2 = self.s2 + np.asarray(m.sum_sq, dtype=np.float64)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         mean = np.asarray(self.s1) / max(self.n, 1)
