@@ -147,13 +147,31 @@ def prepare(
         OnError, typer.Option("--on-error", help="fail: stop at the first bad case; skip: leave it out, report it.")
     ] = OnError.fail,
     overrides: SetOption = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Prepare only shard I of N (I from 1 to N) into the shared -o, e.g. "
+            "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then --merge (docs/distributed.md).",
+        ),
+    ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", help="Write the manifest of the shards prepared in -o (the same CASE..., -c, --set)."),
+    ] = False,
 ) -> None:
     """Read CFD results into a prepared dataset: fields, geometry features, split, statistics, tree order."""
     from msptcli.cli_output import prepare_table, progress_bar
     from msptcli.config import load_config
+    from msptcli.data.shards import parse_shard
+    from msptcli.errors import InvalidInputError
     from msptcli.options import names
-    from msptcli.prepare import prepare_dataset
+    from msptcli.prepare import merge_shards, prepare_dataset
 
+    if shard is not None and merge:
+        raise InvalidInputError("--shard and --merge: give one; prepare every shard first, then merge")
+    part = parse_shard(shard) if shard is not None else None
     values = {}
     if surface_fields is not None:
         values["data.surface_fields"] = names(surface_fields)
@@ -166,14 +184,22 @@ def prepare(
             update(advance=1, description=f"{name}: {status}")
 
         try:
-            report = prepare_dataset(
-                inputs, output, config=cfg, workers=workers, on_error=on_error.value, progress=advance
-            )
+            if merge:
+                report = merge_shards(inputs, output, config=cfg)
+            else:
+                report = prepare_dataset(
+                    inputs, output, config=cfg, workers=workers, on_error=on_error.value, progress=advance, shard=part
+                )
         except KeyboardInterrupt:
             done = f"interrupted: no dataset written; the samples finished in {output} are reused next time"
             err_console.print(done, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
-    console.print(prepare_table(report, output))
+    if report.record is not None:
+        counts = f"{len(report.written)} written, {len(report.reused)} reused, {len(report.failed)} failed"
+        done = f"shard {part}: {counts}; recorded in {report.record}. When every shard is done: the same with --merge"
+        console.print(done, highlight=False, soft_wrap=True)
+    else:
+        console.print(prepare_table(report, output))
     for name, error in report.failed:
         err_console.print(f"[yellow]skipped[/] {name}: {error}", highlight=False, soft_wrap=True)
     warn_lines(report.warnings)
@@ -333,6 +359,7 @@ def predict(
     alias of `mspt rollout RUN SERIES`.
     """
     from msptcli.checkpoint import load_checkpoint
+    from msptcli.cli_output import progress_bar
     from msptcli.data.openfoam import refuse_output_in_case
     from msptcli.geometry.grid import parse_grid_size
     from msptcli.options import check_prediction, rolls_out
@@ -351,7 +378,7 @@ def predict(
     ckpt = load_checkpoint(run)
     warned: set[str] = set()  # a line about the checkpoint's forces is said once, not per geometry
     for g, name in zip(geometry, output_names(geometry, params_file=ckpt.config.data.params_file), strict=True):
-        with err_console.status(f"predicting {g}"):
+        with progress_bar(f"predicting {g.name}", describe=True) as update:
             result = predict_geometry(
                 ckpt,
                 g,
@@ -367,9 +394,11 @@ def predict(
                 scale=factor,
                 force=force,
                 uncertainty=uncertainty,
+                progress=lambda phase, done, total: update(completed=done, total=total, description=phase),
             )
         for f in result.files:
             console.print(f"wrote {f}")
+        console.print(f"{result.points:,} points in {result.seconds:.1f} s ({result.points_per_second:,.0f} points/s)")
         if volume is None and grid is None and any(Path(f).name.endswith("_volume.vtu") for f in result.files):
             console.print("[dim]the volume fields are on points (ParaView: Point Gaussian); --volume-grid auto also "
                           "writes them on a grid for Slice, Contour and Stream Tracer[/]")  # fmt: skip

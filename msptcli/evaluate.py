@@ -63,11 +63,24 @@ def evaluate_sample(
     reference: ForceReference,
     device: torch.device | str = "cpu",
     bf16: bool = True,
+    max_points: int | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Loss, relative L2 per field and drag/lift errors of one whole sample (streaming inference)."""
+    """Loss, relative L2 per field and drag/lift errors of one sample (streaming inference): of its whole
+    meshes, or with ``max_points`` of at most that many of its surface points and as many volume points (a
+    subsample drawn with ``seed``: the same every time). Drag and lift of a subsample integrate its points'
+    area shares times (surface points / points drawn), for the prediction and the solver's fields alike.
+    ``evaluated_points``: the surface and volume points evaluated."""
     channels = Channels.from_fields(manifest.fields)
     a = sample.arrays
     n, m = sample.num_surface, sample.num_volume if channels.volume else 0
+    rows = {"surface": subsample_rows(n, max_points, seed), "volume": subsample_rows(m, max_points, seed + 1)}
+    if any(r is not None for r in rows.values()):  # the parts' arrays at the rows drawn (no tree order: not whole)
+        a = {k: v if rows[k.split("/")[0]] is None else np.asarray(v)[rows[k.split("/")[0]]]
+             for k, v in a.items() if k.startswith(("surface/", "volume/"))}  # fmt: skip
+        for key in ("surface/area", "surface/area_norm"):  # the points drawn stand for all
+            a[key] = np.asarray(a[key]) * (n / len(a["surface/points"]))
+        n, m = len(a["surface/points"]), len(a["volume/points"]) if m else 0
     points, inputs = cloud_inputs(manifest.stats, cloud_part(a, "surface"), cloud_part(a, "volume") if m else None)
     anchors = model.config.anchors
     if anchors is not None:  # every point a query of anchors drawn from the sample's geometry, seeded
@@ -77,12 +90,13 @@ def evaluate_sample(
             draws.append(([a_points], [a_inputs]))
         (pred,) = predict_queries_averaged(model, draws, [points], [inputs], device=device, bf16=bf16)
     else:
-        order = np.asarray(a["order"]) if "order" in a and m == sample.num_volume else None  # the tree of prepare
+        whole = "order" in a and n == sample.num_surface and m == sample.num_volume
+        order = np.asarray(a["order"]) if whole else None  # the tree of prepare
         (pred,) = predict_clouds(model, [points], [inputs], orders=[order], device=device, bf16=bf16)
 
     true = {part: {name: a[f"{part}/{name}"] for name, _ in getattr(channels, part)} for part in ("surface", "volume")}
     targets, mask = model_targets(manifest.stats, channels, true["surface"], true["volume"] if m else {}, n, m)
-    out: dict[str, float] = {"loss": float(np.mean(((pred - targets) ** 2)[mask]))}
+    out: dict[str, float] = {"loss": float(np.mean(((pred - targets) ** 2)[mask])), "evaluated_points": n + m}
     phys = to_physical(manifest.stats, channels, pred, n)
     for part in ("surface", "volume") if m else ("surface",):
         for name, values in phys[part].items():
@@ -98,3 +112,10 @@ def evaluate_sample(
                 cl_pred=cl_p, cl_true=cl_t, cl_abs_error=abs(cl_p - cl_t),
             )  # fmt: skip
     return out
+
+
+def subsample_rows(count: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """``limit`` of ``count`` rows drawn with ``seed``, ascending (the same for the same arguments); None: all."""
+    if limit is None or count <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,12 @@ DEFAULT_VOLUME_POINTS = 50_000
 MEDIAN_AREA = "median of the training cases"
 #: Drag and lift of an anchor-query model are integrated on the surface refined to at least this many points.
 FORCE_POINTS = 30_000  # the 2,048-point example STL reaches 32,738 after two subdivisions (not 130,946 after three)
+
+#: Called with (phase, done, total) as a long phase goes: "distances" (volume points), "queries" (queries of
+#: all anchor draws), "forces" (queries on the refined surface), "writing" (bytes of array data).
+Progress = Callable[[str, int, int], None]
+#: A surface of more cells than this is rendered coarsened for the preview (geometry clustered, ``_preview``).
+PREVIEW_CELLS = 1_000_000
 
 #: An anchor draw as the inference takes it: ([anchor points (n, 3)], [anchor inputs (n, 11)]), one cloud.
 Draw = tuple[list[np.ndarray], list[np.ndarray]]
@@ -103,6 +110,12 @@ class Prediction:
     trust: ShapeCheck | None = None  # the body against the training bodies (None: the checkpoint has no record)
     scale: float = 1.0  # the factor the geometry's coordinates were multiplied by (--units, --scale)
     warnings: list[str] = field(default_factory=list)  # where drag and lift rest on a default or are missing
+    points: int = 0  # surface and volume points predicted
+    seconds: float = 0.0  # from the call to the meshes written (reading, features, queries, forces, writing)
+
+    @property
+    def points_per_second(self) -> float:
+        return self.points / self.seconds if self.seconds > 0 else float("nan")
 
 
 @dataclass
@@ -160,6 +173,7 @@ def predict_geometry(
     scale: float = 1.0,
     force: bool = False,
     uncertainty: int = DRAWS,
+    progress: Progress | None = None,
 ) -> Prediction:
     """Predict every trained field on ``geometry``; write ``<name>.vtp``, ``<name>_volume.vtu``, ``.json``, ``.png``.
 
@@ -170,8 +184,9 @@ def predict_geometry(
     anchor-query model and ``uncertainty`` >= 2, that many anchor draws give every field a standard deviation
     (``<field>_std``) and Cd/Cl theirs (``trust/uncertainty.py``); the fields themselves are the same either way.
     With ``volume_grid`` (and volume fields trained), the volume fields on a structured grid too
-    (``<name>_grid.vti``, :func:`predict_grid`).
+    (``<name>_grid.vti``, :func:`predict_grid`). ``progress(phase, done, total)`` follows the long phases.
     """
+    started = time.perf_counter()
     geometry, out = Path(geometry), Path(out_dir)
     name = name or geometry.stem
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -187,7 +202,7 @@ def predict_geometry(
 
     # --- read: the surface, the volume points, the case's params ---------------------------------------------
     body = read_body(ckpt, geometry, volume_mesh=volume_mesh, volume_points=volume_points, with_volume=with_volume,
-                     scale=scale)  # fmt: skip
+                     scale=scale, progress=_phase(progress, "distances"))  # fmt: skip
     axes = dict(flow=ckpt.reference.flow_direction, up=ckpt.reference.up_direction)  # the training run's
     trust = check_shape(ckpt.shapes, body_features(body.arrays, **axes)) if ckpt.shapes is not None else None
     if trust is not None and trust.units is not None and not force:
@@ -206,7 +221,11 @@ def predict_geometry(
     own = ckpt.model.config.anchors.draws if ckpt.model.config.anchors is not None else 0
     spread_draws = uncertainty if own and uncertainty >= 2 else 0
     draws = anchor_draws(ckpt, body.surface, spread_draws)
-    fields, raw = predict_fields(model, ckpt, body, draws, own=own if spread_draws else None, **run)
+    # a surface fine enough for the forces is queried once: its fields (and each draw's) are the refined surface's
+    reuse = draws is not None and area is not None and refines_to_itself(body.surface)
+    surface_draws: list[dict[str, np.ndarray]] | None = [] if reuse and spread_draws else None
+    fields, raw = predict_fields(model, ckpt, body, draws, own=own if spread_draws else None,
+                                 progress=_phase(progress, "queries"), surface_draws=surface_draws, **run)  # fmt: skip
     grid = predict_grid(model, ckpt, body, draws, volume_grid, own=own if spread_draws else None, **run) \
         if "grid" in files and volume_grid is not None else None  # fmt: skip
     if trust is not None and ckpt.latents is not None and draws is not None:
@@ -218,15 +237,22 @@ def predict_geometry(
     if area is not None:
         velocity = reference_velocity if reference_velocity is not None else ckpt.reference.velocity
         rho = density if density is not None else ckpt.reference.density
-        forces = force_surface(model, ckpt, body.surface, draws, own=own if spread_draws else None, **run) \
-            if draws is not None else None  # fmt: skip
+        if reuse:
+            forces = ({k: v for k, v in body.arrays.items() if k.startswith("surface/")}, fields["surface"],
+                      surface_draws)  # fmt: skip
+        elif draws is not None:
+            forces = force_surface(model, ckpt, body.surface, draws, own=own if spread_draws else None,
+                                   progress=_phase(progress, "forces"), **run)  # fmt: skip
+        else:
+            forces = None
         coefficients = predicted_forces(ckpt, body, fields, true["surface"], area, velocity, rho, forces)
         if coefficients is not None and forces is not None and forces[2] is not None:
             distance = trust.model.score if trust is not None and trust.model is not None else None
             coefficients = _with_spread(ckpt, coefficients, forces[0], forces[2], area, velocity, rho, distance)
 
     # --- outputs -----------------------------------------------------------------------------------------
-    result = Prediction(name=name, files=[], coefficients=coefficients, trust=trust, scale=scale)
+    result = Prediction(name=name, files=[], coefficients=coefficients, trust=trust, scale=scale,
+                        points=body.num_surface + body.num_volume)  # fmt: skip
     result.warnings = _force_warnings(ckpt, coefficients, reference_velocity is not None, params_file)
     result.solver = {k: float(params[k]) for k in ("Cd", "Cl", "Cd_fields", "Cl_fields") if is_number(params.get(k))}
     for part, (mesh, data) in body.data().items():
@@ -235,7 +261,9 @@ def predict_geometry(
             _attach_spread(ckpt, data, raw[part], part)
         if scale != 1.0:  # back to the input's coordinates
             mesh.points = np.asarray(mesh.points) / scale
-        result.files.append(write_mesh(mesh, files[part], inputs=inputs_given))
+        result.files.append(write_prediction(mesh, files[part], inputs=inputs_given,
+                                             progress=_phase(progress, f"writing {files[part].name}")))  # fmt: skip
+    result.seconds = time.perf_counter() - started  # all but the JSON and the preview
     summary = _summary(ckpt, body, result, geometry)
     if grid is not None:
         result.files.append(write_mesh(rescaled(grid, scale), files["grid"], inputs=inputs_given))
@@ -256,10 +284,12 @@ def read_body(
     volume_points: int | None,
     with_volume: bool,
     scale: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Body:
     """The surface of ``geometry`` with its points, outward normals and area shares (at the checkpoint's surface
     location), and with ``with_volume`` the volume points: ``volume_mesh``'s, else placed around the body
-    (:func:`_volume_points`), with their distance and direction to the body; every coordinate times ``scale``."""
+    (:func:`_volume_points`), with their distance and direction to the body; every coordinate times ``scale``.
+    ``progress(done, total)``: volume points whose distance is known."""
     foam = ckpt.config.data.openfoam  # how an OpenFOAM case given as the geometry or volume is read
     mesh = _scaled(read_mesh_or_case(geometry, part="surface", config=foam), scale)
     if not is_surface(mesh):
@@ -278,7 +308,7 @@ def read_body(
 
             points = _volume_points(ckpt, surface, volume_points)
             body.volume = pv.PolyData(points).cast_to_unstructured_grid()
-        body.arrays.update(volume_arrays(points, surface, source=geometry))
+        body.arrays.update(volume_arrays(points, surface, source=geometry, progress=progress))
     return body
 
 
@@ -322,26 +352,34 @@ def anchor_draws(ckpt: Checkpoint, surface: Any, spread: int = 0) -> list[Draw] 
 
 
 def predict_fields(
-    model: Network, ckpt: Checkpoint, body: Body, draws: list[Draw] | None, *, own: int | None = None, **run: Any
+    model: Network, ckpt: Checkpoint, body: Body, draws: list[Draw] | None, *, own: int | None = None,
+    progress: Callable[[int, int], None] | None = None, surface_draws: list[dict[str, np.ndarray]] | None = None,
+    **run: Any,
 ) -> tuple[Fields, Fields | None]:
     """The fields on the cloud [surface ; volume] of ``body``, in physical units: every point a query of the
     anchor ``draws`` (their mean), or (``draws`` None) the whole cloud through the blocks. With ``own``, the mean of
-    the first ``own`` draws and the spread of all of them (:func:`~msptcli.trust.calibrate.mean_and_spread`)."""
+    the first ``own`` draws and the spread of all of them (:func:`~msptcli.trust.calibrate.mean_and_spread`).
+    ``progress(done, total)``: queries answered, over all draws. ``surface_draws`` (with ``own``): a list that
+    each draw's surface fields are appended to."""
     volume = cloud_part(body.arrays, "volume") if body.volume is not None else None
     points, inputs = cloud_inputs(ckpt.stats, cloud_part(body.arrays, "surface"), volume)
     if draws is None:
         (pred,) = predict_clouds(model, [points], [inputs], **run)
         return to_physical(ckpt.stats, ckpt.channels, pred, body.num_surface), None
     if own is None:
-        (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
+        (pred,) = predict_queries_averaged(model, draws, [points], [inputs], progress=progress, **run)
         return to_physical(ckpt.stats, ckpt.channels, pred, body.num_surface), None
     where = {"surface": body.arrays["surface/points"],
              "volume": body.arrays["volume/points"] if body.volume is not None else np.zeros((0, 3))}  # fmt: skip
-    return mean_and_spread(_per_draw(model, ckpt, draws, points, inputs, body.num_surface, **run), own, where)
+    each = _per_draw(model, ckpt, draws, points, inputs, body.num_surface, progress=progress, **run)
+    if surface_draws is not None:
+        surface_draws.extend(e["surface"] for e in each)
+    return mean_and_spread(each, own, where)
 
 
 def force_surface(
-    model: Network, ckpt: Checkpoint, surface: Any, draws: list[Draw], *, own: int | None = None, **run: Any
+    model: Network, ckpt: Checkpoint, surface: Any, draws: list[Draw], *, own: int | None = None,
+    progress: Callable[[int, int], None] | None = None, **run: Any,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, np.ndarray]] | None]:
     """The surface refined to at least ``FORCE_POINTS`` points (its arrays, as :func:`read_body`'s), the
     surface fields predicted there, as queries of the same anchor ``draws``, and with ``own`` (the fields the
@@ -354,20 +392,35 @@ def force_surface(
     arrays = _surface_arrays(ckpt, refined(surface, FORCE_POINTS))
     points, inputs = cloud_inputs(ckpt.stats, cloud_part(arrays, "surface"))
     if own is None:
-        (pred,) = predict_queries_averaged(model, draws, [points], [inputs], **run)
+        (pred,) = predict_queries_averaged(model, draws, [points], [inputs], progress=progress, **run)
         return arrays, to_physical(ckpt.stats, ckpt.channels, pred, len(pred))["surface"], None
-    each = _per_draw(model, ckpt, draws, points, inputs, len(points), **run)
+    each = _per_draw(model, ckpt, draws, points, inputs, len(points), progress=progress, **run)
     mean, _ = mean_and_spread(each, own)
     return arrays, mean["surface"], [e["surface"] for e in each]
 
 
+def refines_to_itself(surface: Any) -> bool:
+    """Whether ``surface`` is its own refinement for the forces (``refined(surface, FORCE_POINTS)``): triangles
+    only and at least ``FORCE_POINTS`` points, so nothing is cut (:func:`force_surface`)."""
+    return surface.n_points >= FORCE_POINTS and bool(surface.is_all_triangles)
+
+
 def _per_draw(
     model: Network, ckpt: Checkpoint, draws: list[Draw], points: np.ndarray, inputs: np.ndarray, num_surface: int,
-    **run: Any,
+    progress: Callable[[int, int], None] | None = None, **run: Any,
 ) -> list[Fields]:
     """Every draw's own prediction of the queries, in physical units (the first ``num_surface`` rows surface)."""
-    return [to_physical(ckpt.stats, ckpt.channels, predict_queries_averaged(model, [d], [points], [inputs], **run)[0],
-                        num_surface) for d in draws]  # fmt: skip
+    out = []
+    for k, d in enumerate(draws):
+        each = None if progress is None else _of_draw(progress, k, len(draws))
+        (pred,) = predict_queries_averaged(model, [d], [points], [inputs], progress=each, **run)
+        out.append(to_physical(ckpt.stats, ckpt.channels, pred, num_surface))
+        del pred
+    return out
+
+
+def _of_draw(progress: Callable[[int, int], None], draw: int, draws: int) -> Callable[[int, int], None]:
+    return lambda done, total: progress(draw * total + done, draws * total)
 
 
 def predicted_forces(
@@ -547,11 +600,63 @@ def _summary(ckpt: Checkpoint, body: Body, result: Prediction, geometry: Path) -
         "solver": result.solver,
         "fields": {p: [n for n, _ in getattr(ckpt.channels, p)] for p in ("surface", "volume")},
         "scale": result.scale,
+        "seconds": round(result.seconds, 3),  # reading to the meshes written, this machine
+        "points_per_second": round(result.points_per_second, 1),
         "trust": result.trust.to_json() if result.trust is not None else {
             "verdict": "unchecked", "why": "the checkpoint records no training bodies (a transient or older run)"},
     }  # fmt: skip
 
 
 def _preview(surface: Any, field_name: str, path: Path, at_cells: bool) -> Path:
+    """The surface coloured by ``field_name``: as it is up to ``PREVIEW_CELLS`` cells, else its geometry clustered
+    to a few hundred thousand cells (each keeping one of its cells' value; a preview needs no finer faces)."""
     where, title = "cell" if at_cells else "point", {"title": f"predicted {field_name}"}
+    if surface.n_cells > PREVIEW_CELLS:
+        surface, where = preview_surface(surface, field_name, at_cells=at_cells), "cell"
     return render_png(surface, path, scalars=field_name, preference=where, cmap="coolwarm", scalar_bar_args=title)
+
+
+def preview_surface(surface: Any, field_name: str, *, at_cells: bool, divisions: int = 400) -> Any:
+    """``surface`` coarsened for a picture: vertices merged in a grid of about ``divisions`` bins a side
+    (VTK's quadric clustering), each face coloured by ``field_name`` at one of the faces it replaces."""
+    import pyvista as pv
+    import vtk
+
+    lean = pv.PolyData()
+    lean.ShallowCopy(surface)
+    lean.clear_data()  # the one field shown, not every array
+    if at_cells:
+        lean.cell_data[field_name] = surface.cell_data[field_name]
+    else:
+        lean.point_data[field_name] = surface.point_data[field_name]
+        lean = lean.point_data_to_cell_data(pass_point_data=False)
+    clustering = vtk.vtkQuadricClustering()
+    clustering.SetInputData(lean)
+    clustering.SetNumberOfDivisions(divisions, divisions, divisions)
+    clustering.AutoAdjustNumberOfDivisionsOn()
+    clustering.CopyCellDataOn()
+    clustering.Update()
+    return pv.wrap(clustering.GetOutput())
+
+
+def write_prediction(
+    mesh: Any, path: Path, *, inputs: tuple[Path, ...], progress: Callable[[int, int], None] | None = None
+) -> Path:
+    """A predicted mesh streamed to its file (``io/vtkxml_write.py``), raw: not the whole file in memory, and
+    quicker than zlib; a mesh the streaming writer cannot write (polyhedra, a ``.vtk`` path) through ``write_mesh``."""
+    from msptcli.io.vtkxml_write import streamable, write_streamed
+
+    if streamable(mesh) and path.suffix.lower() == (".vtp" if is_polydata(mesh) else ".vtu"):
+        return write_streamed(mesh, path, inputs=inputs, progress=progress)
+    return write_mesh(mesh, path, inputs=inputs)
+
+
+def is_polydata(mesh: Any) -> bool:
+    import pyvista as pv
+
+    return isinstance(mesh, pv.PolyData)
+
+
+def _phase(progress: Progress | None, phase: str) -> Callable[[int, int], None] | None:
+    """``progress`` of one phase: called with (done, total)."""
+    return None if progress is None else lambda done, total: progress(phase, done, total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -19,7 +20,9 @@ _LEAF_SIZE = 4
 _CHUNK = 2048
 
 
-def distance_to_surface(points: np.ndarray, surface: pv.DataSet) -> tuple[np.ndarray, np.ndarray]:
+def distance_to_surface(
+    points: np.ndarray, surface: pv.DataSet, *, progress: Callable[[int, int], None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact distance from each point to the closest point of the triangulated surface.
 
     The triangles (fans of the cells) are ordered by the ball tree of their centroids, whose
@@ -32,6 +35,7 @@ def distance_to_surface(points: np.ndarray, surface: pv.DataSet) -> tuple[np.nda
     Args:
         points: ``(m, 3)`` query points.
         surface: the body surface.
+        progress: called with (points done, points in all) after every chunk of points.
 
     Returns:
         distance ``(m,)`` float64 and direction ``(m, 3)`` float64: the unit vector from the point
@@ -55,6 +59,8 @@ def distance_to_surface(points: np.ndarray, surface: pv.DataSet) -> tuple[np.nda
         d = np.linalg.norm(delta, axis=1)
         dist[chunk] = d
         direction[chunk] = np.divide(delta, d[:, None], out=np.zeros_like(delta), where=d[:, None] > 0)
+        if progress is not None:
+            progress(min(start + _CHUNK, len(x)), len(x))
     return dist, direction
 
 

@@ -20,7 +20,8 @@ validated is what is predicted.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,11 +144,13 @@ def predict_queries(
     device: torch.device | str = "cpu",
     bf16: bool = True,
     chunk_points: int | None = DEFAULT_CHUNK_POINTS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
     """Per cloud, the (m_b, out_features) float32 predictions of its queries, in their own order.
 
     The anchors run the blocks once; the queries follow in chunks of ``chunk_points`` (None: all at
     once), so memory is one chunk's whatever the number of queries and time is linear in it.
+    ``progress(done, total)``: queries answered, after every chunk.
     """
     device = torch.device(device)
     model.eval()
@@ -155,10 +158,13 @@ def predict_queries(
     anchors = pack_anchors(anchor_points, anchor_features, model.config)
     on_device = anchors.to(device)
     out = np.empty((sum(len(q) for q in query_points), model.out_features), dtype=np.float32)
+    done = 0
     with autocast(device, bf16):
         keys, _ = model.read_anchors(on_device.features.to(dtype), on_device.layout, on_device.trees)
         for rows, queries in query_chunks(anchors, query_points, query_features, chunk_points):
             out[rows] = model.answer_queries(keys, on_device.layout, queries.to(device, dtype)).float().cpu().numpy()
+            if progress is not None:
+                progress(done := done + len(rows), len(out))
     return np.split(out, np.cumsum([len(q) for q in query_points])[:-1])
 
 
@@ -177,8 +183,8 @@ def query_chunks(
     exported graph (``data/deploy.py``) both chunk here.
     """
     places = locate_queries(anchors, query_points)  # nearest anchors (packed rows) of every query
-    features = np.concatenate([np.asarray(f, dtype=np.float32).reshape(-1, anchors.features.shape[1])
-                               for f in query_features])  # fmt: skip
+    each = [np.asarray(f, dtype=np.float32).reshape(-1, anchors.features.shape[1]) for f in query_features]
+    features = each[0] if len(each) == 1 else np.concatenate(each)  # one cloud: read in place, not copied
     if len(features) != len(places):
         raise InvalidInputError(f"{len(places)} query points but {len(features)} rows of query features")
     step = max(len(features) if chunk_points is None else int(chunk_points), 1)
@@ -193,14 +199,25 @@ def predict_queries_averaged(
     draws: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
     query_points: Sequence[np.ndarray],
     query_features: Sequence[np.ndarray],
+    progress: Callable[[int, int], None] | None = None,
     **kwargs: Any,
 ) -> list[np.ndarray]:
     """The mean of :func:`predict_queries` over several draws of anchors, ``[(anchor_points, anchor_features)]``
-    (``model.anchors.draws``): per cloud, the (m_b, out_features) float32 mean prediction of its queries."""
+    (``model.anchors.draws``): per cloud, the (m_b, out_features) float32 mean prediction of its queries.
+    ``progress(done, total)``: queries answered over all draws."""
     if not draws:
         raise InvalidInputError("no anchor draw to predict with")
     total: list[np.ndarray] | None = None
-    for points, features in draws:
-        out = predict_queries(model, points, features, query_points, query_features, **kwargs)
-        total = out if total is None else [t + o for t, o in zip(total, out, strict=True)]
+    for d, (points, features) in enumerate(draws):
+        each = None if progress is None else functools.partial(_of_draws, progress, d, len(draws))
+        out = predict_queries(model, points, features, query_points, query_features, progress=each, **kwargs)
+        if total is None:
+            total = out
+        else:
+            for t, o in zip(total, out, strict=True):
+                t += o  # in place: no third copy of the predictions
     return [t / len(draws) for t in total]
+
+
+def _of_draws(progress: Callable[[int, int], None], draw: int, draws: int, done: int, total: int) -> None:
+    progress(draw * total + done, draws * total)

@@ -285,6 +285,7 @@ def _epochs(run: _Run, progress: _Progress, reporter: Reporter | None, should_st
             save_checkpoint(run.ckpt_dir / "best.safetensors", run.model, epoch=progress.epoch, metrics=row,
                             **run.save_kw)  # fmt: skip
         plot_curves(run.run_dir / "metrics.csv", run.run_dir / "curves.png")
+        _validate_best_whole(run)
         calibration = _finish_best(run)
     summary = _summary(run, progress, time_up=budget.spent)
     summary.calibration = calibration
@@ -310,6 +311,22 @@ def _start(run: _Run) -> TrainStart:
         cases=record.cases,
         points_per_step=None if None in drawn else sum(drawn) * tc.batch_size,  # type: ignore[arg-type]
     )
+
+
+def _validate_best_whole(run: _Run) -> None:
+    """The best checkpoint's metrics on the validation cases' whole meshes, where validation during training
+    evaluated a subsample of them (``train.val_points``); they replace its metrics (the ``val_*`` keys)."""
+    limit, entries = run.config.train.val_points, run.manifest.split("val")
+    best = run.ckpt_dir / "best.safetensors"
+    if run.config.data.transient is not None or limit is None or not best.is_file():
+        return
+    if all(e.num_surface <= limit and e.num_volume <= limit for e in entries):
+        return  # what was validated was whole
+    ckpt = load_checkpoint(best)
+    whole = run.task.validate(ckpt.model.to(run.device), run.manifest, entries, run.device, run.save_kw["reference"],
+                              whole=True)  # fmt: skip
+    metrics = {k: v for k, v in (ckpt.metrics or {}).items() if not k.startswith("val_")} | whole
+    save_checkpoint(best, ckpt.model, epoch=ckpt.epoch, metrics=metrics, **run.save_kw)
 
 
 def _finish_best(run: _Run) -> Calibration | None:

@@ -8,7 +8,7 @@ The loop (``train/loop.py``) is the same for both; a :class:`Task` answers every
 | training items | random point subsets of each sample (``TrainClouds``) | (case, t) step pairs (``StepPairs``) |
 | before a step | nothing | pushforward clouds filled in by the network's own steps |
 | forward | clouds, or anchors and queries (anchor-query MSPT) | clouds |
-| validation | whole-mesh metrics per sample (``evaluate_sample``) | one-step errors (``validate_steps``) |
+| validation | per-sample metrics, ``train.val_points`` (``evaluate_sample``) | one-step errors (``validate_steps``) |
 | volume template | the first training sample's (for geometry-only prediction) | none |
 
 Both name validation metrics alike (``val_loss``, ``val_rel_l2/<part>/<field>``). ``reference`` is the
@@ -56,7 +56,7 @@ class Task(Protocol):
     def forward(self, net: nn.Module, batch: AnyBatch) -> Tensor: ...
     def validate(
         self, model: Network, manifest: Manifest, entries: list[SampleEntry], device: torch.device,
-        reference: ForceReference,
+        reference: ForceReference, *, whole: bool = False,
     ) -> dict[str, float]: ...
 
 
@@ -107,16 +107,14 @@ class SteadyTask:
 
     def validate(
         self, model: Network, manifest: Manifest, entries: list[SampleEntry], device: torch.device,
-        reference: ForceReference,
+        reference: ForceReference, *, whole: bool = False,
     ) -> dict[str, float]:
-        """Mean over the validation samples of their whole-mesh metrics (``evaluate_sample``), as ``val_*``."""
-        bf16 = self.config.train.bf16
-        rows = [
-            evaluate_sample(
-                model, load_sample(self.data_dir / e.file), manifest, reference=reference, device=device, bf16=bf16
-            )
-            for e in entries
-        ]
+        """Mean over the validation samples of their metrics (``evaluate_sample``), as ``val_*``: on at most
+        ``train.val_points`` surface and volume points of each (the same ones every time), or ``whole`` meshes."""
+        tc = self.config.train
+        limit = None if whole else tc.val_points
+        kw = dict(reference=reference, device=device, bf16=tc.bf16, max_points=limit, seed=tc.seed)
+        rows = [evaluate_sample(model, load_sample(self.data_dir / e.file), manifest, **kw) for e in entries]
         keys = sorted({k for r in rows for k in r if not k.startswith(NOT_AVERAGED)})
         return {f"val_{k}": float(np.mean([r[k] for r in rows if k in r])) for k in keys}
 
@@ -162,7 +160,8 @@ class TransientTask:
 
     def validate(
         self, model: Network, manifest: Manifest, entries: list[SampleEntry], device: torch.device,
-        reference: ForceReference,
+        reference: ForceReference, *, whole: bool = False,
     ) -> dict[str, float]:
+        """One-step errors of the validation steps (``whole`` changes nothing: no subsample here)."""
         return validate_steps(model, self.data_dir, manifest, entries, self.transient, device,
                               bf16=self.config.train.bf16)  # fmt: skip

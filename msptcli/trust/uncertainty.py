@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 
 DRAWS = 3  # anchor draws of the spread (the default of mspt predict --uncertainty)
+#: Rows of a field handled at a time by :func:`spread` and :func:`smoothed` (their temporaries: a chunk's).
+_ROWS = 1 << 16
 NEIGHBOURS = 16  # a point's spread is the RMS over its nearest points of the same part (module docstring)
 MIN_FORCE_BODIES = 5  # with fewer validation bodies, Cd and Cl are not calibrated (their raw spread is written)
 COVERAGE = 0.9  # the interval the calibration is for
@@ -73,10 +75,14 @@ class Calibration:
 
 def spread(draws: Sequence[np.ndarray]) -> np.ndarray:
     """Per row and channel, the standard deviation (ddof 1) of the draws' predictions; zeros for one draw."""
-    stack = np.stack([np.asarray(d, dtype=np.float64) for d in draws])
-    if len(stack) < 2:
-        return np.zeros(stack.shape[1:], dtype=np.float32)
-    return stack.std(axis=0, ddof=1).astype(np.float32)
+    first = np.asarray(draws[0])
+    out = np.zeros(first.shape, dtype=np.float32)
+    if len(draws) < 2:
+        return out
+    for start in range(0, len(first), _ROWS):  # in rows of _ROWS: float64 temporaries of a chunk, not of all
+        rows = slice(start, start + _ROWS)
+        out[rows] = np.stack([np.asarray(d[rows], dtype=np.float64) for d in draws]).std(axis=0, ddof=1)
+    return out
 
 
 def smoothed(raw: np.ndarray, points: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
@@ -88,9 +94,14 @@ def smoothed(raw: np.ndarray, points: np.ndarray, neighbours: int = NEIGHBOURS) 
     k = min(int(neighbours), len(points))
     if k < 2:
         return raw
-    _, index = cKDTree(np.asarray(points, dtype=np.float64)).query(points, k=k, workers=-1)  # (n, k)
+    tree = cKDTree(np.asarray(points, dtype=np.float64))
     variance = np.square(raw.astype(np.float64))
-    return np.sqrt(variance[index].mean(axis=1)).astype(np.float32)
+    out = np.empty_like(raw)
+    for start in range(0, len(points), _ROWS):  # the neighbours of a chunk at a time: (rows, k) indices, not (n, k)
+        rows = slice(start, start + _ROWS)
+        _, index = tree.query(points[rows], k=k, workers=-1)
+        out[rows] = np.sqrt(variance[index].mean(axis=1))
+    return out
 
 
 def magnitude(values: np.ndarray) -> np.ndarray:
