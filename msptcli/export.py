@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from msptcli.checkpoint import Checkpoint, load_checkpoint
-from msptcli.data.deploy import decode_array
 from msptcli.data.transient import StepColumns, condition_names, step_columns
 from msptcli.errors import InvalidInputError
 from msptcli.io.atomic import atomic_output
@@ -163,7 +162,3 @@ def _array_json(array: np.ndarray) -> dict:
     """A float32 array, exactly, as JSON: its shape and its little-endian bytes in base64."""
     data = np.ascontiguousarray(array, dtype="<f4")
     return {"dtype": "float32", "shape": list(data.shape), "base64": base64.b64encode(data.tobytes()).decode()}
-
-
-#: The array of :func:`_array_json` (deployment code reads it with ``msptcli.data.deploy.read_sidecar``).
-array_from_json = decode_array

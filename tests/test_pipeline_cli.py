@@ -261,11 +261,11 @@ def test_predict_without_params_uses_the_training_reference_area(trained, design
 def exported_inputs(sidecar: dict, vtp, vtu):
     """The exported graph's inputs for a predicted design, built only from the sidecar's description."""
     from msptcli.data.anchors import geometry_anchors
+    from msptcli.data.deploy import decode_array
     from msptcli.data.features import model_inputs
     from msptcli.data.manifest import Stats
     from msptcli.data.prepare_case import surface_arrays, volume_arrays
     from msptcli.data.read import FieldMesh
-    from msptcli.export import array_from_json
     from msptcli.geometry.balltree import ball_tree_order
     from msptcli.model import ModelConfig, build_layout
     from msptcli.model.anchors import pack_anchors
@@ -288,7 +288,7 @@ def exported_inputs(sidecar: dict, vtp, vtu):
     )
     config = ModelConfig.model_validate(sidecar["model_config"])
     if config.anchors is not None:  # anchors drawn by the sidecar's rule; every point a query, in its own order
-        template = array_from_json(sidecar["anchors"]["volume_template"])
+        template = decode_array(sidecar["anchors"]["volume_template"])
         a_points, a_inputs = geometry_anchors(surface, stats, config.anchors, template)
         anchors = pack_anchors([a_points], [a_inputs], config)
         cloud = np.concatenate([s["surface/points"], v["volume/points"]])
