@@ -143,8 +143,8 @@ def test_the_table_shows_the_same(shipped):
         "suggested config:",
         "  volume_fields: [U, p]",
         "note: p looks",
-    ):
-        assert text in out, text
+    ):  # the terminal wraps a long title where the path's length puts it: compare with whitespace normalised
+        assert " ".join(text.split()) in " ".join(out.split()), text
     yaml_block = out.split("suggested config:\n", 1)[1].split("\nnote:", 1)[0]
     assert yaml.safe_load(yaml_block) == shipped[0]["suggested"]["config"]
 
